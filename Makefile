@@ -1,0 +1,29 @@
+# Two entry points on a fresh machine: `make demo` and `make test` (README.md).
+# torch is installed first, pinned, so that nothing pulls a CUDA build onto a machine
+# without a GPU; set TORCH_SPEC to choose another build (e.g. TORCH_SPEC=torch on a GPU box).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[hf,dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/python -m quantkit_cli.demo
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/bench_convert.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-output

@@ -1,0 +1,1 @@
+"""The quantkit command line (installed as the ``quantkit_cli`` package)."""

@@ -1,0 +1,69 @@
+"""What every command shares: error handling at the edge, progress bars, JSON output."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+
+import typer
+
+from quantkit.errors import QuantkitError
+
+STATE = {"debug": False}
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 1
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: clean up, exit non-zero
+    raise KeyboardInterrupt
+
+
+def guarded(func: Callable) -> Callable:
+    """Run a command; turn quantkit errors into one line on stderr and an exit code."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return func(*args, **kwargs)
+        except QuantkitError as exc:
+            _fail(f"quantkit: error: {exc}", exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("quantkit: interrupted; partial output removed", EXIT_INTERRUPTED)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # an unexpected failure is a bug: say so in one line
+            _fail(f"quantkit: internal error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)", EXIT_INTERNAL)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def _fail(message: str, code: int) -> None:
+    if STATE["debug"]:
+        import traceback
+
+        traceback.print_exc()
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def byte_progress(total: int, description: str, *, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar counting bytes on stderr; None when quiet."""
+    if quiet:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+def print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))

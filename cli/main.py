@@ -1,0 +1,91 @@
+"""quantkit's typer app: each command parses its options and calls the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+import quantkit
+from quantkit.inspect import inspect_checkpoint
+from quantkit.reshard import DEFAULT_MAX_SHARD_BYTES, reshard
+from quantkit.sizes import format_bytes, parse_size
+from quantkit.sources import open_checkpoint
+
+from .common import STATE, byte_progress, guarded, print_json
+from .render import anatomy_text
+
+app = typer.Typer(
+    help="Convert, reshard and inspect PyTorch checkpoints (safetensors, .pth/.pt/.bin, Hugging Face folders).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SIZE_HELP = "Largest shard: decimal units 500MB, 2GB (10**9 bytes) or binary 2GiB (2**30 bytes)."
+Src = Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, .pth/.pt/.bin, an index .json, or a Hugging Face folder.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output (only once the new one is complete).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"quantkit {quantkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = None,
+) -> None:
+    STATE["debug"] = debug
+
+
+@app.command("reshard")
+@guarded
+def reshard_cmd(
+    src: Src,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-safetensors beside SRC).")] = None,
+    max_size: Annotated[str, typer.Option("--max-size", help=SIZE_HELP)] = str(DEFAULT_MAX_SHARD_BYTES),
+    force: Force = False,
+    quiet: Quiet = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Rewrite any checkpoint as safetensors shards plus index, bit-exact (the layout transformers loads)."""
+    max_bytes = parse_size(max_size)
+    with open_checkpoint(src) as probe:
+        total = probe.total_bytes
+    with byte_progress(total, "reshard", quiet=quiet or json_out) as progress:
+        result = reshard(src, output, max_shard_bytes=max_bytes, force=force, progress=progress)
+    w = result.write
+    if json_out:
+        print_json({"output": str(w.folder), "files": w.manifest["files"], "total_size": w.total_bytes, "tied": result.aliases, "notes": result.notes})
+        return
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"wrote {w.folder}: {len(w.shards)} shard(s), {format_bytes(w.total_bytes)} of tensors (max shard {format_bytes(max_bytes)})")
+    for shard in w.shards:
+        typer.echo(f"  {shard.path.name}  {format_bytes(shard.file_bytes)}  sha256 {shard.sha256[:16]}")
+    if result.aliases:
+        typer.echo(f"tied tensors saved once: {len(result.aliases)} ({', '.join(result.aliases)})")
+
+
+@app.command("inspect")
+@guarded
+def inspect_cmd(
+    src: Src,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (keys: num_parameters, num_tensors, total_bytes, groups, ...).")] = False,
+    top: Annotated[int, typer.Option("--top", help="How many of the largest tensors to list.")] = 10,
+) -> None:
+    """Show what is inside a checkpoint: parameters, dtypes, where the bytes go, what else was saved."""
+    anatomy = inspect_checkpoint(src, top=top)
+    if json_out:
+        print_json(anatomy.to_dict())
+    else:
+        typer.echo(anatomy_text(anatomy))
+
+
+def run() -> None:
+    app(prog_name="quantkit")

@@ -1,0 +1,3 @@
+from quantkit_cli.main import run
+
+run()

@@ -1,0 +1,158 @@
+"""Output folders: staged beside the target, written shard by shard, renamed into place when complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import OutputError, VerificationError
+from .planner import ShardPlan
+from .writer import OutSpec, ShardWriter, WrittenShard
+
+MANIFEST = "quantkit.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".index.json")
+ProduceFn = Callable[[str], Iterable[tuple[str, torch.Tensor]]]
+ProgressFn = Callable[[int], None]
+
+
+@dataclass
+class WriteResult:
+    folder: Path
+    shards: list[WrittenShard]
+    weight_map: dict[str, str]
+    total_bytes: int
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def file_bytes(self) -> int:
+        return sum(s.file_bytes for s in self.shards)
+
+
+@contextmanager
+def staged_output(target: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target`` atomically.
+
+    An existing ``target`` is refused unless ``force``; with ``force`` it is replaced only after
+    the new folder is complete. On any error or interrupt the temporary folder is removed.
+    """
+    target = Path(target)
+    if target.exists() and not force:
+        raise OutputError(f"{target}: already exists; choose another output or pass --force to replace it")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{parent}: output folder's parent does not exist")
+    staging = parent / f".{target.name}.quantkit-tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+    except OSError as exc:
+        raise OutputError(f"{parent}: cannot write here: {exc.strerror}") from None
+    try:
+        yield staging
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = target.parent / f".{target.name}.quantkit-old-{uuid.uuid4().hex[:8]}"
+    os.replace(target, old)
+    os.replace(staging, target)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+def write_checkpoint(
+    folder: Path,
+    plan: ShardPlan,
+    outputs: dict[str, list[OutSpec]],
+    produce: ProduceFn,
+    *,
+    metadata: dict[str, str],
+    manifest: dict,
+    progress: ProgressFn | None = None,
+) -> WriteResult:
+    """Write ``plan``'s shards into ``folder`` (which must exist), then the index and manifest.
+
+    ``outputs[unit]`` lists the tensors a unit writes and ``produce(unit)`` yields them; one
+    unit's tensors are in memory at a time.
+    """
+    names = plan.file_names()
+    shards: list[WrittenShard] = []
+    weight_map: dict[str, str] = {}
+    for file_name, units in zip(names, plan.shards):
+        specs = [spec for unit in units for spec in outputs[unit]]
+        writer = ShardWriter(folder / file_name, specs, metadata)
+        try:
+            for unit in units:
+                for name, tensor in produce(unit):
+                    written = writer.write(name, tensor)
+                    if progress:
+                        progress(written)
+            shards.append(writer.finish())
+        finally:
+            writer.abort()
+        weight_map.update({name: file_name for name in shards[-1].names})
+    total = sum(s.tensor_bytes for s in shards)
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": total, "quantkit_version": __version__, "sha256": {s.path.name: s.sha256 for s in shards}},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
+        _write_json(folder / "model.safetensors.index.json", index)
+    manifest = {
+        **manifest,
+        "quantkit_version": __version__,
+        "total_size": total,
+        "files": {s.path.name: {"bytes": s.file_bytes, "sha256": s.sha256} for s in shards},
+    }
+    _write_json(folder / MANIFEST, manifest)
+    return WriteResult(folder, shards, weight_map, total, manifest)
+
+
+def _write_json(path: Path, value: object) -> None:
+    try:
+        path.write_text(json.dumps(value, indent=2) + "\n")
+    except OSError as exc:
+        raise OutputError(f"{path}: write failed: {exc.strerror}") from None
+
+
+def copy_model_files(config_dir: Path | None, folder: Path) -> list[str]:
+    """Copy a Hugging Face folder's non-weight files (config, tokenizer, ...) into ``folder``."""
+    if config_dir is None:
+        return []
+    copied = []
+    for item in sorted(config_dir.iterdir()):
+        if item.name.startswith(".") or item.name == MANIFEST or item.name.endswith(WEIGHT_SUFFIXES):
+            continue
+        try:
+            if item.is_dir():
+                shutil.copytree(item, folder / item.name, ignore=shutil.ignore_patterns(*[f"*{s}" for s in WEIGHT_SUFFIXES]))
+            else:
+                shutil.copy2(item, folder / item.name)
+        except OSError as exc:
+            raise OutputError(f"{folder / item.name}: copy failed: {exc}") from None
+        copied.append(item.name)
+    return copied
+
+
+def check_written(result: WriteResult) -> None:
+    """The sizes in the manifest agree with the files in the folder."""
+    for shard in result.shards:
+        actual = shard.path.stat().st_size
+        if actual != shard.file_bytes:
+            raise VerificationError(f"{shard.path}: {actual} bytes on disk, {shard.file_bytes} written")

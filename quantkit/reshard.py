@@ -1,0 +1,87 @@
+"""Rewrite any checkpoint as safetensors shards, bit-exact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .output import ProgressFn, WriteResult, copy_model_files, staged_output, write_checkpoint
+from .planner import plan_shards
+from .sources import CheckpointSource, open_checkpoint
+from .sources.safetensors_source import ALIASES_KEY
+from .writer import OutSpec
+
+DEFAULT_MAX_SHARD_BYTES = 2 * 10**9
+
+
+@dataclass
+class ReshardResult:
+    source_format: str
+    write: WriteResult
+    aliases: dict[str, str]
+    copied_files: list[str]
+    notes: list[str]
+
+
+def default_output(src: Path, suffix: str) -> Path:
+    """``model.pth`` -> ``model-<suffix>`` beside it; a folder ``m/`` -> ``m-<suffix>``."""
+    src = Path(src)
+    stem = src.name
+    for ext in (".index.json", ".safetensors", ".pth", ".pt", ".bin"):
+        stem = stem.removesuffix(ext)
+    return src.parent / f"{stem}-{suffix}"
+
+
+def provenance(source: CheckpointSource, **extra: str) -> dict[str, str]:
+    """safetensors ``__metadata__``: ``format: pt`` (required by loaders) plus quantkit provenance."""
+    metadata = {"format": "pt", "quantkit.version": __version__, "quantkit.source": source.path.name, **extra}
+    if source.aliases:
+        metadata[ALIASES_KEY] = json.dumps(source.aliases, sort_keys=True)
+    return metadata
+
+
+def reshard(
+    src: str | Path,
+    output: str | Path | None = None,
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> ReshardResult:
+    """Rewrite ``src`` (any supported format) as safetensors shards with an index, bit-exact.
+
+    Args:
+        src: checkpoint file, index or Hugging Face folder.
+        output: folder to create (default: ``<src stem>-safetensors`` beside ``src``).
+        max_shard_bytes: shard size limit in bytes.
+        force: replace an existing output (only once the new one is complete).
+        progress: called with the byte count of each tensor written.
+
+    Returns:
+        A ReshardResult describing the files written.
+
+    Example:
+        >>> reshard("model.pth", "model-st", max_shard_bytes=500 * 10**6)  # doctest: +SKIP
+    """
+    src = Path(src)
+    target = Path(output) if output is not None else default_output(src, "safetensors")
+    with open_checkpoint(src) as source, staged_output(target, force=force) as staging:
+        plan = plan_shards([(n, s.nbytes) for n, s in source.specs.items()], max_shard_bytes)
+        outputs = {n: [OutSpec(n, s.dtype, s.shape)] for n, s in source.specs.items()}
+        manifest = {"source": str(src), "source_format": source.info.format, "operation": "reshard", "aliases": source.aliases}
+        result = write_checkpoint(
+            staging,
+            plan,
+            outputs,
+            lambda name: [(name, source.get_tensor(name))],
+            metadata=provenance(source),
+            manifest=manifest,
+            progress=progress,
+        )
+        copied = copy_model_files(source.info.config_dir, staging)
+        notes = list(source.info.notes)
+    result.folder = target
+    result.shards = [type(s)(target / s.path.name, s.file_bytes, s.tensor_bytes, s.sha256, s.names) for s in result.shards]
+    return ReshardResult(source.info.format, result, dict(source.aliases), copied, notes)

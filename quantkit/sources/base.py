@@ -1,0 +1,69 @@
+"""The reader interface every checkpoint format implements."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..specs import TensorSpec
+
+# Names of an output head: when tied tensors share storage these are the names dropped,
+# so the kept name is the input embedding, as transformers expects (GPT-2 keeps
+# `transformer.wte.weight` and drops `lm_head.weight`).
+_HEAD_NAME = re.compile(r"(^|\.)(lm_head|output|head|embed_out|cls)(\.|$)")
+
+
+@dataclass
+class SourceInfo:
+    """What a reader learned of a checkpoint besides its tensors."""
+
+    format: str
+    files: list[Path]
+    extras: dict[str, str] = field(default_factory=dict)  # non-tensor content, described
+    notes: list[str] = field(default_factory=list)  # things the user should know (e.g. read whole)
+    metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__ of the first file
+    config_dir: Path | None = None  # the Hugging Face folder, when the source is one
+
+
+class CheckpointSource(ABC):
+    """A checkpoint opened for lazy reading.
+
+    ``specs`` lists every distinct tensor (name, dtype, shape) before any data is read;
+    ``get_tensor`` reads one on demand. ``aliases`` maps names dropped because they share
+    storage with another tensor to the name that is kept.
+    """
+
+    def __init__(self, path: Path, info: SourceInfo, specs: dict[str, TensorSpec], aliases: dict[str, str]):
+        self.path = path
+        self.info = info
+        self.specs = specs
+        self.aliases = aliases
+
+    @abstractmethod
+    def get_tensor(self, name: str) -> torch.Tensor:
+        """Read the named tensor (a kept name, not an alias) into CPU memory."""
+
+    def close(self) -> None:
+        """Release open files and mappings."""
+
+    def __enter__(self) -> "CheckpointSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.nbytes for s in self.specs.values())
+
+
+def choose_kept_name(names: list[str]) -> str:
+    """Of names sharing one tensor, the one to keep: the first that is not an output head."""
+    for name in names:
+        if not _HEAD_NAME.search(name):
+            return name
+    return names[0]

@@ -1,0 +1,173 @@
+"""The safetensors file layout: parse and validate a header, build one.
+
+safetensors' own ``safe_open`` reads these files too, but it maps the whole file, so every
+page it touches stays in the process's RSS until the file is closed, and its errors do not
+say which tensor or offset is wrong. quantkit parses the (small, JSON) header itself, checks
+it completely, and then reads each tensor with one plain ``readinto``; the files it writes are
+byte-identical to ``safetensors.torch.save_file`` (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .dtypes import LAYOUT_RANK, ST_TO_TORCH, st_name
+from .errors import InputError
+from .specs import TensorSpec
+
+HEADER_LENGTH_BYTES = 8
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+
+
+@dataclass(frozen=True)
+class StEntry:
+    """One tensor of a safetensors file: its spec and where its bytes lie in the data buffer."""
+
+    spec: TensorSpec
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class StHeader:
+    path: Path
+    header_bytes: int  # length of the JSON header, padding included
+    entries: dict[str, StEntry]  # in file order
+    metadata: dict[str, str]
+
+    @property
+    def data_start(self) -> int:
+        return HEADER_LENGTH_BYTES + self.header_bytes
+
+
+def read_header(path: Path) -> StHeader:
+    """Read and fully validate the header of a safetensors file.
+
+    Raises InputError naming the file and what is wrong: too short, a header length beyond
+    the file, a header that is not JSON, unknown dtypes, offsets that overlap, leave holes,
+    disagree with the shape, or run past the end of the file.
+    """
+    file_bytes = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(HEADER_LENGTH_BYTES)
+        if len(head) < HEADER_LENGTH_BYTES:
+            raise InputError(f"{path}: not a safetensors file ({file_bytes} bytes, shorter than its 8-byte header length)")
+        (header_bytes,) = struct.unpack("<Q", head)
+        if header_bytes > file_bytes - HEADER_LENGTH_BYTES:
+            raise InputError(
+                f"{path}: header length {header_bytes} runs past the end of the file ({file_bytes} bytes): "
+                "the file is truncated or not a safetensors file"
+            )
+        if header_bytes > MAX_HEADER_BYTES:
+            raise InputError(f"{path}: header length {header_bytes} exceeds the safetensors limit of {MAX_HEADER_BYTES}")
+        raw = f.read(header_bytes)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: header is not valid JSON ({exc.__class__.__name__}): not a safetensors file, or damaged") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: header is JSON but not an object")
+    metadata = _check_metadata(path, header.pop("__metadata__", {}))
+    entries = [_parse_entry(path, name, value) for name, value in header.items()]
+    entries.sort(key=lambda e: (e.begin, e.end))
+    _check_coverage(path, entries, file_bytes - HEADER_LENGTH_BYTES - header_bytes)
+    return StHeader(path, header_bytes, {e.spec.name: e for e in entries}, metadata)
+
+
+def _check_metadata(path: Path, metadata: object) -> dict[str, str]:
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise InputError(f"{path}: __metadata__ must map strings to strings")
+    return metadata
+
+
+def _parse_entry(path: Path, name: str, value: object) -> StEntry:
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: entry {name!r} is not an object")
+    dtype_name = value.get("dtype")
+    if dtype_name not in ST_TO_TORCH:
+        raise InputError(f"{path}: tensor {name!r} has unknown dtype {dtype_name!r}")
+    shape = value.get("shape")
+    offsets = value.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InputError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and o >= 0 for o in offsets)
+        or offsets[1] < offsets[0]
+    ):
+        raise InputError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+    spec = TensorSpec(name, ST_TO_TORCH[dtype_name], tuple(shape))
+    if offsets[1] - offsets[0] != spec.nbytes:
+        raise InputError(
+            f"{path}: tensor {name!r} spans {offsets[1] - offsets[0]} bytes but its shape {shape} "
+            f"and dtype {dtype_name} need {spec.nbytes}"
+        )
+    return StEntry(spec, offsets[0], offsets[1])
+
+
+def _check_coverage(path: Path, entries: list[StEntry], buffer_bytes: int) -> None:
+    position = 0
+    for entry in entries:
+        if entry.begin < position:
+            raise InputError(f"{path}: tensor {entry.spec.name!r} overlaps the tensor before it (offset {entry.begin} < {position})")
+        if entry.begin > position:
+            raise InputError(f"{path}: hole in the data buffer before tensor {entry.spec.name!r} (bytes {position}..{entry.begin} unused)")
+        position = entry.end
+    if position > buffer_bytes:
+        raise InputError(
+            f"{path}: data truncated: the header needs {position} bytes of tensor data, the file holds {buffer_bytes}"
+        )
+    if position < buffer_bytes:
+        raise InputError(f"{path}: {buffer_bytes - position} unexpected bytes after the last tensor")
+
+
+def layout_order(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """The order safetensors' serializer lays tensors out: wider dtypes first, then by name.
+
+    Every tensor then starts at a multiple of its element size.
+    """
+    return sorted(specs, key=lambda s: (-LAYOUT_RANK[s.dtype], s.name))
+
+
+def build_header(entries: list[tuple[TensorSpec, int, int]], metadata: dict[str, str], *, min_bytes: int = 0) -> bytes:
+    """The header JSON for entries in file order, padded with spaces to a multiple of 8 and at least ``min_bytes``."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    for spec, begin, end in entries:
+        header[spec.name] = {"dtype": st_name(spec.dtype), "shape": list(spec.shape), "data_offsets": [begin, end]}
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    padded = max(len(raw), min_bytes)
+    padded = math.ceil(padded / 8) * 8
+    return raw + b" " * (padded - len(raw))
+
+
+def read_tensor(f, header: StHeader, name: str) -> torch.Tensor:
+    """Read one tensor from an open file with a single ``readinto`` (no mmap, one copy)."""
+    entry = header.entries[name]
+    buffer = torch.empty(entry.end - entry.begin, dtype=torch.uint8)
+    if buffer.numel():
+        f.seek(header.data_start + entry.begin)
+        view = memoryview(buffer.numpy())
+        got = f.readinto(view)
+        while got < len(view):  # readinto may return short reads on pipes and some filesystems
+            more = f.readinto(view[got:])
+            if not more:
+                raise InputError(f"{header.path}: data ended early while reading tensor {name!r}")
+            got += more
+    return buffer.view(entry.spec.dtype).reshape(entry.spec.shape)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A view of a CPU tensor's bytes in C order (copies only if it is not contiguous)."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
