@@ -89,3 +89,7 @@ def inspect_cmd(
 
 def run() -> None:
     app(prog_name="quantkit")
+
+
+# Each of these modules registers its command(s) on `app`.
+from . import compare_cmd, convert_cmd, verify_cmd  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Registers its command on the app in cli/main.py."""
