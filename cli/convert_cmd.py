@@ -1,1 +1,110 @@
-"""Registers its command on the app in cli/main.py."""
+"""`quantkit convert`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from quantkit.convert import ConvertOptions, ConvertResult, convert
+from quantkit.dtypes import short_name
+from quantkit.reshard import DEFAULT_MAX_SHARD_BYTES
+from quantkit.sizes import format_bytes, parse_size
+from quantkit.sources import open_checkpoint
+
+from .common import byte_progress, guarded, print_json
+from .main import SIZE_HELP, Force, Quiet, Src, app
+
+
+@app.command("convert")
+@guarded
+def convert_cmd(
+    src: Src,
+    to: Annotated[str, typer.Option("--to", help="Target: bf16, fp16 (cast), int8 (LLM.int8 row-wise), nf4 or fp4 (4-bit blockwise).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-<to> beside SRC).")] = None,
+    max_size: Annotated[str, typer.Option("--max-size", help=SIZE_HELP)] = str(DEFAULT_MAX_SHARD_BYTES),
+    blocksize: Annotated[int, typer.Option("--blocksize", help="4-bit block size (32..4096).")] = 64,
+    double_quant: Annotated[bool, typer.Option("--double-quant", help="4-bit: quantize the block absmax values too.")] = False,
+    rest_dtype: Annotated[str, typer.Option("--rest-dtype", help="int8/nf4/fp4: dtype of tensors left unquantized: keep, bf16 or fp16.")] = "keep",
+    skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Regex of tensor names to leave as they are (repeatable).")] = None,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Regex: convert only matching tensors (repeatable).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write a comparison report (.json, .md or .html).")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Convert a checkpoint to BF16/FP16/INT8/NF4/FP4 safetensors shards that transformers loads unchanged.
+
+    Linear-layer weights are quantized as transformers + bitsandbytes do; embeddings, norms,
+    biases, the output head and tied weights stay as they are (see --skip/--only/--rest-dtype).
+    """
+    options = ConvertOptions(
+        scheme=to, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype,
+        skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
+    )
+    with open_checkpoint(src) as probe:
+        total = probe.total_bytes
+    with byte_progress(total, f"convert to {to}", quiet=quiet or json_out) as progress:
+        result = convert(src, output, options=options, force=force, progress=progress)
+    if report is not None:
+        from quantkit.reports import build_report, write_report
+
+        write_report(build_report(src, result.write.folder), report)
+    if json_out:
+        print_json(summary(result))
+    else:
+        typer.echo(summary_text(result))
+        if report is not None:
+            typer.echo(f"report: {report}")
+
+
+def summary(r: ConvertResult) -> dict:
+    by_dtype: dict[str, int] = {}
+    with open_checkpoint(r.write.folder) as out:
+        for spec in out.specs.values():
+            by_dtype[short_name(spec.dtype)] = by_dtype.get(short_name(spec.dtype), 0) + spec.nbytes
+    return {
+        "output": str(r.write.folder),
+        "scheme": r.scheme,
+        "device": r.device,
+        "source_format": r.source_format,
+        "input_bytes": r.input_bytes,
+        "output_bytes": r.output_bytes,
+        "output_file_bytes": r.write.file_bytes,
+        "ratio": r.output_bytes / r.input_bytes if r.input_bytes else None,
+        "num_parameters": r.num_parameters,
+        "bits_per_weight": r.bits_per_weight,
+        "output_bytes_by_dtype": by_dtype,
+        "num_quantized": len(r.quantized),
+        "num_kept": len(r.kept),
+        "kept": r.kept,
+        "fp16_overflow": r.fp16_overflow,
+        "files": r.write.manifest["files"],
+        "elapsed_s": r.elapsed_s,
+        "throughput_bytes_per_s": r.input_bytes / r.elapsed_s if r.elapsed_s else None,
+        "notes": r.notes,
+    }
+
+
+def summary_text(r: ConvertResult) -> str:
+    s = summary(r)
+    reasons: dict[str, int] = {}
+    for why in r.kept.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    lines = [
+        f"wrote {s['output']} ({r.scheme}, {len(r.write.shards)} shard(s), on {r.device})",
+        f"size: {format_bytes(s['input_bytes'])} -> {format_bytes(s['output_bytes'])} of tensors "
+        f"({s['ratio']:.1%}), {s['bits_per_weight']:.2f} bits per weight",
+        "by dtype: " + ", ".join(f"{d} {format_bytes(b)}" for d, b in sorted(s["output_bytes_by_dtype"].items(), key=lambda kv: -kv[1])),
+        f"tensors: {len(r.quantized)} quantized, {len(r.kept)} kept"
+        + (" (" + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])) + ")" if reasons else ""),
+        f"time: {r.elapsed_s:.2f} s ({format_bytes(s['throughput_bytes_per_s'] or 0)}/s of input)",
+    ]
+    if r.fp16_overflow:
+        total = sum(r.fp16_overflow.values())
+        lines.append(f"warning: {total} values beyond +-65504 became inf in FP16, in {len(r.fp16_overflow)} tensor(s): "
+                     + ", ".join(list(r.fp16_overflow)[:5]))
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)

@@ -32,12 +32,13 @@ def load_state_dict(
         >>> sd = load_state_dict("model-nf4", dtype=torch.bfloat16)  # doctest: +SKIP
     """
     with open_checkpoint(path) as source:
-        state = {name: source.get_tensor(name) for name in source.specs}
-        aliases = dict(source.aliases)
-    if dequantize:
-        from .schemes import dequantize_state_dict
+        if dequantize:
+            from .schemes import iter_dequantized
 
-        state = dequantize_state_dict(state)
+            state = {name: tensor for name, tensor, _ in iter_dequantized(source)}
+        else:
+            state = {name: source.get_tensor(name) for name in source.specs}
+        aliases = dict(source.aliases)
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if dtype is not None and tensor.is_floating_point():

@@ -1,0 +1,83 @@
+"""Blockwise 4-bit (NF4 / FP4) through bitsandbytes, stored as ``QuantState.as_dict(packed=True)``.
+
+For a linear layer ``P``: ``P.weight`` U8 ``[ceil(numel/2), 1]`` (two codes a byte, first in
+the high nibble), and under ``P.weight.``: ``absmax``, ``quant_map``, with double quantization
+``nested_absmax`` and ``nested_quant_map``, and ``quant_state.bitsandbytes__<type>``: the
+JSON of the non-tensor fields, as bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from ..dtypes import short_name
+from ..specs import TensorSpec
+from ..writer import OutSpec
+
+NESTED_BLOCKSIZE = 256  # bitsandbytes quantizes the absmax values in blocks of 256
+_LONGEST_FLOAT = -2.2250738585072014e-308  # the longest repr a float can have
+
+
+def _state_json(quant_type: str, blocksize: int, dtype: torch.dtype, shape, nested_offset: float | None) -> bytes:
+    fields = {"quant_type": quant_type, "blocksize": blocksize, "dtype": short_name(dtype), "shape": list(shape)}
+    if nested_offset is not None:
+        fields.update({"nested_blocksize": NESTED_BLOCKSIZE, "nested_dtype": "float32", "nested_offset": nested_offset})
+    return json.dumps(fields).encode()  # as bitsandbytes' pack_dict_to_tensor writes it
+
+
+def fourbit_outputs(
+    spec: TensorSpec, *, quant_type: str, blocksize: int, double_quant: bool, transpose: bool = False, dtype: torch.dtype | None = None
+) -> list[OutSpec]:
+    """The tensors ``P.weight`` becomes, known from its spec alone.
+
+    With double quantization the quant state's JSON holds a data-dependent float, so its
+    length is declared variable, bounded by the longest a float can print.
+    """
+    shape = (spec.shape[1], spec.shape[0]) if transpose else spec.shape
+    n_blocks = math.ceil(spec.numel / blocksize)
+    w = spec.name
+    outs = [OutSpec(w, torch.uint8, ((spec.numel + 1) // 2, 1)), OutSpec(f"{w}.quant_map", torch.float32, (16,))]
+    state = _state_json(quant_type, blocksize, dtype or spec.dtype, shape, _LONGEST_FLOAT if double_quant else None)
+    if double_quant:
+        outs += [
+            OutSpec(f"{w}.absmax", torch.uint8, (n_blocks,)),
+            OutSpec(f"{w}.nested_absmax", torch.float32, (math.ceil(n_blocks / NESTED_BLOCKSIZE),)),
+            OutSpec(f"{w}.nested_quant_map", torch.float32, (256,)),
+        ]
+    else:
+        outs.append(OutSpec(f"{w}.absmax", torch.float32, (n_blocks,)))
+    outs.append(OutSpec(f"{w}.quant_state.bitsandbytes__{quant_type}", torch.uint8, (len(state),), variable=double_quant))
+    return outs
+
+
+def apply_fourbit(
+    name: str, weight: torch.Tensor, *, quant_type: str, blocksize: int, double_quant: bool, transpose: bool = False
+) -> list[tuple[str, torch.Tensor]]:
+    """Quantize one weight with ``bitsandbytes.functional.quantize_4bit``; the packed tensors."""
+    import bitsandbytes.functional as bnbf
+
+    if transpose:
+        weight = weight.t()
+    packed, state = bnbf.quantize_4bit(
+        weight.contiguous(), blocksize=blocksize, compress_statistics=double_quant, quant_type=quant_type
+    )
+    out = [(name, packed.cpu())]
+    out += [(f"{name}.{key}", value.cpu()) for key, value in state.as_dict(packed=True).items()]
+    return out
+
+
+def dequantize_fourbit(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``parts``: ``weight`` plus the ``absmax``/``quant_map``/``quant_state...`` entries, unprefixed."""
+    import bitsandbytes.functional as bnbf
+
+    packed = parts.pop("weight")
+    state = bnbf.QuantState.from_dict(parts, device=packed.device)
+    return bnbf.dequantize_4bit(packed, state)
+
+
+def state_fields(raw: torch.Tensor) -> dict:
+    """The JSON fields of a packed quant state tensor."""
+    return json.loads(bytes(raw.tolist()).decode())

@@ -1,0 +1,119 @@
+"""Which tensors a 4/8-bit scheme quantizes, and why the others are kept.
+
+The default is transformers' own: the 2-D weights of linear layers (GPT-2's ``Conv1D``
+included, transposed to ``[out, in]``), never embeddings, norms, biases, the output head or
+tied weights. For a Hugging Face folder, when transformers is installed, the model is built
+on the meta device to learn exactly which modules are linear; otherwise (a bare ``.pth``)
+the same rules are applied by shape and name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..groups import group_of
+from ..sources import CheckpointSource
+
+# GPT-2-style Conv1D modules store their weight [in, out].
+_CONV1D_NAME = re.compile(r"(^|\.)c_(attn|proj|fc)\.weight$")
+
+
+@dataclass
+class Selection:
+    quantize: dict[str, bool] = field(default_factory=dict)  # weight name -> transpose first
+    kept: dict[str, str] = field(default_factory=dict)  # name -> why it stays unquantized
+    structure: str = "names"  # "transformers" when the model was introspected
+
+    def kept_modules(self) -> list[str]:
+        """Linear layers deliberately left unquantized, for ``llm_int8_skip_modules``."""
+        deliberate = ("--skip", "not matched by --only", "output head", "output head / kept by transformers", "tied weights")
+        return sorted({n.removesuffix(".weight") for n, why in self.kept.items() if n.endswith(".weight") and why in deliberate})
+
+
+@dataclass(frozen=True)
+class LinearLayout:
+    linear: frozenset[str]  # module names of nn.Linear
+    conv1d: frozenset[str]  # module names of transformers' Conv1D
+    not_convert: tuple[str, ...]  # transformers' get_keys_to_not_convert
+
+
+def hf_linear_layout(config_dir: Path | None) -> LinearLayout | None:
+    """Introspect a Hugging Face model on the meta device (no weights), or None if impossible."""
+    if config_dir is None:
+        return None
+    try:
+        import torch
+        import transformers
+        from transformers.pytorch_utils import Conv1D
+        from transformers.quantizers.base import get_keys_to_not_convert
+    except ImportError:
+        return None
+    try:
+        config = transformers.AutoConfig.from_pretrained(config_dir)
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        model_cls = getattr(transformers, arch, None) if arch else None
+        with torch.device("meta"):
+            model = model_cls(config) if model_cls is not None else transformers.AutoModel.from_config(config)
+        not_convert = tuple(get_keys_to_not_convert(model))
+    except Exception:  # an unknown or custom architecture: fall back to names and shapes
+        return None
+    linear = frozenset(n for n, m in model.named_modules() if type(m) is torch.nn.Linear)
+    conv1d = frozenset(n for n, m in model.named_modules() if isinstance(m, Conv1D))
+    return LinearLayout(linear, conv1d, not_convert)
+
+
+def _excluded_by_transformers(module: str, patterns: tuple[str, ...]) -> bool:
+    """transformers' own matching of modules_to_not_convert (prefix at a boundary, regex, or suffix)."""
+    boundary = r"(?:(?<=\.)|(?=\.|$))"
+    return any(re.match(rf"(?:{key}){boundary}", module) or module.endswith(key) for key in patterns)
+
+
+def select(
+    source: CheckpointSource,
+    *,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] = (),
+    layout: LinearLayout | None = None,
+) -> Selection:
+    """Decide, from specs alone, which weights a 4/8-bit scheme quantizes."""
+    selection = Selection(structure="transformers" if layout else "names")
+    tied_targets = set(source.aliases.values())
+    for name, spec in source.specs.items():
+        reason = _keep_reason(name, spec, skip, only, layout, tied_targets)
+        if reason:
+            selection.kept[name] = reason
+            continue
+        module = name.removesuffix(".weight")
+        transpose = module in layout.conv1d if layout else bool(_CONV1D_NAME.search(name))
+        selection.quantize[name] = transpose
+    return selection
+
+
+def _keep_reason(name, spec, skip, only, layout, tied_targets) -> str | None:
+    if not spec.dtype.is_floating_point:
+        return "not floating point"
+    if any(re.search(p, name) for p in skip):
+        return "--skip"
+    if only and not any(re.search(p, name) for p in only):
+        return "not matched by --only"
+    if len(spec.shape) != 2:
+        return "convolution kernel or other shape" if len(spec.shape) > 2 else ("bias or norm" if spec.shape else "scalar")
+    if not name.endswith(".weight"):
+        return "not a layer weight"
+    if name in tied_targets:
+        return "tied weights"
+    module = name.removesuffix(".weight")
+    if layout is not None:
+        if module not in layout.linear and module not in layout.conv1d:
+            return group_of(name, spec.shape) if group_of(name, spec.shape) in ("embeddings", "norms") else "not a linear layer"
+        if _excluded_by_transformers(module, layout.not_convert):
+            return "output head / kept by transformers"
+        return None
+    group = group_of(name, spec.shape)
+    if group in ("embeddings", "norms"):
+        return group
+    if group == "output_head":
+        return "output head"
+    return None
