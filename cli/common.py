@@ -55,14 +55,28 @@ def _fail(message: str, code: int) -> None:
 
 @contextmanager
 def byte_progress(total: int, description: str, *, quiet: bool) -> Iterator[Callable[[int], None] | None]:
-    """A tqdm bar counting bytes on stderr; None when quiet."""
+    """A tqdm bar counting bytes on stderr; None when quiet.
+
+    The bar appears at the first update, so a command that fails before writing anything
+    (output exists, bad input) leaves just its one error line on stderr.
+    """
     if quiet:
         yield None
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr, leave=False) as bar:
-        yield bar.update
+    bars: list[tqdm] = []
+
+    def update(num_bytes: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr, leave=False))
+        bars[0].update(num_bytes)
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def print_json(value: object) -> None:

@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from .errors import OutputError, VerificationError
 from .planner import ShardPlan
-from .writer import OutSpec, ShardWriter, WrittenShard
+from .writer import OutSpec, ShardWriter, WrittenShard, os_reason
 
 MANIFEST = "quantkit.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".index.json")
@@ -49,12 +49,13 @@ def staged_output(target: Path, *, force: bool) -> Iterator[Path]:
         raise OutputError(f"{target}: already exists; choose another output or pass --force to replace it")
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"{parent}: output folder's parent does not exist")
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise OutputError(f"{parent}: cannot create {target.name} there: {parent} {what}")
     staging = parent / f".{target.name}.quantkit-tmp-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
     except OSError as exc:
-        raise OutputError(f"{parent}: cannot write here: {exc.strerror}") from None
+        raise OutputError(f"{parent}: cannot write here: {os_reason(exc)}") from None
     try:
         yield staging
         _swap_into_place(staging, target)
@@ -69,7 +70,12 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         return
     old = target.parent / f".{target.name}.quantkit-old-{uuid.uuid4().hex[:8]}"
     os.replace(target, old)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except BaseException:  # interrupted or failed between the two renames: put the old output back
+        if not target.exists():
+            os.replace(old, target)
+        raise
     if old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
     else:
@@ -128,7 +134,7 @@ def _write_json(path: Path, value: object) -> None:
     try:
         path.write_text(json.dumps(value, indent=2) + "\n")
     except OSError as exc:
-        raise OutputError(f"{path}: write failed: {exc.strerror}") from None
+        raise OutputError(f"{path}: write failed: {os_reason(exc)}") from None
 
 
 def copy_model_files(config_dir: Path | None, folder: Path) -> list[str]:

@@ -69,7 +69,7 @@ def read_header(path: Path) -> StHeader:
         raw = f.read(header_bytes)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise InputError(f"{path}: header is not valid JSON ({exc.__class__.__name__}): not a safetensors file, or damaged") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: header is JSON but not an object")
@@ -90,16 +90,16 @@ def _parse_entry(path: Path, name: str, value: object) -> StEntry:
     if not isinstance(value, dict):
         raise InputError(f"{path}: entry {name!r} is not an object")
     dtype_name = value.get("dtype")
-    if dtype_name not in ST_TO_TORCH:
+    if not isinstance(dtype_name, str) or dtype_name not in ST_TO_TORCH:
         raise InputError(f"{path}: tensor {name!r} has unknown dtype {dtype_name!r}")
     shape = value.get("shape")
     offsets = value.get("data_offsets")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise InputError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(o, int) and o >= 0 for o in offsets)
+        or not all(_is_count(o) for o in offsets)
         or offsets[1] < offsets[0]
     ):
         raise InputError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
@@ -110,6 +110,10 @@ def _parse_entry(path: Path, name: str, value: object) -> StEntry:
             f"and dtype {dtype_name} need {spec.nbytes}"
         )
     return StEntry(spec, offsets[0], offsets[1])
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0  # JSON true/false are bools, which isinstance(_, int) accepts
 
 
 def _check_coverage(path: Path, entries: list[StEntry], buffer_bytes: int) -> None:

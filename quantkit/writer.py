@@ -63,7 +63,7 @@ class ShardWriter:
         try:
             self._file = open(path, "wb")
         except OSError as exc:
-            raise OutputError(f"{path}: cannot create file: {exc.strerror}") from None
+            raise OutputError(f"{path}: cannot create file: {os_reason(exc)}") from None
         self._data_start = HEADER_LENGTH_BYTES + (
             self._header_bytes if self._header_bytes is not None else len(build_header(bound_entries, metadata))
         )
@@ -93,7 +93,7 @@ class ShardWriter:
             self._file.seek(offset)
             self._file.write(data)
         except OSError as exc:
-            raise OutputError(f"{self.path}: write failed: {exc.strerror}") from None
+            raise OutputError(f"{self.path}: write failed: {os_reason(exc)}") from None
 
     def finish(self) -> WrittenShard:
         """Write the variable tensors and the header, close, and check the file against the plan."""
@@ -118,7 +118,7 @@ class ShardWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
-            raise OutputError(f"{self.path}: write failed: {exc.strerror}") from None
+            raise OutputError(f"{self.path}: write failed: {os_reason(exc)}") from None
         finally:
             self._file.close()
         return self._verify([e[0] for e in entries], position)
@@ -136,6 +136,14 @@ class ShardWriter:
     def abort(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+def os_reason(exc: OSError) -> str:
+    """``No space left on device`` from an OSError, also when it was raised with an errno only."""
+    if exc.strerror:
+        return exc.strerror
+    code = exc.errno if exc.errno is not None else (exc.args[0] if exc.args and isinstance(exc.args[0], int) else None)
+    return os.strerror(code) if code is not None else str(exc) or exc.__class__.__name__
 
 
 def sha256_of(path: Path, chunk_bytes: int = 8 << 20) -> str:

@@ -25,6 +25,18 @@ def open_checkpoint(path: str | Path) -> CheckpointSource:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    try:
+        source = _open_path(path)
+    except OSError as exc:  # unreadable file or folder: a bad input, not a quantkit bug
+        raise InputError(f"{exc.filename or path}: cannot read: {exc.strerror or exc}") from None
+    if not source.specs:
+        source.close()
+        held = f" (it holds: {', '.join(source.info.extras)})" if source.info.extras else ""
+        raise InputError(f"{path}: the checkpoint holds no tensors{held}")
+    return source
+
+
+def _open_path(path: Path) -> CheckpointSource:
     if path.is_dir():
         return _open_folder(path)
     if path.name.endswith(".index.json"):
@@ -44,8 +56,14 @@ def _open_file(path: Path, config_dir: Path | None = None) -> CheckpointSource:
         return open_torch_file(path, config_dir=config_dir)
     with open(path, "rb") as f:
         head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{":
+    if (len(head) == 9 and head[8:9] == b"{") or path.suffix == ".safetensors":
+        # read_header says precisely what is wrong with a damaged .safetensors file
         return open_safetensors_file(path, config_dir=config_dir)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise InputError(
+            f"{path}: a plain Python pickle, not a PyTorch checkpoint: not unpickled "
+            "(unpickling can run code); save the tensors with torch.save or safetensors instead"
+        )
     raise InputError(f"{path}: not a checkpoint quantkit can read (neither safetensors nor a PyTorch zip or legacy pickle)")
 
 
@@ -54,9 +72,9 @@ def _first_shard_suffix(index_path: Path) -> str:
 
     try:
         weight_map = json.loads(index_path.read_text()).get("weight_map") or {}
-    except (ValueError, AttributeError):
+        first = next(iter(weight_map.values()), "")
+    except (ValueError, AttributeError, RecursionError):
         raise InputError(f"{index_path}: index is not valid JSON with a 'weight_map'") from None
-    first = next(iter(weight_map.values()), "")
     return ".safetensors" if str(first).endswith(".safetensors") else ".bin"
 
 

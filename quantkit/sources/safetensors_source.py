@@ -20,8 +20,10 @@ def _aliases_from(metadata: dict[str, str], path: Path) -> dict[str, str]:
         return {}
     try:
         aliases = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise InputError(f"{path}: metadata {ALIASES_KEY!r} is not JSON") from None
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise InputError(f"{path}: metadata {ALIASES_KEY!r} must map dropped names to kept names")
     return dict(aliases)
 
 
@@ -72,7 +74,7 @@ def read_index(index_path: Path) -> dict[str, str]:
     """The ``weight_map`` of a sharded checkpoint's index, checked for shape."""
     try:
         index = json.loads(index_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputError(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):

@@ -44,7 +44,7 @@ def load_pickle(path: Path, *, mmap: bool) -> object:
             f"{path}: refused: this pickle cannot be loaded as plain weights ({reason}). "
             "quantkit never runs code from a checkpoint; re-save the state_dict with torch.save from a trusted environment"
         ) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # torch reports damaged files with many types (RuntimeError, EOFError, AttributeError, ...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise InputError(f"{path}: cannot read this PyTorch checkpoint: {reason} (truncated or damaged?)") from None
 
