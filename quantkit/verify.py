@@ -1,0 +1,248 @@
+"""Check a checkpoint against itself and against the checksums recorded when it was written.
+
+For safetensors (one file, or shards with an index): every header is parsed and checked
+(dtypes, shapes, offsets without holes or overlaps, data filling the file exactly), the index
+covers every tensor exactly once, the recorded sizes agree, and each shard's SHA-256 matches
+``quantkit.json`` and the index's ``metadata.sha256`` when they were recorded. Other formats
+are checked by opening them as quantkit would read them (pickle metadata, index coverage).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+from .output import MANIFEST, WEIGHT_SUFFIXES
+from .sources import open_checkpoint
+from .sources.safetensors_source import ALIASES_KEY
+from .stformat import StHeader, read_header
+from .writer import sha256_of
+
+ST_INDEX = "model.safetensors.index.json"
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_checkpoint`` found. ``problems`` is empty when the checkpoint is sound."""
+
+    path: str
+    format: str
+    files: list[str]
+    num_tensors: int = 0
+    total_bytes: int = 0
+    checksums: str = "not recorded"  # "verified", "not recorded", or "mismatch"
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def verify_checkpoint(path: str | Path) -> VerifyReport:
+    """Check a checkpoint folder or file; return every problem found (never stops at the first).
+
+    Args:
+        path: a folder quantkit wrote, a Hugging Face model folder, a ``.safetensors`` file,
+            an index ``.json``, or a PyTorch checkpoint.
+
+    Returns:
+        A VerifyReport; ``report.ok`` is True when nothing is wrong.
+
+    Raises:
+        InputError: the path does not exist or holds no checkpoint at all.
+
+    Example:
+        >>> report = verify_checkpoint("model-safetensors")  # doctest: +SKIP
+        >>> report.ok, report.checksums
+        (True, 'verified')
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    located = _locate_safetensors(path)
+    if located is None:
+        return _verify_other(path)
+    folder, index_path, shard_names = located
+    report = VerifyReport(str(path), "safetensors-sharded" if index_path else "safetensors", list(shard_names))
+    weight_map: dict[str, str] | None = None
+    index_meta: dict = {}
+    if index_path is not None:
+        weight_map, index_meta, shard_names = _read_index(index_path, report)
+        report.files = list(shard_names)
+    headers = _read_headers(folder, shard_names, report)
+    _check_coverage(headers, weight_map, report)
+    _check_aliases(headers, report)
+    report.num_tensors = sum(len(h.entries) for h in headers.values())
+    report.total_bytes = sum(e.spec.nbytes for h in headers.values() for e in h.entries.values())
+    manifest = _read_manifest(folder, report)
+    written_by_quantkit = bool(manifest) or "quantkit_version" in index_meta
+    if index_path is not None and len(headers) == len(shard_names):
+        _check_total_size(index_path.name, index_meta.get("total_size"), report, strict=written_by_quantkit)
+    if manifest and len(headers) == len(shard_names) and manifest.get("total_size") is not None:
+        _check_total_size(MANIFEST, manifest.get("total_size"), report, strict=True)
+    _check_checksums(folder, shard_names, manifest, index_meta, report)
+    return report
+
+
+def _locate_safetensors(path: Path) -> tuple[Path, Path | None, list[str]] | None:
+    """(folder, index or None, shard file names), or None when the checkpoint is not safetensors."""
+    if path.is_dir():
+        if (path / ST_INDEX).is_file():
+            return path, path / ST_INDEX, []
+        if (path / "model.safetensors").is_file():
+            return path, None, ["model.safetensors"]
+        singles = sorted(p.name for p in path.glob("*.safetensors"))
+        return (path, None, singles) if len(singles) == 1 else None
+    if path.name.endswith(".safetensors.index.json"):
+        return path.parent, path, []
+    if path.suffix == ".safetensors":
+        return path.parent, None, [path.name]
+    return None
+
+
+def _verify_other(path: Path) -> VerifyReport:
+    """A PyTorch checkpoint or ``.bin`` folder: check it opens as quantkit reads it."""
+    if path.is_dir() and not any(p.name.endswith(WEIGHT_SUFFIXES) for p in path.iterdir()):
+        raise InputError(f"{path}: no checkpoint found to verify (no weight files)")
+    report = VerifyReport(str(path), "unknown", [])
+    try:
+        with open_checkpoint(path) as source:
+            report.format = source.info.format
+            report.files = [p.name for p in source.info.files]
+            report.num_tensors = len(source.specs)
+            report.total_bytes = source.total_bytes
+    except InputError as exc:
+        report.problems.append(str(exc))
+        return report
+    report.notes.append("not safetensors: checked what can be checked without reading the tensor data")
+    return report
+
+
+def _read_index(index_path: Path, report: VerifyReport) -> tuple[dict[str, str] | None, dict, list[str]]:
+    try:
+        index = json.loads(index_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        report.problems.append(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})")
+        return None, {}, []
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        report.problems.append(f"{index_path}: index has no 'weight_map' mapping tensor names to shard files")
+        return None, {}, []
+    metadata = index.get("metadata")
+    return weight_map, metadata if isinstance(metadata, dict) else {}, list(dict.fromkeys(weight_map.values()))
+
+
+def _read_headers(folder: Path, shard_names: list[str], report: VerifyReport) -> dict[str, StHeader]:
+    headers: dict[str, StHeader] = {}
+    for shard in shard_names:
+        shard_path = folder / shard
+        if "/" in shard or "\\" in shard or not shard_path.is_file():
+            report.problems.append(f"{shard_path}: shard named by the index is missing")
+            continue
+        try:
+            headers[shard] = read_header(shard_path)
+        except InputError as exc:
+            report.problems.append(str(exc))
+        except OSError as exc:
+            report.problems.append(f"{shard_path}: cannot read: {exc.strerror or exc}")
+    return headers
+
+
+def _check_coverage(headers: dict[str, StHeader], weight_map: dict[str, str] | None, report: VerifyReport) -> None:
+    """Every weight_map entry is in its shard, every shard tensor is in the map, no name twice."""
+    owner: dict[str, str] = {}
+    for shard, header in headers.items():
+        for name in header.entries:
+            if name in owner:
+                report.problems.append(f"tensor {name!r} is stored twice, in {owner[name]} and {shard}")
+                continue
+            owner[name] = shard
+            if weight_map is not None and name not in weight_map:
+                report.problems.append(f"{header.path}: tensor {name!r} is not in the index")
+            elif weight_map is not None and weight_map[name] != shard:
+                report.problems.append(f"{header.path}: tensor {name!r} is here but the index maps it to {weight_map[name]}")
+    for name, shard in (weight_map or {}).items():
+        if shard in headers and name not in headers[shard].entries:
+            report.problems.append(f"the index maps tensor {name!r} to {shard}, which does not hold it")
+
+
+def _check_aliases(headers: dict[str, StHeader], report: VerifyReport) -> None:
+    names = {n for h in headers.values() for n in h.entries}
+    for header in headers.values():
+        raw = header.metadata.get(ALIASES_KEY)
+        if not raw:
+            continue
+        try:
+            aliases = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            report.problems.append(f"{header.path}: metadata {ALIASES_KEY!r} is not JSON")
+            continue
+        if not isinstance(aliases, dict):
+            report.problems.append(f"{header.path}: metadata {ALIASES_KEY!r} is not a mapping")
+            continue
+        for alias, kept in aliases.items():
+            if kept not in names:
+                report.problems.append(f"{header.path}: tied name {alias!r} points to {kept!r}, which no shard holds")
+
+
+def _read_manifest(folder: Path, report: VerifyReport) -> dict:
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return {}
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        report.problems.append(f"{manifest_path}: not valid JSON ({exc.__class__.__name__})")
+        return {}
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        report.problems.append(f"{manifest_path}: 'files' must map file names to their bytes and sha256")
+        return {}
+    return manifest
+
+
+def _check_total_size(source: str, recorded: object, report: VerifyReport, *, strict: bool) -> None:
+    if recorded is None or recorded == report.total_bytes:
+        return
+    message = f"{source}: total_size is {recorded} but the tensors hold {report.total_bytes} bytes"
+    # Some writers (older transformers) count bool tensors as 1/8 byte: only quantkit's own
+    # figures must agree exactly.
+    (report.problems if strict else report.notes).append(message)
+
+
+def _check_checksums(folder: Path, shard_names: list[str], manifest: dict, index_meta: dict, report: VerifyReport) -> None:
+    """Compare sizes and SHA-256 with quantkit.json and the index metadata, each shard hashed once."""
+    files = manifest.get("files", {}) if manifest else {}
+    index_sums = index_meta.get("sha256") if isinstance(index_meta.get("sha256"), dict) else {}
+    recorded: dict[str, list[tuple[str, str]]] = {}
+    for name, entry in files.items():
+        if not (folder / name).is_file():
+            report.problems.append(f"{folder / name}: listed in {MANIFEST} but missing")
+            continue
+        if isinstance(entry, dict) and entry.get("bytes") is not None and entry["bytes"] != (folder / name).stat().st_size:
+            report.problems.append(f"{folder / name}: {(folder / name).stat().st_size} bytes, {MANIFEST} records {entry['bytes']}")
+        if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+            recorded.setdefault(name, []).append((MANIFEST, entry["sha256"]))
+    for name, digest in index_sums.items():
+        if isinstance(digest, str) and (folder / name).is_file():
+            recorded.setdefault(name, []).append(("the index", digest))
+    if manifest:
+        for shard in shard_names:
+            if shard not in files:
+                report.problems.append(f"{folder / shard}: shard not listed in {MANIFEST}")
+    if not recorded:
+        report.checksums = "not recorded"
+        return
+    mismatched = False
+    for name, claims in recorded.items():
+        actual = sha256_of(folder / name)
+        for where, digest in claims:
+            if digest.lower() != actual:
+                mismatched = True
+                report.problems.append(f"{folder / name}: SHA-256 {actual[:16]}... differs from {where}'s {digest[:16]}... (file changed or damaged)")
+    report.checksums = "mismatch" if mismatched else "verified"
