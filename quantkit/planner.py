@@ -30,8 +30,10 @@ def plan_shards(units: Sequence[tuple[str, int]], max_shard_bytes: int) -> Shard
 
     Rule (the one huggingface_hub and transformers follow): walk the units in the given
     order, adding each to the current shard; when it would overflow, close the shard and
-    start a new one. A unit larger than the limit gets a shard of its own, appended as soon
-    as it is met. No shard is empty; an empty input gives one empty shard.
+    start a new one. A unit larger than the limit gets a shard of its own: the current shard
+    is closed first, so the shards list the units in exactly the given order (huggingface_hub
+    instead leaves the current shard open and puts the large unit before it). No shard is
+    empty; an empty input gives one empty shard.
 
     Example:
         >>> plan_shards([("a", 4), ("b", 4), ("c", 10), ("d", 1)], 8).shards
@@ -45,6 +47,10 @@ def plan_shards(units: Sequence[tuple[str, int]], max_shard_bytes: int) -> Shard
     current_bytes = 0
     for name, nbytes in units:
         if nbytes > max_shard_bytes:
+            if current:
+                shards.append(tuple(current))
+                sizes.append(current_bytes)
+                current, current_bytes = [], 0
             shards.append((name,))
             sizes.append(nbytes)
             continue
