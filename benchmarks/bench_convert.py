@@ -1,0 +1,355 @@
+"""Benchmark ``quantkit convert`` against transformers + bitsandbytes and against the I/O limit.
+
+One command (``make bench`` runs ``python benchmarks/bench_convert.py $(BENCH_ARGS)``)::
+
+    .venv/bin/python benchmarks/bench_convert.py --sizes large --schemes bf16,int8,nf4 --repeat 3
+    make bench BENCH_ARGS="--sizes small,large --repeat 3"
+
+What it does:
+
+1. Builds seeded synthetic GPT-2 checkpoints of real shapes (``small`` = GPT-2 124M,
+   ``large`` = 774M / 3.1 GB FP32, ``xl`` = 1.5B) from transformers' ``GPT2Config``: the
+   model is created on the meta device and each tensor is materialized on its own with a
+   seeded ``torch.Generator`` (normal, std 0.02) and streamed to disk with quantkit's
+   ``ShardWriter``, so building needs about one tensor of memory. The result is an HF folder
+   (config.json + 1 GB safetensors shards + index) cached under ``benchmarks/cache/``.
+2. For each scheme (``--schemes``, default bf16,int8,nf4) it runs, each in a fresh
+   subprocess and alternating, ``--repeat`` times:
+
+   * ``quantkit``: ``python -m quantkit convert SRC --to SCHEME -o OUT --max-size 2GB --quiet --force``;
+   * ``transformers``: ``AutoModelForCausalLM.from_pretrained(SRC, dtype=torch.bfloat16)``
+     (bf16) or with ``BitsAndBytesConfig(load_in_8bit=True)`` /
+     ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")``, then
+     ``save_pretrained(OUT, max_shard_size="2GB")``;
+   * ``raw``: the I/O limit: read every input byte in 8 MB chunks and write (and fsync, as
+     quantkit does) a file of the quantkit output's byte count, with no compute.
+
+3. Measures each process tree's wall time, peak RSS and peak RssAnon (the parent polls
+   ``/proc/<pid>/status`` of the child and its descendants every ~20 ms and sums them) and
+   the kernel's peak RSS of the largest process (``ru_maxrss`` from ``wait4``, i.e. VmHWM at
+   exit), takes the median over the repeats, prints a table of ratios and writes JSON to
+   ``benchmarks/results/``.
+
+The input is read from the page cache after the first run (the machine's RAM is expected
+to hold it); all three contenders see the same warm cache. Outputs are deleted after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = HERE / "cache"
+RESULTS = HERE / "results"
+SIZES = {
+    "small": {},  # GPT-2 124M (GPT2Config defaults)
+    "large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},  # 774M
+    "xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25},  # 1.5B
+}
+SEED = 0
+SHARD_BYTES = 1 << 30
+CHUNK = 8 << 20
+TOOLS = ("quantkit", "transformers", "raw")
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    for suffix, mult in (("GIB", 1 << 30), ("MIB", 1 << 20), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * mult)
+    return int(text)
+
+
+# ---------------------------------------------------------------- building the checkpoints
+
+
+def build_checkpoint(size: str) -> Path:
+    """The cached HF folder for ``size``, built once (seeded, tensor by tensor)."""
+    folder = CACHE / f"gpt2-{size}"
+    if (folder / "model.safetensors.index.json").is_file() or (folder / "model.safetensors").is_file():
+        return folder
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    sys.path.insert(0, str(ROOT))
+    from quantkit.planner import plan_shards
+    from quantkit.writer import OutSpec, ShardWriter
+
+    config = GPT2Config(**SIZES[size])
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config)
+    state = model.state_dict()
+    state.pop("lm_head.weight", None)  # tied to transformer.wte.weight, as save_pretrained drops it
+    specs = {name: OutSpec(name, torch.float32, tuple(t.shape)) for name, t in state.items() if t.is_floating_point()}
+    plan = plan_shards([(n, s.nbytes) for n, s in specs.items()], SHARD_BYTES)
+    names = plan.file_names()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(SEED)
+    weight_map = {}
+    started = time.perf_counter()
+    for file_name, units in zip(names, plan.shards):
+        writer = ShardWriter(tmp / file_name, [specs[u] for u in units], {"format": "pt"})
+        for unit in units:
+            tensor = torch.empty(specs[unit].shape, dtype=torch.float32).normal_(0.0, 0.02, generator=gen)
+            writer.write(unit, tensor)
+            weight_map[unit] = file_name
+            del tensor
+        writer.finish()
+    if len(names) > 1:
+        index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    config.save_pretrained(tmp)
+    os.replace(tmp, folder)
+    print(f"built {folder} ({plan.total_bytes / 1e9:.2f} GB, {len(names)} shards) in {time.perf_counter() - started:.1f}s", flush=True)
+    return folder
+
+
+def weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in weight_files(folder))
+
+
+# ---------------------------------------------------------------- the contenders (worker side)
+
+
+def worker_transformers(src: str, out: str, scheme: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict = {"dtype": torch.bfloat16}
+    if scheme == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif scheme == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    model.save_pretrained(out, max_shard_size="2GB")
+
+
+def worker_raw(src: str, out: str, out_bytes: int) -> None:
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    for path in weight_files(Path(src)):
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+    os.makedirs(out, exist_ok=True)
+    zeros = memoryview(bytes(CHUNK))
+    with open(Path(out) / "model.safetensors", "wb", buffering=0) as f:
+        left = out_bytes
+        while left > 0:
+            n = f.write(zeros[: min(CHUNK, left)])
+            left -= n
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- measuring a process tree
+
+
+def _status(pid: int) -> dict[str, int]:
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "VmHWM"):
+                    fields[key] = int(value.split()[0]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
+        pass
+    return fields
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+    return pids
+
+
+def measure(cmd: list[str], interval: float = 0.02) -> dict:
+    """Run ``cmd``; wall time, peak summed RSS / RssAnon of its tree, and ru_maxrss."""
+    peak = {"rss": 0, "anon": 0, "hwm": 0}
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            rss = anon = 0
+            for p in _tree(proc.pid):
+                s = _status(p)
+                rss += s.get("VmRSS", 0)
+                anon += s.get("RssAnon", 0)
+                peak["hwm"] = max(peak["hwm"], s.get("VmHWM", 0))
+            peak["rss"], peak["anon"] = max(peak["rss"], rss), max(peak["anon"], anon)
+            done.wait(interval)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output.decode(errors='replace')[-4000:]}")
+    return {
+        "wall_s": wall,
+        "peak_rss": peak["rss"],
+        "peak_anon": peak["anon"],
+        "maxrss": max(usage.ru_maxrss * 1024, peak["hwm"]),
+    }
+
+
+def command(tool: str, scheme: str, src: Path, out: Path, max_size: str, out_bytes: int) -> list[str]:
+    py = sys.executable
+    if tool == "quantkit":
+        return [py, "-m", "quantkit", "convert", str(src), "--to", scheme, "-o", str(out), "--max-size", max_size, "--quiet", "--force"]
+    if tool == "transformers":
+        return [py, __file__, "_worker", "transformers", str(src), str(out), scheme]
+    return [py, __file__, "_worker", "raw", str(src), str(out), str(out_bytes)]
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run(args) -> dict:
+    results: dict = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "args": vars(args),
+        "runs": {},
+    }
+    work = CACHE / "out"
+    work.mkdir(parents=True, exist_ok=True)
+    for size in args.sizes:
+        src = build_checkpoint(size)
+        in_bytes = folder_bytes(src)
+        for scheme in args.schemes:
+            key = f"{size}/{scheme}"
+            samples = {t: [] for t in args.tools}
+            out_bytes = 0
+            for rep in range(args.repeat):
+                for tool in args.tools:
+                    out = work / f"{tool}-{scheme}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    if tool == "raw" and not out_bytes:
+                        out_bytes = _expected_bytes(src, scheme, work, args.max_size)
+                    m = measure(command(tool, scheme, src, out, args.max_size, out_bytes))
+                    if tool == "quantkit":
+                        out_bytes = folder_bytes(out)
+                    m["out_bytes"] = folder_bytes(out)
+                    samples[tool].append(m)
+                    shutil.rmtree(out, ignore_errors=True)
+                    print(
+                        f"  {key:12s} {tool:12s} run {rep + 1}/{args.repeat}: {m['wall_s']:7.2f}s  "
+                        f"rss {m['peak_rss'] / 1e9:5.2f} GB  anon {m['peak_anon'] / 1e9:5.2f} GB",
+                        flush=True,
+                    )
+            median = {t: {k: statistics.median(s[k] for s in v) for k in v[0]} for t, v in samples.items()}
+            results["runs"][key] = {"input_bytes": in_bytes, "samples": samples, "median": median}
+    return results
+
+
+def _expected_bytes(src: Path, scheme: str, work: Path, max_size: str) -> int:
+    out = work / f"size-probe-{scheme}"
+    subprocess.run(
+        [sys.executable, "-m", "quantkit", "convert", str(src), "--to", scheme, "-o", str(out), "--max-size", max_size, "--quiet", "--force"],
+        cwd=ROOT, check=True,
+    )
+    n = folder_bytes(out)
+    shutil.rmtree(out, ignore_errors=True)
+    return n
+
+
+def table(results: dict) -> str:
+    head = (
+        f"{'size/scheme':14s} {'quantkit s':>10s} {'transf. s':>10s} {'raw s':>8s} {'qk/tf':>7s} {'qk/raw':>7s} "
+        f"{'qk RSS':>8s} {'qk anon':>8s} {'tf RSS':>8s} {'tf anon':>8s} {'raw RSS':>8s} {'qk/tf RSS':>9s}"
+    )
+    lines = [head, "-" * len(head)]
+    gb = lambda b: f"{b / 1e9:.2f}G"  # noqa: E731
+    for key, run_ in results["runs"].items():
+        m = run_["median"]
+        q, t, r = m.get("quantkit"), m.get("transformers"), m.get("raw")
+        cell = lambda d, k, f: f(d[k]) if d else "-"  # noqa: E731
+        ratio = lambda a, b, k: f"{a[k] / b[k]:.2f}x" if a and b and b[k] else "-"  # noqa: E731
+        lines.append(
+            f"{key:14s} {cell(q, 'wall_s', lambda v: f'{v:.2f}'):>10s} {cell(t, 'wall_s', lambda v: f'{v:.2f}'):>10s} "
+            f"{cell(r, 'wall_s', lambda v: f'{v:.2f}'):>8s} {ratio(q, t, 'wall_s'):>7s} {ratio(q, r, 'wall_s'):>7s} "
+            f"{cell(q, 'peak_rss', gb):>8s} {cell(q, 'peak_anon', gb):>8s} {cell(t, 'peak_rss', gb):>8s} "
+            f"{cell(t, 'peak_anon', gb):>8s} {cell(r, 'peak_rss', gb):>8s} {ratio(q, t, 'peak_rss'):>9s}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_worker":
+        kind, src, out, extra = argv[1:5]
+        if kind == "transformers":
+            worker_transformers(src, out, extra)
+        else:
+            worker_raw(src, out, int(extra))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="large", help="comma-separated: small, large, xl (default large)")
+    parser.add_argument("--schemes", default="bf16,int8,nf4", help="comma-separated (default bf16,int8,nf4)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,raw")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the median is reported (default 3)")
+    parser.add_argument("--max-size", default="2GB", help="quantkit's --max-size, e.g. 5GB for one large shard (default 2GB)")
+    parser.add_argument("--build-only", action="store_true", help="only build the cached checkpoints")
+    parser.add_argument("--json", type=Path, default=None, help="where to write results (default benchmarks/results/<time>.json)")
+    args = parser.parse_args(argv)
+    args.sizes = [s for s in args.sizes.split(",") if s]
+    args.schemes = [s for s in args.schemes.split(",") if s]
+    args.tools = [t for t in args.tools.split(",") if t]
+    for s in args.sizes:
+        if s not in SIZES:
+            parser.error(f"unknown size {s!r}: choose from {', '.join(SIZES)}")
+    for t in args.tools:
+        if t not in TOOLS:
+            parser.error(f"unknown tool {t!r}: choose from {', '.join(TOOLS)}")
+    _parse_size(args.max_size)
+    if args.build_only:
+        for s in args.sizes:
+            build_checkpoint(s)
+        return 0
+    results = run(args)
+    text = table(results)
+    results["table"] = text
+    print()
+    print(f"median of {args.repeat} run(s), {os.cpu_count()} CPUs, quantkit --max-size {args.max_size}")
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = args.json or RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    args.json = str(path)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
