@@ -101,6 +101,7 @@ def estimate_memory(
     gpu_gb: float | None = None,
     weight_bytes: int = 2,
     gradient_bytes: int = 2,
+    stored_bytes: int | None = None,
 ) -> MemoryEstimate:
     """Weights at each precision, training memory and, given ``gpu_gb`` (GiB), GPUs needed.
 
@@ -111,8 +112,11 @@ def estimate_memory(
             maximum positions, capped at 2048.
         gpu_gb: memory of one GPU in GiB.
         weight_bytes, gradient_bytes: x and y of the (x + y + 12) x N training formula.
+        stored_bytes: the checkpoint's own tensor bytes, listed as weights ``"stored"``.
     """
     weights = {k: math.ceil(num_parameters * v) for k, v in WEIGHT_BYTES_PER_PARAMETER.items()}
+    if stored_bytes is not None:
+        weights["stored"] = stored_bytes
     per_param = weight_bytes + gradient_bytes + OPTIMIZER_BYTES_PER_PARAMETER
     training = {
         "weight_bytes_per_parameter": weight_bytes,

@@ -1,0 +1,147 @@
+"""The comparison report: a value built from two checkpoints, rendered elsewhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..errors import QuantkitError
+from ..inspect import inspect_checkpoint
+from ..sources import open_checkpoint
+from .accuracy import TensorAccuracy, compare_tensors
+from .memory import MemoryEstimate, ModelShape, estimate_memory, read_config
+from .outputs import OutputComparison, compare_module_outputs
+from .size import SizeComparison, compare_sizes
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class ComparisonReport:
+    """Everything `quantkit compare` found; ``to_dict`` is the JSON form (stable keys)."""
+
+    original: str
+    converted: str
+    size: SizeComparison
+    tensors: TensorAccuracy
+    outputs: OutputComparison | None
+    memory: MemoryEstimate
+    notes: list[str] = field(default_factory=list)
+    report_version: int = REPORT_VERSION
+    quantkit_version: str = __version__
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict; infinite or NaN figures (an exact tensor's SQNR) become null."""
+        return _json_safe(asdict(self))
+
+
+def build_report(
+    original: str | Path,
+    converted: str | Path,
+    *,
+    model_outputs: bool = True,
+    text: str | Path | None = None,
+    model: str | None = None,
+    inputs: str | None = None,
+    device: str = "auto",
+    max_tokens: int = 1024,
+    top: int = 10,
+    gpu_gb: float | None = None,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    shape: ModelShape | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ComparisonReport:
+    """Compare a converted checkpoint with its original: sizes, per-tensor error, outputs, memory.
+
+    Args:
+        original, converted: checkpoint files, indexes or folders (any format quantkit reads).
+        model_outputs: also run both models on sample inputs (Hugging Face folders with
+            transformers installed, or ``model``); failures there become notes.
+        text: sample text (a ``Path`` is read as UTF-8); default: a built-in paragraph.
+        model, inputs: ``"module:factory"`` building the ``nn.Module`` of a bare checkpoint,
+            and ``"module:function"`` returning its inputs (tensor, tuple or dict).
+        device: where the models run: auto, cpu or cuda.
+        top: how many largest and worst tensors to list.
+        gpu_gb, batch_size, seq_len, shape: memory-estimate options (``estimate_memory``);
+            ``shape`` defaults to the original's config.json.
+        progress: called with the bytes of each original tensor compared.
+
+    Example:
+        >>> report = build_report("gpt2", "gpt2-nf4")  # doctest: +SKIP
+        >>> write_report(report, "gpt2-nf4.html")  # doctest: +SKIP
+    """
+    original, converted = Path(original), Path(converted)
+    with open_checkpoint(original) as before, open_checkpoint(converted) as after:
+        accuracy = compare_tensors(before, after, top=top, progress=progress)
+        config_dir = before.info.config_dir
+    anatomies = [inspect_checkpoint(p, top=0) for p in (original, converted)]
+    size = compare_sizes(anatomies[0], anatomies[1], accuracy.tensors, top=top)
+    notes = _accuracy_notes(accuracy)
+    outputs = None
+    if model_outputs:
+        sample = text.read_text(encoding="utf-8") if isinstance(text, Path) else text
+        outputs = _outputs(original, converted, config_dir, model, inputs, sample, device, max_tokens, notes)
+    config = read_config(config_dir)
+    memory = estimate_memory(
+        size.original.num_parameters,
+        shape=shape or ModelShape.from_config(config),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        gpu_gb=gpu_gb,
+        stored_bytes=size.converted.tensor_bytes,
+    )
+    return ComparisonReport(str(original), str(converted), size, accuracy, outputs, memory, notes)
+
+
+def _outputs(original, converted, config_dir, model, inputs, text, device, max_tokens, notes) -> OutputComparison | None:
+    if model is not None:
+        if inputs is None:
+            raise QuantkitError("--model needs --inputs module:function returning the model's sample inputs")
+        try:
+            return compare_module_outputs(original, converted, factory=model, inputs=inputs, device=device)
+        except QuantkitError:
+            raise
+        except Exception as exc:  # the user's factory or model failed: say where, in one line
+            raise QuantkitError(f"--model {model}: running it failed: {exc.__class__.__name__}: {exc}") from exc
+    if config_dir is None:
+        notes.append("model outputs not compared: the original is not a Hugging Face folder (use --model and --inputs)")
+        return None
+    if importlib.util.find_spec("transformers") is None:
+        notes.append("model outputs not compared: transformers is not installed (pip install 'quantkit[hf]')")
+        return None
+    from .hf_outputs import compare_hf_outputs
+
+    try:
+        return compare_hf_outputs(config_dir, converted, text=text, device=device, max_tokens=max_tokens)
+    except (QuantkitError, RuntimeError, ValueError, KeyError, AttributeError, TypeError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        notes.append(f"model outputs not compared: {exc.__class__.__name__}: {reason[:300]}")
+        return None
+
+
+def _accuracy_notes(accuracy: TensorAccuracy) -> list[str]:
+    notes = []
+    for label, names in (
+        ("in the original but not in the converted checkpoint", accuracy.missing),
+        ("in the converted checkpoint but not in the original", accuracy.unexpected),
+        ("not compared, shapes differ", accuracy.mismatched),
+    ):
+        if names:
+            shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+            notes.append(f"{len(names)} tensor(s) {label}: {shown}")
+    return notes
+
+
+def _json_safe(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
