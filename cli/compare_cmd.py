@@ -1,1 +1,73 @@
-"""Registers its command on the app in cli/main.py."""
+"""`quantkit compare`: sizes, accuracy and memory of a converted checkpoint against its original."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from quantkit.errors import UsageError
+from quantkit.reports import ModelShape, build_report, render_json, render_text, write_report
+from quantkit.sources import open_checkpoint
+
+from .common import byte_progress, guarded
+from .main import Quiet, app
+
+Original = Annotated[Path, typer.Argument(help="The original checkpoint (file, index or Hugging Face folder).")]
+Converted = Annotated[Path, typer.Argument(help="The converted checkpoint to judge against it.")]
+
+
+def model_shape(num_layers: int | None, hidden_size: int | None, num_heads: int | None) -> ModelShape | None:
+    """The --num-layers/--hidden-size/--num-heads triple, all or none."""
+    given = [v for v in (num_layers, hidden_size, num_heads) if v is not None]
+    if not given:
+        return None
+    if len(given) != 3:
+        raise UsageError("--num-layers, --hidden-size and --num-heads go together: give all three (or none, to read config.json)")
+    return ModelShape(num_layers, hidden_size, num_heads)
+
+
+@app.command("compare")
+@guarded
+def compare_cmd(
+    original: Original,
+    converted: Converted,
+    json_out: Annotated[bool, typer.Option("--json", help="Print every figure as JSON (keys in README.md).")] = False,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Also write a Markdown report (for a model card).")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with charts.")] = None,
+    text: Annotated[Optional[Path], typer.Option("--text", help="Sample text for the model-output check (default: a built-in paragraph).")] = None,
+    outputs: Annotated[bool, typer.Option("--outputs/--no-outputs", help="Run both models on sample inputs and compare outputs.")] = True,
+    model: Annotated[Optional[str], typer.Option("--model", help="module:factory (or file.py:factory) building the nn.Module of a bare .pth.")] = None,
+    inputs: Annotated[Optional[str], typer.Option("--inputs", help="module:function returning the sample inputs for --model.")] = None,
+    device: Annotated[str, typer.Option("--device", help="Where the models run: auto (CUDA when present), cpu or cuda.")] = "auto",
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most tokens of sample text to run.")] = 1024,
+    top: Annotated[int, typer.Option("--top", help="How many largest and worst tensors to list.")] = 10,
+    gpu_gb: Annotated[Optional[float], typer.Option("--gpu-gb", help="Memory of one GPU in GiB: estimate how many are needed.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for the activation estimate.")] = 1,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Sequence length for the activation estimate (default: the model's, at most 2048).")] = None,
+    num_layers: Annotated[Optional[int], typer.Option("--num-layers", help="Layers, when there is no config.json (with --hidden-size, --num-heads).")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option("--hidden-size", help="Hidden size, when there is no config.json.")] = None,
+    num_heads: Annotated[Optional[int], typer.Option("--num-heads", help="Attention heads, when there is no config.json.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Compare a converted checkpoint with its original: size, per-tensor error, output accuracy, memory."""
+    if text is not None and not text.is_file():
+        raise UsageError(f"--text {text}: no such file")
+    if inputs is not None and model is None:
+        raise UsageError("--inputs goes with --model module:factory")
+    shape = model_shape(num_layers, hidden_size, num_heads)
+    with open_checkpoint(original) as probe:
+        total = probe.total_bytes
+    with byte_progress(total, "compare", quiet=quiet or json_out) as progress:
+        report = build_report(
+            original, converted, model_outputs=outputs, text=text, model=model, inputs=inputs, device=device,
+            max_tokens=max_tokens, top=top, gpu_gb=gpu_gb, batch_size=batch_size, seq_len=seq_len, shape=shape, progress=progress,
+        )
+    written = [write_report(report, path) for path in (markdown, html) if path is not None]
+    if json_out:
+        typer.echo(render_json(report))
+        return
+    typer.echo(render_text(report))
+    for path in written:
+        typer.echo(f"wrote {path}")

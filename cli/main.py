@@ -78,9 +78,12 @@ def inspect_cmd(
     src: Src,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (keys: num_parameters, num_tensors, total_bytes, groups, ...).")] = False,
     top: Annotated[int, typer.Option("--top", help="How many of the largest tensors to list.")] = 10,
+    gpu_gb: Annotated[Optional[float], typer.Option("--gpu-gb", help="Memory of one GPU in GiB: estimate how many are needed.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for the activation estimate.")] = 1,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Sequence length for the activation estimate (default: the model's, at most 2048).")] = None,
 ) -> None:
     """Show what is inside a checkpoint: parameters, dtypes, where the bytes go, what else was saved."""
-    anatomy = inspect_checkpoint(src, top=top)
+    anatomy = inspect_checkpoint(src, top=top, memory_options={"gpu_gb": gpu_gb, "batch_size": batch_size, "seq_len": seq_len})
     if json_out:
         print_json(anatomy.to_dict())
     else:

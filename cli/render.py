@@ -26,5 +26,25 @@ def anatomy_text(a: Anatomy) -> str:
         lines += ["", "tied (saved once): " + ", ".join(f"{d} -> {k}" for d, k in a.tied.items())]
     if a.extras:
         lines += ["", "also in the file:"] + [f"  {k}: {v}" for k, v in a.extras.items()]
+    lines += memory_lines(a.memory)
     lines += [f"note: {n}" for n in a.notes]
     return "\n".join(lines)
+
+
+def memory_lines(m: dict | None) -> list[str]:
+    """The memory estimate of ``Anatomy.memory`` (keys of quantkit.reports.memory.MemoryEstimate)."""
+    if not m:
+        return []
+    t = m["training"]
+    lines = [
+        "",
+        "memory estimate: weights " + ", ".join(f"{k} {format_bytes(v)}" for k, v in m["weights_bytes"].items()),
+        f"  training, mixed precision ({t['weight_bytes_per_parameter']}+{t['gradient_bytes_per_parameter']}+"
+        f"{t['optimizer_bytes_per_parameter']} = {t['bytes_per_parameter']} bytes/param): {format_bytes(t['model_states_bytes'])}",
+    ]
+    if act := m["activations"]:
+        lines.append(f"  + activations (batch {act['batch_size']}, seq {act['seq_len']}): {format_bytes(act['bytes'])}"
+                     f" = {format_bytes(m['training_total_bytes'])}")
+    if m["gpus_needed"]:
+        lines.append(f"  GPUs of {m['gpu_memory_bytes'] / 2**30:g} GiB: " + ", ".join(f"{k} {v}" for k, v in m["gpus_needed"].items()))
+    return lines + [f"  note: {n}" for n in m["notes"]]

@@ -44,18 +44,22 @@ class Anatomy:
     metadata: dict[str, str]
     notes: list[str] = field(default_factory=list)
     quantization: dict | None = None
+    memory: dict | None = None  # quantkit.reports.memory.MemoryEstimate as a dict
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def inspect_checkpoint(path: str | Path, *, top: int = 10) -> Anatomy:
+def inspect_checkpoint(path: str | Path, *, top: int = 10, memory_options: dict | None = None) -> Anatomy:
     """Describe a checkpoint without reading its tensor data.
 
     ``num_parameters`` counts elements of floating-point tensors (tied tensors once; a
     quantized weight counts its original elements). Groups are embeddings, attention, mlp,
-    norms, output_head, convolution and other.
+    norms, output_head, convolution and other. ``memory`` holds memory estimates for that
+    parameter count; ``memory_options`` (gpu_gb, batch_size, seq_len) go to
+    ``quantkit.reports.memory.estimate_memory``.
     """
+    from .reports.memory import ModelShape, estimate_memory, read_config
     from .schemes import describe_quantization
 
     with open_checkpoint(path) as source:
@@ -95,4 +99,8 @@ def inspect_checkpoint(path: str | Path, *, top: int = 10) -> Anatomy:
             metadata=dict(source.info.metadata),
             notes=list(source.info.notes),
             quantization=quant or None,
+            memory=estimate_memory(
+                total_params, shape=ModelShape.from_config(read_config(source.info.config_dir)),
+                stored_bytes=total_bytes, **(memory_options or {}),
+            ).to_dict(),
         )
