@@ -21,6 +21,7 @@ from .safetensors_source import read_index
 
 # Keys under which training scripts commonly nest the model's weights.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params", "ema")
+_ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # pickled 0x1950A86A20F9469CFC6C
 
 
@@ -29,8 +30,11 @@ def detect_torch_format(path: Path) -> str | None:
     if zipfile.is_zipfile(path):
         return "torch-zip"
     with open(path, "rb") as f:
-        if f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC:
-            return "torch-legacy"
+        head = f.read(len(_LEGACY_MAGIC))
+    if head == _LEGACY_MAGIC:
+        return "torch-legacy"
+    if head.startswith(_ZIP_MAGIC):  # a zip cut short (no central directory): torch.load says what is wrong
+        return "torch-zip"
     return None
 
 
@@ -39,7 +43,11 @@ def load_pickle(path: Path, *, mmap: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's first line is generic advice (retry with weights_only=False); the line naming
+        # the refused global is the one worth showing
+        specific = [line for line in lines if "GLOBAL" in line or "nsupported" in line]
+        reason = (specific or lines or [exc.__class__.__name__])[0].rstrip(".")
         raise UnsafeCheckpointError(
             f"{path}: refused: this pickle cannot be loaded as plain weights ({reason}). "
             "quantkit never runs code from a checkpoint; re-save the state_dict with torch.save from a trusted environment"
