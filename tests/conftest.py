@@ -173,3 +173,28 @@ def small_pth(tmp_path) -> Path:
     path = tmp_path / "model.pth"
     torch.save(make_state_dict(1), path)
     return path
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli() -> Callable[..., CliResult]:
+    """Run the quantkit CLI in-process: ``cli("reshard", str(path), "-o", str(out))``."""
+    from typer.testing import CliRunner
+
+    from quantkit_cli.main import app
+    from quantkit_cli.common import STATE
+
+    def invoke(*args: str) -> CliResult:
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        STATE["debug"] = False
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a crash the CLI did not turn into a message: show it
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return invoke
