@@ -75,17 +75,21 @@ def verify_checkpoint(path: str | Path) -> VerifyReport:
     if index_path is not None:
         weight_map, index_meta, shard_names = _read_index(index_path, report)
         report.files = list(shard_names)
+        for stray in sorted(set(p.name for p in folder.glob("*.safetensors")) - set(shard_names)):
+            report.notes.append(f"{folder / stray}: not named by the index (its tensors are not part of this checkpoint)")
     headers = _read_headers(folder, shard_names, report)
-    _check_coverage(headers, weight_map, report)
+    _check_coverage(index_path or folder, headers, weight_map, report)
     _check_aliases(headers, report)
     report.num_tensors = sum(len(h.entries) for h in headers.values())
     report.total_bytes = sum(e.spec.nbytes for h in headers.values() for e in h.entries.values())
+    if headers and not report.num_tensors:
+        report.problems.append(f"{path}: the checkpoint holds no tensors")
     manifest = _read_manifest(folder, report)
     written_by_quantkit = bool(manifest) or "quantkit_version" in index_meta
     if index_path is not None and len(headers) == len(shard_names):
-        _check_total_size(index_path.name, index_meta.get("total_size"), report, strict=written_by_quantkit)
+        _check_total_size(index_path, index_meta.get("total_size"), report, strict=written_by_quantkit)
     if manifest and len(headers) == len(shard_names) and manifest.get("total_size") is not None:
-        _check_total_size(MANIFEST, manifest.get("total_size"), report, strict=True)
+        _check_total_size(folder / MANIFEST, manifest.get("total_size"), report, strict=True)
     _check_checksums(folder, shard_names, manifest, index_meta, report)
     return report
 
@@ -154,13 +158,13 @@ def _read_headers(folder: Path, shard_names: list[str], report: VerifyReport) ->
     return headers
 
 
-def _check_coverage(headers: dict[str, StHeader], weight_map: dict[str, str] | None, report: VerifyReport) -> None:
+def _check_coverage(where: Path, headers: dict[str, StHeader], weight_map: dict[str, str] | None, report: VerifyReport) -> None:
     """Every weight_map entry is in its shard, every shard tensor is in the map, no name twice."""
     owner: dict[str, str] = {}
     for shard, header in headers.items():
         for name in header.entries:
             if name in owner:
-                report.problems.append(f"tensor {name!r} is stored twice, in {owner[name]} and {shard}")
+                report.problems.append(f"{where}: tensor {name!r} is stored twice, in {owner[name]} and {shard}")
                 continue
             owner[name] = shard
             if weight_map is not None and name not in weight_map:
@@ -169,7 +173,7 @@ def _check_coverage(headers: dict[str, StHeader], weight_map: dict[str, str] | N
                 report.problems.append(f"{header.path}: tensor {name!r} is here but the index maps it to {weight_map[name]}")
     for name, shard in (weight_map or {}).items():
         if shard in headers and name not in headers[shard].entries:
-            report.problems.append(f"the index maps tensor {name!r} to {shard}, which does not hold it")
+            report.problems.append(f"{where}: the index maps tensor {name!r} to {shard}, which does not hold it")
 
 
 def _check_aliases(headers: dict[str, StHeader], report: VerifyReport) -> None:
@@ -206,7 +210,7 @@ def _read_manifest(folder: Path, report: VerifyReport) -> dict:
     return manifest
 
 
-def _check_total_size(source: str, recorded: object, report: VerifyReport, *, strict: bool) -> None:
+def _check_total_size(source: Path, recorded: object, report: VerifyReport, *, strict: bool) -> None:
     if recorded is None or recorded == report.total_bytes:
         return
     message = f"{source}: total_size is {recorded} but the tensors hold {report.total_bytes} bytes"
