@@ -188,11 +188,11 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def measure(cmd: list[str], interval: float = 0.02) -> dict:
+def measure(cmd: list[str], interval: float = 0.02, cwd: Path | None = None) -> dict:
     """Run ``cmd``; wall time, peak summed RSS / RssAnon of its tree, and ru_maxrss."""
     peak = {"rss": 0, "anon": 0, "hwm": 0}
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd or ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     done = threading.Event()
 
     def poll():
@@ -257,7 +257,8 @@ def run(args) -> dict:
                     shutil.rmtree(out, ignore_errors=True)
                     if tool == "raw" and not out_bytes:
                         out_bytes = _expected_bytes(src, scheme, work, args.max_size)
-                    m = measure(command(tool, scheme, src, out, args.max_size, out_bytes))
+                    cwd = args.quantkit_from if tool == "quantkit" else None
+                    m = measure(command(tool, scheme, src, out, args.max_size, out_bytes), cwd=cwd)
                     if tool == "quantkit":
                         out_bytes = folder_bytes(out)
                     m["out_bytes"] = folder_bytes(out)
@@ -320,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,raw")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the median is reported (default 3)")
     parser.add_argument("--max-size", default="2GB", help="quantkit's --max-size, e.g. 5GB for one large shard (default 2GB)")
+    parser.add_argument(
+        "--quantkit-from", type=Path, default=None,
+        help="run `python -m quantkit` in this folder (holding another copy of the quantkit package) to compare versions",
+    )
     parser.add_argument("--build-only", action="store_true", help="only build the cached checkpoints")
     parser.add_argument("--json", type=Path, default=None, help="where to write results (default benchmarks/results/<time>.json)")
     args = parser.parse_args(argv)

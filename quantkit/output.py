@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,13 +93,83 @@ def write_checkpoint(
     metadata: dict[str, str],
     manifest: dict,
     progress: ProgressFn | None = None,
+    workers: int | None = None,
+    window: int = 3,
 ) -> WriteResult:
     """Write ``plan``'s shards into ``folder`` (which must exist), then the index and manifest.
 
-    ``outputs[unit]`` lists the tensors a unit writes and ``produce(unit)`` yields them; one
-    unit's tensors are in memory at a time.
+    ``outputs[unit]`` lists the tensors a unit writes and ``produce(unit)`` yields them.
+    Reading and converting overlap with writing: ``produce`` runs on worker threads for the
+    next units (at most ``window`` units are produced ahead of the one being written, so
+    memory stays bounded by a few units whatever the shard size), the results are written
+    in plan order, and each finished shard is fsynced and hashed in the background while the
+    next is written. The files are byte-identical to a sequential run.
+
+    ``workers``: threads calling ``produce``; ``None`` picks 2 when ``produce`` is a method of
+    an object whose ``source.get_tensor`` is marked ``thread_safe``, else 1 (``produce`` is
+    then called in order, one call at a time, as a sequential run would). ``0``: no threads.
     """
+    if workers is None:
+        workers = 2 if _thread_safe(produce) else 1
     names = plan.file_names()
+    jobs = [unit for units in plan.shards for unit in units]
+    if workers <= 0:
+        return _write_sequential(folder, plan, names, outputs, produce, metadata, manifest, progress)
+    shards: list[WrittenShard] = []
+    weight_map: dict[str, str] = {}
+    ahead: deque[Future] = deque()
+    finishing: list[Future] = []
+    next_job = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="quantkit-produce") as pool, ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="quantkit-finish"
+    ) as finisher:
+        try:
+            for file_name, units in zip(names, plan.shards):
+                specs = [spec for unit in units for spec in outputs[unit]]
+                writer = ShardWriter(folder / file_name, specs, metadata)
+                try:
+                    for _unit in units:
+                        while next_job < len(jobs) and len(ahead) < max(window, 1):
+                            ahead.append(pool.submit(_produce_all, produce, jobs[next_job]))
+                            next_job += 1
+                        produced = ahead.popleft().result()
+                        for name, tensor in produced:
+                            written = writer.write(name, tensor)
+                            if progress:
+                                progress(written)
+                        del produced
+                except BaseException:
+                    writer.abort()
+                    raise
+                finishing.append(finisher.submit(_finish, writer))
+            for future in finishing:
+                shards.append(future.result())
+        except BaseException:
+            for future in ahead:
+                future.cancel()
+            raise
+    for shard in shards:
+        weight_map.update({name: shard.path.name for name in shard.names})
+    return _write_index(folder, shards, weight_map, manifest)
+
+
+def _thread_safe(produce: ProduceFn) -> bool:
+    source = getattr(getattr(produce, "__self__", None), "source", None)
+    return bool(getattr(getattr(source, "get_tensor", None), "thread_safe", False))
+
+
+def _produce_all(produce: ProduceFn, unit: str) -> list[tuple[str, torch.Tensor]]:
+    return list(produce(unit))
+
+
+def _finish(writer: ShardWriter) -> WrittenShard:
+    try:
+        return writer.finish()
+    finally:
+        writer.abort()
+
+
+def _write_sequential(folder, plan, names, outputs, produce, metadata, manifest, progress) -> WriteResult:
     shards: list[WrittenShard] = []
     weight_map: dict[str, str] = {}
     for file_name, units in zip(names, plan.shards):
@@ -113,6 +185,10 @@ def write_checkpoint(
         finally:
             writer.abort()
         weight_map.update({name: file_name for name in shards[-1].names})
+    return _write_index(folder, shards, weight_map, manifest)
+
+
+def _write_index(folder: Path, shards: list[WrittenShard], weight_map: dict[str, str], manifest: dict) -> WriteResult:
     total = sum(s.tensor_bytes for s in shards)
     if len(shards) > 1:
         index = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,15 +155,20 @@ def build_header(entries: list[tuple[TensorSpec, int, int]], metadata: dict[str,
 
 
 def read_tensor(f, header: StHeader, name: str) -> torch.Tensor:
-    """Read one tensor from an open file with a single ``readinto`` (no mmap, one copy)."""
+    """Read one tensor from an open file (object or descriptor) with positioned reads (no mmap, one copy).
+
+    ``os.preadv`` uses no shared file position, so threads may read tensors from the same
+    open file at once.
+    """
     entry = header.entries[name]
     buffer = torch.empty(entry.end - entry.begin, dtype=torch.uint8)
     if buffer.numel():
-        f.seek(header.data_start + entry.begin)
+        fd = f if isinstance(f, int) else f.fileno()
+        offset = header.data_start + entry.begin
         view = memoryview(buffer.numpy())
-        got = f.readinto(view)
-        while got < len(view):  # readinto may return short reads on pipes and some filesystems
-            more = f.readinto(view[got:])
+        got = 0
+        while got < len(view):  # reads may come back short on some filesystems
+            more = os.preadv(fd, [view[got:]], offset + got)
             if not more:
                 raise InputError(f"{header.path}: data ended early while reading tensor {name!r}")
             got += more

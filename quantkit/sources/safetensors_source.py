@@ -52,12 +52,12 @@ class SafetensorsSource(CheckpointSource):
         self._file = None
 
     def get_tensor(self, name: str) -> torch.Tensor:
+        """Thread-safe: each call opens its shard and reads with positioned reads (no shared state)."""
         header = self._owner[name]
-        if self._open_path != header.path:
-            self.close()
-            self._file = open(header.path, "rb")
-            self._open_path = header.path
-        return read_tensor(self._file, header, name)
+        with open(header.path, "rb", buffering=0) as f:
+            return read_tensor(f, header, name)
+
+    get_tensor.thread_safe = True  # write_checkpoint may call produce() from several threads at once
 
     def close(self) -> None:
         if self._file is not None:
