@@ -6,7 +6,7 @@ import math
 from html import escape
 
 from ..sizes import format_bytes
-from .render import OUTPUT_LABELS, fmt_cos, fmt_db, fmt_num, ratio_text
+from .render import OUTPUT_LABELS, fmt_cos, fmt_db, fmt_num, ratio_text, sample_count
 from .report import ComparisonReport
 from .svg import bar_chart, line_chart
 
@@ -123,7 +123,7 @@ def _outputs_section(report: ComparisonReport) -> str:
     rows = [[escape(OUTPUT_LABELS.get(k, k)), fmt_num(v, 6)] for k, v in o.metrics.items()]
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in o.notes)
     return (f"<h2>Model outputs</h2><p>{escape(o.kind)}: <code>{escape(o.model)}</code> on {escape(o.device)}, "
-            f"{o.num_samples} sample(s), {o.num_tokens} tokens ({escape(o.inputs)}).</p>{_table(['figure', 'value'], rows)}{notes}")
+            f"{sample_count(o)}, {o.num_tokens} tokens ({escape(o.inputs)}).</p>{_table(['figure', 'value'], rows)}{notes}")
 
 
 def _memory_section(report: ComparisonReport) -> str:

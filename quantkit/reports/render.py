@@ -49,6 +49,12 @@ def fmt_cos(value: float) -> str:
     return f"{value:.6f}"
 
 
+def sample_count(o) -> str:
+    """Causal LMs run windows of one text; encoders run sentences; other models a batch."""
+    unit = {"causal_lm": "window(s)", "encoder": "sentence(s)"}.get(o.kind, "sample(s)")
+    return f"{o.num_samples} {unit}"
+
+
 def render_json(report: ComparisonReport) -> str:
     """Every figure, machine-readable (keys listed in README.md); infinities are null."""
     return json.dumps(report.to_dict(), indent=2, allow_nan=False)
@@ -107,7 +113,7 @@ def _text_outputs(r: ComparisonReport) -> list[str]:
     o = r.outputs
     if o is None:
         return []
-    lines = ["", f"model outputs ({o.kind}, {o.model} on {o.device}; {o.num_samples} sample(s), {o.num_tokens} tokens, {o.inputs})"]
+    lines = ["", f"model outputs ({o.kind}, {o.model} on {o.device}; {sample_count(o)}, {o.num_tokens} tokens, {o.inputs})"]
     lines += [f"  {OUTPUT_LABELS.get(k, k):<40} {fmt_num(v, 6)}" for k, v in o.metrics.items()]
     return lines + [f"note: {n}" for n in o.notes]
 
@@ -170,7 +176,7 @@ def _markdown_outputs(report: ComparisonReport) -> list[str]:
     o = report.outputs
     if o is None:
         return []
-    lines = ["", "### Model outputs", "", f"{o.kind}, `{o.model}` on {o.device}: {o.num_samples} sample(s), {o.num_tokens} tokens ({o.inputs}).",
+    lines = ["", "### Model outputs", "", f"{o.kind}, `{o.model}` on {o.device}: {sample_count(o)}, {o.num_tokens} tokens ({o.inputs}).",
              "", "| figure | value |", "|---|---:|"]
     return lines + [f"| {OUTPUT_LABELS.get(k, k)} | {fmt_num(v, 6)} |" for k, v in o.metrics.items()]
 
