@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from quantkit.reports import build_report, render_html, render_markdown, render_text
+from quantkit_cli.main import app
 from test_reports_support import cast_floats, copy_folder_with, minilm_folder, save, tiny_causal_lm, tiny_state_dict, with_noise
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'quantkit[hf]')")
@@ -87,7 +88,7 @@ def test_minilm_against_bf16_copy_end_to_end(tmp_path):
     bf16 = copy_folder_with(original, tmp_path / "minilm-bf16", lambda sd: cast_floats(sd, torch.bfloat16))
     html = tmp_path / "report.html"
     result = CliRunner().invoke(
-        __import__("quantkit_cli.main", fromlist=["app"]).app,
+        app,
         ["compare", str(original), str(bf16), "--json", "--html", str(html), "--device", "cpu"],
     )
     assert result.exit_code == 0, result.output
