@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from quantkit.convert import ConvertOptions, ConvertResult, convert
-from quantkit.dtypes import short_name
 from quantkit.reshard import DEFAULT_MAX_SHARD_BYTES
 from quantkit.sizes import format_bytes, parse_size
 from quantkit.sources import open_checkpoint
@@ -61,10 +60,6 @@ def convert_cmd(
 
 
 def summary(r: ConvertResult) -> dict:
-    by_dtype: dict[str, int] = {}
-    with open_checkpoint(r.write.folder) as out:
-        for spec in out.specs.values():
-            by_dtype[short_name(spec.dtype)] = by_dtype.get(short_name(spec.dtype), 0) + spec.nbytes
     return {
         "output": str(r.write.folder),
         "scheme": r.scheme,
@@ -76,7 +71,8 @@ def summary(r: ConvertResult) -> dict:
         "ratio": r.output_bytes / r.input_bytes if r.input_bytes else None,
         "num_parameters": r.num_parameters,
         "bits_per_weight": r.bits_per_weight,
-        "output_bytes_by_dtype": by_dtype,
+        "input_bytes_by_dtype": r.input_bytes_by_dtype,
+        "output_bytes_by_dtype": r.output_bytes_by_dtype,
         "num_quantized": len(r.quantized),
         "num_kept": len(r.kept),
         "kept": r.kept,
@@ -88,6 +84,10 @@ def summary(r: ConvertResult) -> dict:
     }
 
 
+def _dtypes(by_dtype: dict[str, int]) -> str:
+    return ", ".join(f"{d} {format_bytes(b)}" for d, b in by_dtype.items())
+
+
 def summary_text(r: ConvertResult) -> str:
     s = summary(r)
     reasons: dict[str, int] = {}
@@ -97,11 +97,16 @@ def summary_text(r: ConvertResult) -> str:
         f"wrote {s['output']} ({r.scheme}, {len(r.write.shards)} shard(s), on {r.device})",
         f"size: {format_bytes(s['input_bytes'])} -> {format_bytes(s['output_bytes'])} of tensors "
         f"({s['ratio']:.1%}), {s['bits_per_weight']:.2f} bits per weight",
-        "by dtype: " + ", ".join(f"{d} {format_bytes(b)}" for d, b in sorted(s["output_bytes_by_dtype"].items(), key=lambda kv: -kv[1])),
+        "by dtype, before: " + _dtypes(r.input_bytes_by_dtype),
+        "by dtype, after:  " + _dtypes(r.output_bytes_by_dtype),
         f"tensors: {len(r.quantized)} quantized, {len(r.kept)} kept"
         + (" (" + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])) + ")" if reasons else ""),
         f"time: {r.elapsed_s:.2f} s ({format_bytes(s['throughput_bytes_per_s'] or 0)}/s of input)",
     ]
+    weights_kept = [f"{n} ({why})" for n, why in r.kept.items() if why not in ("bias or norm", "scalar", "not floating point")]
+    if r.quantized and weights_kept:
+        shown = ", ".join(weights_kept[:8]) + (f", ... ({len(weights_kept) - 8} more, see --json)" if len(weights_kept) > 8 else "")
+        lines.append(f"weights kept unquantized: {shown}")
     if r.fp16_overflow:
         total = sum(r.fp16_overflow.values())
         lines.append(f"warning: {total} values beyond +-65504 became inf in FP16, in {len(r.fp16_overflow)} tensor(s): "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .dtypes import short_name
 from .errors import InputError, OutputError, UsageError
 from .output import ProgressFn, WriteResult, copy_model_files, staged_output, write_checkpoint
 from .planner import plan_shards
@@ -63,6 +64,8 @@ class ConvertResult:
     quantized: list[str]
     kept: dict[str, str]
     fp16_overflow: dict[str, int] = field(default_factory=dict)
+    input_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
+    output_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     copied_files: list[str] = field(default_factory=list)
@@ -176,6 +179,8 @@ def convert(
             copied = copy_model_files(source.info.config_dir, staging)
             if source.info.config_dir is not None and (staging / "config.json").is_file():
                 update_hf_config(staging / "config.json", options, selection)
+            with open_checkpoint(staging) as written:
+                output_by_dtype = bytes_by_dtype(written.specs.values())
         write.folder = target
         write.shards = [type(s)(target / s.path.name, s.file_bytes, s.tensor_bytes, s.sha256, s.names) for s in write.shards]
         notes = list(source.info.notes)
@@ -191,10 +196,20 @@ def convert(
             quantized=sorted(selection.quantize),
             kept=dict(selection.kept),
             fp16_overflow=dict(converter.overflow),
+            input_bytes_by_dtype=bytes_by_dtype(source.specs.values()),
+            output_bytes_by_dtype=output_by_dtype,
             elapsed_s=time.perf_counter() - started,
             notes=notes,
             copied_files=copied,
         )
+
+
+def bytes_by_dtype(specs) -> dict[str, int]:
+    """Tensor bytes per dtype name, largest first."""
+    totals: dict[str, int] = {}
+    for spec in specs:
+        totals[short_name(spec.dtype)] = totals.get(short_name(spec.dtype), 0) + spec.nbytes
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def _check_convertible(source: CheckpointSource) -> None:
