@@ -150,6 +150,7 @@ class TorchSource(CheckpointSource):
         aliases: dict[str, str] = {}
         self._shard_of: dict[str, Path] = {}
         self._loaded: tuple[Path, dict[str, torch.Tensor]] | None = None
+        self._mapped_bytes = 0  # bytes handed out from the current mapping
         for shard in shards:
             where, tensors, rest = self._load_shard(shard, info)
             shard_specs, shard_aliases = dedupe_shared(tensors)
@@ -178,12 +179,22 @@ class TorchSource(CheckpointSource):
         except InputError as exc:
             raise InputError(f"{shard}: {exc}") from None
 
+    # Pages of a memory-mapped file count in the process's RSS as long as the mapping lives,
+    # even once the tensors read from them are gone, so reading a whole .pth through one
+    # mapping grows RSS to the file's size. Mapping the shard afresh after this many bytes
+    # unmaps the pages already read (once nothing else holds their tensors).
+    remap_bytes = 256 * 2**20
+
     def get_tensor(self, name: str) -> torch.Tensor:
         shard = self._shard_of[name]
-        if self._loaded is None or self._loaded[0] != shard:
-            self._loaded = None  # drop the previous shard's mapping first
+        stale = self._mmap and self._mapped_bytes >= self.remap_bytes
+        if self._loaded is None or self._loaded[0] != shard or stale:
+            self._loaded = None  # drop the previous mapping first
             self._loaded = (shard, self._load_shard(shard, self.info)[1])
-        return self._loaded[1][name]
+            self._mapped_bytes = 0
+        tensor = self._loaded[1][name]
+        self._mapped_bytes += tensor.nbytes
+        return tensor
 
     def close(self) -> None:
         self._loaded = None

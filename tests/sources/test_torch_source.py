@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from quantkit.sources.torch_source import dedupe_shared, describe, detect_torch_format, find_weights, open_torch_file
@@ -61,3 +64,44 @@ def test_zip_tensors_are_memory_mapped_and_bit_exact(small_pth):
         for name in source.specs:
             tensor = source.get_tensor(name)
             assert torch.equal(tensor.reshape(-1).view(torch.uint8), expected[name].reshape(-1).contiguous().view(torch.uint8))
+
+
+def _rss_file_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile")
+
+
+def _many_tensor_pth(path, count=24, numel=2**20):
+    gen = torch.Generator().manual_seed(0)
+    tensors = {f"t{i}": torch.randn(numel, generator=gen) for i in range(count)}
+    torch.save(tensors, path)
+    return tensors
+
+
+def test_zip_shard_is_mapped_afresh_after_the_byte_budget(tmp_path, monkeypatch):
+    from quantkit.sources import torch_source
+
+    expected = _many_tensor_pth(tmp_path / "m.pth", count=10, numel=1000)
+    loads = []
+    real_load = torch_source.load_pickle
+    monkeypatch.setattr(torch_source, "load_pickle", lambda path, mmap: loads.append(mmap) or real_load(path, mmap=mmap))
+    with open_torch_file(tmp_path / "m.pth") as source:
+        source.remap_bytes = 8000  # two 4000-byte tensors per mapping
+        for name in source.specs:
+            assert torch.equal(source.get_tensor(name), expected[name])
+    assert loads == [True] * 5  # two tensors per mapping; the first mapping (made to list the specs) serves t0, t1
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_reading_a_pth_keeps_file_backed_rss_near_the_budget(tmp_path):
+    _many_tensor_pth(tmp_path / "m.pth", count=24)  # 96 MiB of 4 MiB tensors
+    with open_torch_file(tmp_path / "m.pth") as source:
+        source.remap_bytes = 8 * 2**20
+        start = peak = _rss_file_bytes()
+        for name in source.specs:
+            float(source.get_tensor(name).sum())  # touches every page of the tensor
+            peak = max(peak, _rss_file_bytes())
+    # one mapping for the whole file would leave all 96 MiB resident
+    assert peak - start < 40 * 2**20, f"file-backed RSS grew by {(peak - start) / 2**20:.0f} MiB"
