@@ -25,12 +25,19 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", ["reshard", "inspect"])
+COMMANDS = {
+    "reshard": lambda path, out: ["reshard", path, "-o", out],
+    "convert": lambda path, out: ["convert", path, "--to", "bf16", "-o", out],
+    "inspect": lambda path, out: ["inspect", path],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=[b.id for b in BAD_INPUTS])
 def test_bad_input_gives_one_line_and_its_exit_code(cli, tmp_path, bad, command):
     path, named = build(bad, tmp_path / "in")
     out = tmp_path / "out"
-    args = ["reshard", path, "-o", out] if command == "reshard" else ["inspect", path]
+    args = COMMANDS[command](path, out)
     result = cli(*args)
     assert result.exit_code == bad.exit_code
     line = _one_error_line(result.stderr)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import save_file
 
 
 def test_ok_line_for_a_written_folder(cli, small_pth, tmp_path):
@@ -54,3 +54,16 @@ def test_missing_path_is_bad_input(cli, tmp_path):
     result = cli("verify", tmp_path / "nope")
     assert result.exit_code == 3
     assert result.stderr == f"quantkit: error: {tmp_path / 'nope'}: no such file or folder\n"
+
+
+def test_converted_outputs_verify(cli, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    sd = {"model.layers.0.mlp.up_proj.weight": torch.randn(128, 64, generator=gen), "model.layers.0.mlp.up_proj.bias": torch.randn(128, generator=gen),
+          "model.embed_tokens.weight": torch.randn(100, 64, generator=gen)}
+    torch.save(sd, tmp_path / "m.pth")
+    for target in ("int8", "nf4"):
+        out = tmp_path / target
+        assert cli("convert", tmp_path / "m.pth", "--to", target, "-o", out, "--max-size", "10KB", "-q").exit_code == 0
+        result = cli("verify", out)
+        assert result.exit_code == 0, result.stdout
+        assert result.stdout.startswith(f"OK {out}: ") and "checksums verified" in result.stdout
