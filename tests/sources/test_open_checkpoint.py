@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from bad_files import BAD_INPUTS, build, marker_of
@@ -63,3 +65,40 @@ def test_index_path_directly(make_checkpoint):
     with open_checkpoint(ckpt.path) as source:
         assert source.path.name == "pytorch_model.bin.index.json"
         assert len(source.info.files) == 3
+
+
+def _mutate(data, raw: bytes) -> bytes:
+    buf = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(buf) - 1))
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if op == "flip":
+            buf[position] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del buf[position: position + data.draw(st.integers(1, 64))]
+        else:
+            buf[position:position] = data.draw(st.binary(min_size=1, max_size=8))
+        if not buf:
+            break
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_mutated_pth_files_only_raise_quantkit_errors(tmp_path, legacy):
+    valid = tmp_path / "valid.pth"
+    torch.save({"a": torch.randn(4, 4), "b": torch.arange(5), "c": {"d": torch.ones(2)}}, valid, _use_new_zipfile_serialization=not legacy)
+    raw = valid.read_bytes()
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None)
+    @given(data=st.data())
+    def check(data):
+        path = tmp_path / "fuzz.pth"
+        path.write_bytes(_mutate(data, raw))
+        try:
+            with open_checkpoint(path) as source:
+                for name in source.specs:
+                    source.get_tensor(name)
+        except QuantkitError as exc:
+            assert str(exc).startswith(str(path))
+
+    check()
