@@ -76,17 +76,21 @@ def _parse_size(text: str) -> int:
 
 def build_checkpoint(size: str) -> Path:
     """The cached HF folder for ``size``, built once (seeded, tensor by tensor)."""
+    from transformers import GPT2Config
+
     folder = CACHE / f"gpt2-{size}"
+    # architectures names the model class: quantkit (like transformers) finds the linear layers through it
+    config = GPT2Config(**SIZES[size], architectures=["GPT2LMHeadModel"])
     if (folder / "model.safetensors.index.json").is_file() or (folder / "model.safetensors").is_file():
+        config.save_pretrained(folder)  # cheap; keeps caches built by older versions of this script current
         return folder
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     sys.path.insert(0, str(ROOT))
     from quantkit.planner import plan_shards
     from quantkit.writer import OutSpec, ShardWriter
 
-    config = GPT2Config(**SIZES[size])
     with torch.device("meta"):
         model = GPT2LMHeadModel(config)
     state = model.state_dict()
@@ -288,7 +292,7 @@ def _expected_bytes(src: Path, scheme: str, work: Path, max_size: str) -> int:
 def table(results: dict) -> str:
     head = (
         f"{'size/scheme':14s} {'quantkit s':>10s} {'transf. s':>10s} {'raw s':>8s} {'qk/tf':>7s} {'qk/raw':>7s} "
-        f"{'qk RSS':>8s} {'qk anon':>8s} {'tf RSS':>8s} {'tf anon':>8s} {'raw RSS':>8s} {'qk/tf RSS':>9s}"
+        f"{'qk RSS':>8s} {'qk anon':>8s} {'tf RSS':>8s} {'tf anon':>8s} {'raw RSS':>8s} {'qk/tf RSS':>9s} {'qk out':>7s} {'tf out':>7s}"
     )
     lines = [head, "-" * len(head)]
     gb = lambda b: f"{b / 1e9:.2f}G"  # noqa: E731
@@ -301,7 +305,8 @@ def table(results: dict) -> str:
             f"{key:14s} {cell(q, 'wall_s', lambda v: f'{v:.2f}'):>10s} {cell(t, 'wall_s', lambda v: f'{v:.2f}'):>10s} "
             f"{cell(r, 'wall_s', lambda v: f'{v:.2f}'):>8s} {ratio(q, t, 'wall_s'):>7s} {ratio(q, r, 'wall_s'):>7s} "
             f"{cell(q, 'peak_rss', gb):>8s} {cell(q, 'peak_anon', gb):>8s} {cell(t, 'peak_rss', gb):>8s} "
-            f"{cell(t, 'peak_anon', gb):>8s} {cell(r, 'peak_rss', gb):>8s} {ratio(q, t, 'peak_rss'):>9s}"
+            f"{cell(t, 'peak_anon', gb):>8s} {cell(r, 'peak_rss', gb):>8s} {ratio(q, t, 'peak_rss'):>9s} "
+            f"{cell(q, 'out_bytes', gb):>7s} {cell(t, 'out_bytes', gb):>7s}"
         )
     return "\n".join(lines)
 

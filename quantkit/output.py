@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import shutil
@@ -95,13 +97,15 @@ def write_checkpoint(
     progress: ProgressFn | None = None,
     workers: int | None = None,
     window: int = 3,
+    ahead_bytes: int = 64 << 20,
 ) -> WriteResult:
     """Write ``plan``'s shards into ``folder`` (which must exist), then the index and manifest.
 
     ``outputs[unit]`` lists the tensors a unit writes and ``produce(unit)`` yields them.
     Reading and converting overlap with writing: ``produce`` runs on worker threads for the
-    next units (at most ``window`` units are produced ahead of the one being written, so
-    memory stays bounded by a few units whatever the shard size), the results are written
+    next units (at most ``window`` units and ``ahead_bytes`` of output, or one unit, are
+    produced ahead of the one being written, so memory stays bounded by a few units whatever
+    the shard size), the results are written
     in plan order, and each finished shard is fsynced and hashed in the background while the
     next is written. The files are byte-identical to a sequential run.
 
@@ -117,9 +121,10 @@ def write_checkpoint(
         return _write_sequential(folder, plan, names, outputs, produce, metadata, manifest, progress)
     shards: list[WrittenShard] = []
     weight_map: dict[str, str] = {}
-    ahead: deque[Future] = deque()
+    job_bytes = [sum(spec.nbytes for spec in outputs[unit]) for unit in jobs]
+    ahead: deque[tuple[int, Future]] = deque()
     finishing: list[Future] = []
-    next_job = 0
+    next_job = done_jobs = since_trim = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="quantkit-produce") as pool, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="quantkit-finish"
     ) as finisher:
@@ -129,15 +134,25 @@ def write_checkpoint(
                 writer = ShardWriter(folder / file_name, specs, metadata)
                 try:
                     for _unit in units:
+                        # Produce ahead: at most `window` units and `ahead_bytes` of output (one
+                        # unit always, however large), so memory does not grow with shard size.
                         while next_job < len(jobs) and len(ahead) < max(window, 1):
-                            ahead.append(pool.submit(_produce_all, produce, jobs[next_job]))
+                            size = job_bytes[next_job]
+                            if ahead and sum(b for b, _ in ahead) + size > ahead_bytes:
+                                break
+                            ahead.append((size, pool.submit(_produce_all, produce, jobs[next_job])))
                             next_job += 1
-                        produced = ahead.popleft().result()
+                        produced = ahead.popleft()[1].result()
                         for name, tensor in produced:
                             written = writer.write(name, tensor)
                             if progress:
                                 progress(written)
                         del produced
+                        since_trim += job_bytes[done_jobs]
+                        done_jobs += 1
+                        if since_trim >= TRIM_EVERY_BYTES:
+                            since_trim = 0
+                            _release_free_memory()
                 except BaseException:
                     writer.abort()
                     raise
@@ -145,12 +160,33 @@ def write_checkpoint(
             for future in finishing:
                 shards.append(future.result())
         except BaseException:
-            for future in ahead:
+            for _, future in ahead:
                 future.cancel()
             raise
     for shard in shards:
         weight_map.update({name: shard.path.name for name in shard.names})
     return _write_index(folder, shards, weight_map, manifest)
+
+
+TRIM_EVERY_BYTES = 128 << 20
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        libc = ctypes.CDLL(None)
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc). With several threads allocating,
+    glibc keeps each thread's freed tensors (up to 32 MB each) in per-thread arenas, and RSS
+    would otherwise creep up to several units' worth of dead buffers."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _thread_safe(produce: ProduceFn) -> bool:

@@ -55,7 +55,8 @@ def test_shards_are_byte_identical_to_save_file(tmp_path: Path, workers: int):
         assert shard.path.read_bytes() == expected.read_bytes()
 
 
-def test_memory_stays_bounded_by_the_window(tmp_path: Path):
+@pytest.mark.parametrize(("window", "ahead_bytes", "most"), [(3, 1 << 20, 3), (8, 600, 2), (3, 1, 1)])
+def test_memory_stays_bounded_by_the_window(tmp_path: Path, window: int, ahead_bytes: int, most: int):
     tensors = {f"t{i}": torch.full((64,), float(i)) for i in range(40)}
     plan, outputs = _plan_and_outputs(tensors, 1_000)
     lock = threading.Lock()
@@ -73,9 +74,11 @@ def test_memory_stays_bounded_by_the_window(tmp_path: Path):
 
     folder = tmp_path / "out"
     folder.mkdir()
-    write_checkpoint(folder, plan, outputs, produce, metadata={}, manifest={}, progress=progress, workers=2, window=3)
+    write_checkpoint(
+        folder, plan, outputs, produce, metadata={}, manifest={}, progress=progress, workers=2, window=window, ahead_bytes=ahead_bytes
+    )
     assert state["written"] == 40
-    assert state["most_ahead"] <= 3 + 1
+    assert state["most_ahead"] <= most + 1  # `most` produced ahead, plus the one being written
 
 
 def test_errors_from_produce_propagate(tmp_path: Path):
