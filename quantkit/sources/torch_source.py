@@ -68,6 +68,8 @@ def find_weights(obj: object) -> tuple[str, dict[str, torch.Tensor], dict[str, o
         return "", {"tensor": obj}, {}
     if not isinstance(obj, Mapping):
         raise InputError(f"the checkpoint holds a {type(obj).__name__}, not a dict of tensors")
+    if _looks_like_optimizer(obj):
+        return "", {}, {"optimizer": obj}
     direct = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
     candidates = [(k, v) for k, v in obj.items() if isinstance(v, Mapping) and _flatten_tensors(v)]
     if direct and len(direct) >= max((len(_flatten_tensors(v)) for _, v in candidates), default=0):

@@ -105,3 +105,13 @@ def test_reading_a_pth_keeps_file_backed_rss_near_the_budget(tmp_path):
             peak = max(peak, _rss_file_bytes())
     # one mapping for the whole file would leave all 96 MiB resident
     assert peak - start < 40 * 2**20, f"file-backed RSS grew by {(peak - start) / 2**20:.0f} MiB"
+
+
+def test_optimizer_only_checkpoint_holds_no_weights():
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    where, tensors, rest = find_weights(optimizer.state_dict())
+    assert tensors == {} and list(rest) == ["optimizer"]
+    assert describe(rest["optimizer"]).startswith("optimizer state for 2 parameters (6 tensors")
