@@ -168,11 +168,22 @@ def read_tensor(f, header: StHeader, name: str) -> torch.Tensor:
         view = memoryview(buffer.numpy())
         got = 0
         while got < len(view):  # reads may come back short on some filesystems
-            more = os.preadv(fd, [view[got:]], offset + got)
+            more = _pread_into(f, fd, view[got:], offset + got)
             if not more:
                 raise InputError(f"{header.path}: data ended early while reading tensor {name!r}")
             got += more
     return buffer.view(entry.spec.dtype).reshape(entry.spec.shape)
+
+
+def _pread_into(f, fd: int, view: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    # No preadv (Windows): seek + readinto, safe only while one thread uses ``f``
+    # (SafetensorsSource.get_tensor opens a file per call, so it still is).
+    if isinstance(f, int):
+        f = os.fdopen(os.dup(f), "rb", buffering=0)
+    f.seek(offset)
+    return f.readinto(view) or 0
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
