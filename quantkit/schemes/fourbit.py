@@ -16,6 +16,7 @@ import torch
 from ..dtypes import short_name
 from ..specs import TensorSpec
 from ..writer import OutSpec
+from . import fast4bit
 
 NESTED_BLOCKSIZE = 256  # bitsandbytes quantizes the absmax values in blocks of 256
 _LONGEST_FLOAT = -2.2250738585072014e-308  # the longest repr a float can have
@@ -61,9 +62,12 @@ def apply_fourbit(
 
     if transpose:
         weight = weight.t()
-    packed, state = bnbf.quantize_4bit(
-        weight.contiguous(), blocksize=blocksize, compress_statistics=double_quant, quant_type=quant_type
-    )
+    if weight.device.type == "cpu" and fast4bit.available(quant_type):
+        packed, state = fast4bit.quantize_4bit(weight, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
+    else:
+        packed, state = bnbf.quantize_4bit(
+            weight.contiguous(), blocksize=blocksize, compress_statistics=double_quant, quant_type=quant_type
+        )
     out = [(name, packed.cpu())]
     out += [(f"{name}.{key}", value.cpu()) for key, value in state.as_dict(packed=True).items()]
     return out

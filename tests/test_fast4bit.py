@@ -1,0 +1,76 @@
+"""The fast CPU 4-bit path must produce bitsandbytes' bytes exactly."""
+
+from __future__ import annotations
+
+import bitsandbytes.functional as bnbf
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantkit.schemes import fast4bit
+
+
+def special_values(shape, kind: str, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(shape, generator=g) * 0.02
+    flat = a.reshape(-1)
+    if kind == "zeros":
+        flat.zero_()
+    elif kind == "zero_block":
+        flat[:64] = 0
+    elif kind == "specials":
+        flat[::7] = float("inf")
+        flat[::11] = float("nan")
+        flat[::13] = -float("inf")
+        flat[::5] = -0.0
+    elif kind == "subnormal":
+        flat.mul_(1e-40)
+    elif kind == "heavy_tail":
+        flat.copy_(torch.distributions.StudentT(2.0).sample(flat.shape))
+    elif kind == "on_midpoints":  # values exactly on the code midpoints (the ties)
+        code = bnbf.get_4bit_type("nf4", device="cpu")
+        mids = (code[:-1] + code[1:]) / 2
+        flat.copy_(mids[torch.randint(0, 15, flat.shape, generator=g)])
+        flat[::64] = 1.0
+    return a
+
+
+def assert_same(a: torch.Tensor, quant_type: str, blocksize: int, double_quant: bool = False):
+    ref_packed, ref_state = bnbf.quantize_4bit(a, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant)
+    packed, state = fast4bit.quantize_4bit(a, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
+    assert torch.equal(packed, ref_packed)
+    ref, ours = ref_state.as_dict(packed=True), state.as_dict(packed=True)
+    assert ref.keys() == ours.keys()
+    for key in ref:
+        assert torch.equal(ours[key].view(torch.uint8), ref[key].view(torch.uint8)), key  # bitwise, NaNs included
+
+
+@pytest.mark.parametrize("kind", ["normal", "zeros", "zero_block", "specials", "subnormal", "heavy_tail", "on_midpoints"])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_matches_bitsandbytes_on_value_distributions(kind, quant_type, dtype):
+    for shape in [(96, 80), (7, 5), (1,), (129, 3)]:
+        for blocksize in (32, 64, 4096):
+            assert_same(special_values(shape, kind, seed=len(shape)).to(dtype), quant_type, blocksize)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_matches_bitsandbytes_with_double_quant(quant_type):
+    assert_same(special_values((300, 70), "heavy_tail", seed=3), quant_type, 64, double_quant=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    numel=st.integers(1, 700),
+    blocksize=st.sampled_from([32, 64, 128]),
+    quant_type=st.sampled_from(["nf4", "fp4"]),
+    data=st.data(),
+)
+def test_matches_bitsandbytes_on_random_floats(numel, blocksize, quant_type, data):
+    values = data.draw(st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=numel, max_size=numel))
+    assert_same(torch.tensor(values, dtype=torch.float32), quant_type, blocksize)
+
+
+def test_tables_hold_at_most_one_midpoint_per_prefix():
+    assert fast4bit.available("nf4") and fast4bit.available("fp4")
