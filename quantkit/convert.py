@@ -18,7 +18,7 @@ from .schemes import CAST_DTYPES, SCHEMES, TRANSPOSED_KEY
 from .schemes.cast import cast
 from .schemes.fourbit import apply_fourbit, fourbit_outputs
 from .schemes.int8 import apply_int8, int8_outputs
-from .schemes.policy import Selection, hf_linear_layout, select
+from .schemes.policy import Selection, layout_for, select
 from .sources import CheckpointSource, open_checkpoint
 from .writer import OutSpec
 
@@ -128,7 +128,7 @@ class _Converter:
 
 def _selection_for(source: CheckpointSource, options: ConvertOptions) -> Selection:
     if options.quantizing:
-        return select(source, skip=options.skip, only=options.only, layout=hf_linear_layout(source.info.config_dir))
+        return select(source, skip=options.skip, only=options.only, layout=layout_for(source.info.config_dir))
     selection = select(source, skip=options.skip, only=options.only, layout=None)
     # Cast schemes touch every floating-point tensor not excluded by --skip/--only.
     kept = {n: why for n, why in selection.kept.items() if why in ("--skip", "not matched by --only", "not floating point")}

@@ -9,7 +9,7 @@ GROUPS = ("embeddings", "attention", "mlp", "norms", "output_head", "convolution
 _RULES: list[tuple[str, re.Pattern]] = [
     ("norms", re.compile(r"(norm|(^|\.)ln_?\w*(\.|$)|(^|\.)bn\d*(\.|$)|layer_?norm)", re.IGNORECASE)),
     ("embeddings", re.compile(r"(embed|(^|\.)emb(\.|$)|(^|\.)wte(\.|$)|(^|\.)wpe(\.|$)|(^|\.)shared(\.|$))", re.IGNORECASE)),
-    ("output_head", re.compile(r"(^|\.)(lm_head|classifier|score|head|cls|output_layer)(\.|$)", re.IGNORECASE)),
+    ("output_head", re.compile(r"((^|\.)(lm_head|classifier|score|head|cls|output_layer|embed_out)(\.|$)|(^|\.)output\.(weight|bias)$)", re.IGNORECASE)),
     ("convolution", re.compile(r"conv(?!1d)", re.IGNORECASE)),
     ("attention", re.compile(r"(attn|attention|(^|\.)(q|k|v|o|qkv|query|key|value)(_proj)?(\.|$))", re.IGNORECASE)),
     ("mlp", re.compile(r"(mlp|ffn|feed_?forward|intermediate|(^|\.)fc\d*(\.|$)|(gate|up|down)_proj|c_fc|(^|\.)output\.dense)", re.IGNORECASE)),

@@ -42,8 +42,8 @@ def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
 
 
 def apply_int8(name: str, weight: torch.Tensor, *, transpose: bool = False) -> list[tuple[str, torch.Tensor]]:
-    if transpose:
-        weight = weight.t()
+    if transpose:  # cast first: the transposing copy then moves half the bytes (same values)
+        weight = weight.to(torch.float16).t()
     codes, scales = quantize_int8(weight)
     p = prefix_of(name)
     return [

@@ -9,6 +9,7 @@ the same rules are applied by shape and name.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,27 @@ class LinearLayout:
     linear: frozenset[str]  # module names of nn.Linear
     conv1d: frozenset[str]  # module names of transformers' Conv1D
     not_convert: tuple[str, ...]  # transformers' get_keys_to_not_convert
+
+
+# Model types whose name-and-shape rules select exactly what transformers quantizes
+# (tests/test_policy.py checks each against transformers itself). For these the model need
+# not be built: importing transformers' modeling code alone takes seconds.
+NAME_RULES_MATCH_TRANSFORMERS = frozenset({
+    "bert", "bloom", "distilbert", "gemma", "gpt2", "gpt_neox", "gptj", "llama", "mistral", "mpt", "opt", "phi", "qwen2", "roberta",
+})
+
+
+def layout_for(config_dir: Path | None) -> LinearLayout | None:
+    """The introspected layout of a Hugging Face folder, or None where the name rules suffice."""
+    if config_dir is None:
+        return None
+    try:
+        model_type = json.loads((config_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if model_type in NAME_RULES_MATCH_TRANSFORMERS:
+        return None
+    return hf_linear_layout(config_dir)
 
 
 def hf_linear_layout(config_dir: Path | None) -> LinearLayout | None:
