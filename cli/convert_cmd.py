@@ -13,7 +13,7 @@ from quantkit.sizes import format_bytes, parse_size
 from quantkit.sources import open_checkpoint
 
 from .common import byte_progress, guarded, print_json
-from .main import SIZE_HELP, Force, Quiet, Src, app
+from .main import SIZE_HELP, Force, Fsync, Quiet, Src, app
 
 
 @app.command("convert")
@@ -31,6 +31,7 @@ def convert_cmd(
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write a comparison report (.json, .md or .html).")] = None,
     force: Force = False,
+    fsync: Fsync = False,
     quiet: Quiet = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -46,7 +47,7 @@ def convert_cmd(
     with open_checkpoint(src) as probe:
         total = probe.total_bytes
     with byte_progress(total, f"convert to {to}", quiet=quiet or json_out) as progress:
-        result = convert(src, output, options=options, force=force, progress=progress)
+        result = convert(src, output, options=options, force=force, durable=fsync, progress=progress)
     if report is not None:
         from quantkit.reports import build_report, write_report
 

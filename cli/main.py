@@ -27,6 +27,7 @@ SIZE_HELP = "Largest shard: decimal units 500MB, 2GB (10**9 bytes) or binary 2Gi
 Src = Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, .pth/.pt/.bin, an index .json, or a Hugging Face folder.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output (only once the new one is complete).")]
+Fsync = Annotated[bool, typer.Option("--fsync", help="Flush every shard to disk (fsync) before the output is renamed into place: survives a power loss, costs the disk's write time.")]
 
 
 def _version(value: bool) -> None:
@@ -50,6 +51,7 @@ def reshard_cmd(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-safetensors beside SRC).")] = None,
     max_size: Annotated[str, typer.Option("--max-size", help=SIZE_HELP)] = str(DEFAULT_MAX_SHARD_BYTES),
     force: Force = False,
+    fsync: Fsync = False,
     quiet: Quiet = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -58,7 +60,7 @@ def reshard_cmd(
     with open_checkpoint(src) as probe:
         total = probe.total_bytes
     with byte_progress(total, "reshard", quiet=quiet or json_out) as progress:
-        result = reshard(src, output, max_shard_bytes=max_bytes, force=force, progress=progress)
+        result = reshard(src, output, max_shard_bytes=max_bytes, force=force, durable=fsync, progress=progress)
     w = result.write
     if json_out:
         print_json({"output": str(w.folder), "files": w.manifest["files"], "total_size": w.total_bytes, "tied": result.aliases, "notes": result.notes})

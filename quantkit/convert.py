@@ -141,6 +141,7 @@ def convert(
     *,
     options: ConvertOptions,
     force: bool = False,
+    durable: bool = False,
     progress: ProgressFn | None = None,
 ) -> ConvertResult:
     """Convert ``src`` into a folder of safetensors shards in the layout transformers loads.
@@ -150,6 +151,7 @@ def convert(
         output: folder to create (default ``<src stem>-<scheme>`` beside ``src``).
         options: the scheme and its settings.
         force: replace an existing output, only once the new one is complete.
+        durable: fsync every shard before the folder is renamed into place.
         progress: called with the byte count of each tensor written.
 
     Example:
@@ -174,7 +176,8 @@ def convert(
         manifest = {"source": str(src), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
         with staged_output(target, force=force) as staging:
             write = write_checkpoint(
-                staging, plan, outputs, converter.produce, metadata=provenance(source, **extra), manifest=manifest, progress=progress
+                staging, plan, outputs, converter.produce, metadata=provenance(source, **extra), manifest=manifest,
+                progress=progress, durable=durable,
             )
             copied = copy_model_files(source.info.config_dir, staging)
             if source.info.config_dir is not None and (staging / "config.json").is_file():

@@ -20,7 +20,7 @@ import torch
 from . import __version__
 from .errors import OutputError, VerificationError
 from .planner import ShardPlan
-from .writer import OutSpec, ShardWriter, WrittenShard, os_reason
+from .writer import OutSpec, ShardWriter, WrittenShard, os_reason, units_in_file_order
 
 MANIFEST = "quantkit.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".index.json")
@@ -98,6 +98,7 @@ def write_checkpoint(
     workers: int | None = None,
     window: int = 3,
     ahead_bytes: int = 64 << 20,
+    durable: bool = False,
 ) -> WriteResult:
     """Write ``plan``'s shards into ``folder`` (which must exist), then the index and manifest.
 
@@ -112,13 +113,19 @@ def write_checkpoint(
     ``workers``: threads calling ``produce``; ``None`` picks 2 when ``produce`` is a method of
     an object whose ``source.get_tensor`` is marked ``thread_safe``, else 1 (``produce`` is
     then called in order, one call at a time, as a sequential run would). ``0``: no threads.
+
+    Within a shard, units are produced in the order their tensors lie in the file, so the file
+    is written front to back and hashed as it goes. ``durable``: fsync each shard before it
+    counts as written (off by default, as torch.save and save_pretrained; the rename into place
+    already guarantees no half-written output after an interrupted run).
     """
     if workers is None:
         workers = 2 if _thread_safe(produce) else 1
     names = plan.file_names()
-    jobs = [unit for units in plan.shards for unit in units]
+    ordered = [units_in_file_order(units, outputs) for units in plan.shards]
+    jobs = [unit for units in ordered for unit in units]
     if workers <= 0:
-        return _write_sequential(folder, plan, names, outputs, produce, metadata, manifest, progress)
+        return _write_sequential(folder, ordered, names, outputs, produce, metadata, manifest, progress, durable)
     shards: list[WrittenShard] = []
     weight_map: dict[str, str] = {}
     job_bytes = [sum(spec.nbytes for spec in outputs[unit]) for unit in jobs]
@@ -129,9 +136,9 @@ def write_checkpoint(
         max_workers=1, thread_name_prefix="quantkit-finish"
     ) as finisher:
         try:
-            for file_name, units in zip(names, plan.shards):
+            for file_name, units in zip(names, ordered):
                 specs = [spec for unit in units for spec in outputs[unit]]
-                writer = ShardWriter(folder / file_name, specs, metadata)
+                writer = ShardWriter(folder / file_name, specs, metadata, durable=durable)
                 try:
                     for _unit in units:
                         # Produce ahead: at most `window` units and `ahead_bytes` of output (one
@@ -205,12 +212,12 @@ def _finish(writer: ShardWriter) -> WrittenShard:
         writer.abort()
 
 
-def _write_sequential(folder, plan, names, outputs, produce, metadata, manifest, progress) -> WriteResult:
+def _write_sequential(folder, ordered, names, outputs, produce, metadata, manifest, progress, durable) -> WriteResult:
     shards: list[WrittenShard] = []
     weight_map: dict[str, str] = {}
-    for file_name, units in zip(names, plan.shards):
+    for file_name, units in zip(names, ordered):
         specs = [spec for unit in units for spec in outputs[unit]]
-        writer = ShardWriter(folder / file_name, specs, metadata)
+        writer = ShardWriter(folder / file_name, specs, metadata, durable=durable)
         try:
             for unit in units:
                 for name, tensor in produce(unit):

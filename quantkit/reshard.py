@@ -48,6 +48,7 @@ def reshard(
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     force: bool = False,
+    durable: bool = False,
     progress: ProgressFn | None = None,
 ) -> ReshardResult:
     """Rewrite ``src`` (any supported format) as safetensors shards with an index, bit-exact.
@@ -57,6 +58,7 @@ def reshard(
         output: folder to create (default: ``<src stem>-safetensors`` beside ``src``).
         max_shard_bytes: shard size limit in bytes.
         force: replace an existing output (only once the new one is complete).
+        durable: fsync every shard before the folder is renamed into place.
         progress: called with the byte count of each tensor written.
 
     Returns:
@@ -79,6 +81,7 @@ def reshard(
             metadata=provenance(source),
             manifest=manifest,
             progress=progress,
+            durable=durable,
         )
         copied = copy_model_files(source.info.config_dir, staging)
         notes = list(source.info.notes)

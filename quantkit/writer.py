@@ -42,9 +42,10 @@ class ShardWriter:
     spaces, is written last.
     """
 
-    def __init__(self, path: Path, specs: list[OutSpec], metadata: dict[str, str]):
+    def __init__(self, path: Path, specs: list[OutSpec], metadata: dict[str, str], *, durable: bool = False):
         self.path = path
         self._metadata = metadata
+        self._durable = durable
         self._fixed = layout_order([s for s in specs if not s.variable])
         self._variable = sorted((s for s in specs if s.variable), key=lambda s: s.name)
         self._offsets: dict[str, tuple[int, int]] = {}
@@ -61,12 +62,23 @@ class ShardWriter:
         self._pending: dict[str, bytes] = {}
         self._written: set[str] = set()
         try:
-            self._file = open(path, "wb")
+            self._file = open(path, "wb", buffering=0)  # tensors are written whole: no buffer to flush
         except OSError as exc:
             raise OutputError(f"{path}: cannot create file: {os_reason(exc)}") from None
         self._data_start = HEADER_LENGTH_BYTES + (
             self._header_bytes if self._header_bytes is not None else len(build_header(bound_entries, metadata))
         )
+        self._hasher: _InlineHasher | None = None
+        if not self._variable:
+            # The header is final already: write it now, and hash the file as it is written.
+            header = build_header(bound_entries, metadata)
+            self._header_written = len(header).to_bytes(8, "little") + header
+            self._write_at(0, self._header_written)
+            self._hasher = _InlineHasher(path, self._header_written)
+
+    def file_order(self) -> list[str]:
+        """Names of the fixed-size tensors in the order they lie in the file."""
+        return [s.name for s in self._fixed]
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
         """Write one tensor; returns its byte count."""
@@ -86,12 +98,16 @@ class ShardWriter:
             return len(data)
         begin, _ = self._offsets[name]
         self._write_at(self._data_start + begin, data)
+        if self._hasher is not None:
+            self._hasher.wrote(self._data_start + begin, data)
         return len(data)
 
     def _write_at(self, offset: int, data) -> None:
+        view = memoryview(data).cast("B")
         try:
-            self._file.seek(offset)
-            self._file.write(data)
+            while view:  # one write() moves at most ~2 GiB, and raw writes may be short
+                written = os.pwrite(self._file.fileno(), view, offset)
+                view, offset = view[written:], offset + written
         except OSError as exc:
             raise OutputError(f"{self.path}: write failed: {os_reason(exc)}") from None
 
@@ -112,11 +128,14 @@ class ShardWriter:
         if HEADER_LENGTH_BYTES + len(header) != self._data_start:
             raise VerificationError(f"{self.path}: header grew beyond its reserved size")  # a bug, never user input
         self._write_at(self._data_start + self._fixed_bytes, tail)
-        self._write_at(0, len(header).to_bytes(8, "little") + header)
+        if self._hasher is None:
+            self._write_at(0, len(header).to_bytes(8, "little") + header)
+        elif len(header).to_bytes(8, "little") + header != self._header_written:
+            raise VerificationError(f"{self.path}: header differs from the one written first")  # a bug, never user input
         try:
             self._file.truncate(self._data_start + position)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._durable:
+                os.fsync(self._file.fileno())
         except OSError as exc:
             raise OutputError(f"{self.path}: write failed: {os_reason(exc)}") from None
         finally:
@@ -131,7 +150,8 @@ class ShardWriter:
         read_back = {(e.spec.name, e.spec.dtype, e.spec.shape) for e in parsed.entries.values()}
         if read_back != {(s.name, s.dtype, s.shape) for s in specs}:
             raise VerificationError(f"{self.path}: header read back differs from the plan")
-        return WrittenShard(self.path, self._data_start + data_bytes, data_bytes, sha256_of(self.path), tuple(s.name for s in specs))
+        digest = self._hasher.finish(self._data_start + data_bytes) if self._hasher is not None else sha256_of(self.path)
+        return WrittenShard(self.path, self._data_start + data_bytes, data_bytes, digest, tuple(s.name for s in specs))
 
     def abort(self) -> None:
         if not self._file.closed:
@@ -144,6 +164,61 @@ def os_reason(exc: OSError) -> str:
         return exc.strerror
     code = exc.errno if exc.errno is not None else (exc.args[0] if exc.args and isinstance(exc.args[0], int) else None)
     return os.strerror(code) if code is not None else str(exc) or exc.__class__.__name__
+
+
+class _InlineHasher:
+    """SHA-256 of a file computed while it is written: bytes written at the hashed prefix's end
+    are hashed from memory at once; bytes written further on are read back (from the page
+    cache) when the prefix reaches them, at the latest in ``finish``."""
+
+    def __init__(self, path: Path, head: bytes):
+        self._path = path
+        self._digest = hashlib.sha256(head)
+        self._hashed = len(head)  # bytes of the file hashed so far
+        self._later: dict[int, int] = {}  # offset -> length of written bytes not yet hashed
+
+    def wrote(self, offset: int, data) -> None:
+        if offset == self._hashed:
+            self._digest.update(data)
+            self._hashed += len(data)
+            self._drain()
+        elif len(data):
+            self._later[offset] = len(data)
+
+    def _drain(self, read_back=None) -> None:
+        while self._hashed in self._later:
+            length = self._later.pop(self._hashed)
+            if read_back is None:
+                with open(self._path, "rb", buffering=0) as f:
+                    self._hash_range(f, self._hashed, length)
+            else:
+                self._hash_range(read_back, self._hashed, length)
+            self._hashed += length
+
+    def _hash_range(self, f, offset: int, length: int, chunk_bytes: int = 8 << 20) -> None:
+        f.seek(offset)
+        while length:
+            block = f.read(min(chunk_bytes, length))
+            if not block:
+                raise VerificationError(f"{self._path}: file shorter than the bytes written to it")
+            self._digest.update(block)
+            length -= len(block)
+
+    def finish(self, file_bytes: int) -> str:
+        with open(self._path, "rb", buffering=0) as f:
+            self._drain(f)
+            if self._hashed < file_bytes:  # the tail written last (variable tensors)
+                self._hash_range(f, self._hashed, file_bytes - self._hashed)
+        return self._digest.hexdigest()
+
+
+def units_in_file_order(units: tuple[str, ...], outputs: dict[str, list[OutSpec]]) -> list[str]:
+    """A shard's units in the order their first tensor lies in the file, so that writing them in
+    this order writes the file front to back (and it can be hashed as it is written)."""
+    fixed = layout_order([spec for unit in units for spec in outputs[unit] if not spec.variable])
+    position = {spec.name: i for i, spec in enumerate(fixed)}
+    first = {unit: min((position[s.name] for s in outputs[unit] if s.name in position), default=len(fixed)) for unit in units}
+    return sorted(units, key=first.__getitem__)
 
 
 def sha256_of(path: Path, chunk_bytes: int = 8 << 20) -> str:

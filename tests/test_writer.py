@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from conftest import ALL_DTYPES, assert_bit_equal, make_state_dict, random_tensor
 from quantkit import writer as writer_module
@@ -87,28 +88,41 @@ def test_written_twice_and_missing_are_refused(tmp_path):
     w.abort()
 
 
-class _FullDisk:
-    """A file whose writes fail with ENOSPC once ``budget`` bytes went through."""
-
-    def __init__(self, real, budget):
-        self._real, self._budget = real, budget
-
-    def write(self, data):
-        self._budget -= len(data)
-        if self._budget < 0:
-            raise OSError(errno.ENOSPC)  # errno only, as some layers raise it
-        return self._real.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-
 def test_full_disk_is_an_output_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "open", lambda path, mode: _FullDisk(open(path, mode), 10), raising=False)
-    w = ShardWriter(tmp_path / "x.safetensors", [OutSpec("a", torch.float32, (64,))], {})
+    real_pwrite, left = os.pwrite, [10]
+
+    def pwrite(fd, data, offset):
+        left[0] -= len(data)
+        if left[0] < 0:
+            raise OSError(errno.ENOSPC)  # errno only, as some layers raise it
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(writer_module.os, "pwrite", pwrite)
     with pytest.raises(OutputError, match=r"x\.safetensors: write failed: No space left on device"):
+        w = ShardWriter(tmp_path / "x.safetensors", [OutSpec("a", torch.float32, (64,))], {})
         w.write("a", torch.ones(64))
-    w.abort()
+        w.abort()
+
+
+def test_short_writes_are_completed(tmp_path, monkeypatch):
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(writer_module.os, "pwrite", lambda fd, data, offset: real_pwrite(fd, data[:7], offset))
+    tensors = {"a": torch.arange(100, dtype=torch.float32), "b": torch.ones(3, dtype=torch.int8)}
+    w = ShardWriter(tmp_path / "x.safetensors", [OutSpec(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()], {"format": "pt"})
+    for n, t in tensors.items():
+        w.write(n, t)
+    shard = w.finish()
+    assert (tmp_path / "x.safetensors").read_bytes() == save(tensors, metadata={"format": "pt"})
+    assert shard.sha256 == hashlib.sha256(save(tensors, metadata={"format": "pt"})).hexdigest()
+
+
+def test_hash_covers_out_of_order_writes(tmp_path):
+    tensors = {f"t{i}": torch.full((10 + i,), float(i)) for i in range(6)}
+    w = ShardWriter(tmp_path / "x.safetensors", [OutSpec(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()], {"format": "pt"})
+    for n in ["t3", "t0", "t5", "t1", "t4", "t2"]:
+        w.write(n, tensors[n])
+    shard = w.finish()
+    assert shard.sha256 == hashlib.sha256((tmp_path / "x.safetensors").read_bytes()).hexdigest()
 
 
 def test_cannot_create_file_is_an_output_error(tmp_path):

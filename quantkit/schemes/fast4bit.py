@@ -52,7 +52,7 @@ def available(quant_type: str) -> bool:
 
 def _scaled(A: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Block absmax and values scaled into [-1, 1], with bitsandbytes' exact operations."""
-    flat = A.reshape(-1).float()
+    flat = A.contiguous().reshape(-1).float()  # a transposed view: one plain copy beats reshape's
     n = flat.numel()
     rem = n % blocksize
     full = n - rem

@@ -4,6 +4,7 @@ no traceback unless --debug, and nothing written."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -81,27 +82,18 @@ def test_unwritable_output_location(cli, small_pth, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-class _FullDisk:
-    """Writes fail with ENOSPC once ``budget`` bytes went through (shared by every file opened)."""
-
-    budget = 0
-
-    def __init__(self, real):
-        self._real = real
-
-    def write(self, data):
-        _FullDisk.budget -= len(data)
-        if _FullDisk.budget < 0:
-            raise OSError(errno.ENOSPC)
-        return self._real.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-
 def _fill_disk_after(monkeypatch, budget: int) -> None:
-    _FullDisk.budget = budget
-    monkeypatch.setattr(writer_module, "open", lambda path, mode: _FullDisk(open(path, mode)), raising=False)
+    """Writes of shard data fail with ENOSPC once ``budget`` bytes went through (all files together)."""
+    real_pwrite = os.pwrite
+    left = [budget]
+
+    def pwrite(fd, data, offset):
+        left[0] -= len(data)
+        if left[0] < 0:
+            raise OSError(errno.ENOSPC)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(writer_module.os, "pwrite", pwrite)
 
 
 @pytest.mark.parametrize("budget", [0, 300])
