@@ -21,8 +21,9 @@ What it does:
      (bf16) or with ``BitsAndBytesConfig(load_in_8bit=True)`` /
      ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")``, then
      ``save_pretrained(OUT, max_shard_size="2GB")``;
-   * ``raw``: the I/O limit: read every input byte in 8 MB chunks and write (and fsync, as
-     quantkit does) a file of the quantkit output's byte count, with no compute.
+   * ``raw``: the I/O limit: read every input byte in 8 MB chunks and write a file of the
+     quantkit output's byte count, with no compute (no fsync: neither quantkit, without
+     ``--fsync``, nor save_pretrained flushes to disk).
 
 3. Measures each process tree's wall time, peak RSS and peak RssAnon (the parent polls
    ``/proc/<pid>/status`` of the child and its descendants every ~20 ms and sums them) and
@@ -159,7 +160,6 @@ def worker_raw(src: str, out: str, out_bytes: int) -> None:
         while left > 0:
             n = f.write(zeros[: min(CHUNK, left)])
             left -= n
-        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------- measuring a process tree
