@@ -44,10 +44,8 @@ def convert_cmd(
         scheme=to, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype,
         skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
     )
-    with open_checkpoint(src) as probe:
-        total = probe.total_bytes
-    with byte_progress(total, f"convert to {to}", quiet=quiet or json_out) as progress:
-        result = convert(src, output, options=options, force=force, durable=fsync, progress=progress)
+    with open_checkpoint(src) as source, byte_progress(source.total_bytes, f"convert to {to}", quiet=quiet or json_out) as progress:
+        result = convert(source, output, options=options, force=force, durable=fsync, progress=progress)
     if report is not None:
         from quantkit.reports import build_report, write_report
 

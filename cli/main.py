@@ -57,10 +57,8 @@ def reshard_cmd(
 ) -> None:
     """Rewrite any checkpoint as safetensors shards plus index, bit-exact (the layout transformers loads)."""
     max_bytes = parse_size(max_size)
-    with open_checkpoint(src) as probe:
-        total = probe.total_bytes
-    with byte_progress(total, "reshard", quiet=quiet or json_out) as progress:
-        result = reshard(src, output, max_shard_bytes=max_bytes, force=force, durable=fsync, progress=progress)
+    with open_checkpoint(src) as source, byte_progress(source.total_bytes, "reshard", quiet=quiet or json_out) as progress:
+        result = reshard(source, output, max_shard_bytes=max_bytes, force=force, durable=fsync, progress=progress)
     w = result.write
     if json_out:
         print_json({"output": str(w.folder), "files": w.manifest["files"], "total_size": w.total_bytes, "tied": result.aliases, "notes": result.notes})

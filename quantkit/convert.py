@@ -19,7 +19,7 @@ from .schemes.cast import cast
 from .schemes.fourbit import apply_fourbit, fourbit_outputs
 from .schemes.int8 import apply_int8, int8_outputs
 from .schemes.policy import Selection, layout_for, select
-from .sources import CheckpointSource, open_checkpoint
+from .sources import CheckpointSource, open_checkpoint, opened
 from .writer import OutSpec
 
 REST_DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,8 +90,9 @@ def resolve_device(device: str) -> str:
 class _Converter:
     """Per-tensor outputs (from specs) and the conversion itself (one tensor at a time)."""
 
-    def __init__(self, source: CheckpointSource, options: ConvertOptions, selection: Selection, device: str):
+    def __init__(self, source: CheckpointSource, options: ConvertOptions, selection: Selection, device: str, progress=None):
         self.source, self.options, self.selection, self.device = source, options, selection, device
+        self.progress = progress
         self.rest = CAST_DTYPES.get(options.scheme) if not options.quantizing else REST_DTYPES[options.rest_dtype]
         self.overflow: dict[str, int] = {}
 
@@ -111,6 +112,12 @@ class _Converter:
         return {n for n, why in self.selection.kept.items() if why in ("--skip", "not matched by --only")}
 
     def produce(self, name: str) -> list[tuple[str, torch.Tensor]]:
+        produced = self._convert(name)
+        if self.progress is not None:
+            self.progress(self.source.specs[name].nbytes)
+        return produced
+
+    def _convert(self, name: str) -> list[tuple[str, torch.Tensor]]:
         tensor = self.source.get_tensor(name)
         if name in self.selection.quantize:
             transpose = self.selection.quantize[name]
@@ -136,7 +143,7 @@ def _selection_for(source: CheckpointSource, options: ConvertOptions) -> Selecti
 
 
 def convert(
-    src: str | Path,
+    src: str | Path | CheckpointSource,
     output: str | Path | None = None,
     *,
     options: ConvertOptions,
@@ -147,37 +154,39 @@ def convert(
     """Convert ``src`` into a folder of safetensors shards in the layout transformers loads.
 
     Args:
-        src: any checkpoint quantkit reads (file, index or Hugging Face folder).
+        src: any checkpoint quantkit reads (file, index or Hugging Face folder), or one
+            already opened with ``open_checkpoint`` (it is left open).
         output: folder to create (default ``<src stem>-<scheme>`` beside ``src``).
         options: the scheme and its settings.
         force: replace an existing output, only once the new one is complete.
         durable: fsync every shard before the folder is renamed into place.
-        progress: called with the byte count of each tensor written.
+        progress: called with the input byte count of each tensor once it is converted
+            (from worker threads; the calls add up to the input's tensor bytes).
 
     Example:
         >>> convert("model.pth", options=ConvertOptions("nf4", double_quant=True))  # doctest: +SKIP
     """
     started = time.perf_counter()
-    src = Path(src)
-    target = Path(output) if output is not None else default_output(src, options.scheme)
+    src_path = src.path if isinstance(src, CheckpointSource) else Path(src)
+    target = Path(output) if output is not None else default_output(src_path, options.scheme)
     device = resolve_device(options.device)
     if target.exists() and not force:
         raise OutputError(f"{target}: already exists; choose another output or pass --force to replace it")
-    with open_checkpoint(src) as source:
+    with opened(src) as source:
         _check_convertible(source)
         selection = _selection_for(source, options)
-        converter = _Converter(source, options, selection, device)
+        converter = _Converter(source, options, selection, device, progress)
         outputs = {name: converter.outputs(name) for name in source.specs}
         plan = plan_shards([(n, sum(o.nbytes for o in outs)) for n, outs in outputs.items()], options.max_shard_bytes)
         extra = {"quantkit.scheme": options.scheme}
         transposed = sorted(n for n, t in selection.quantize.items() if t)
         if transposed:
             extra[TRANSPOSED_KEY] = json.dumps(transposed)
-        manifest = {"source": str(src), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
+        manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
         with staged_output(target, force=force) as staging:
             write = write_checkpoint(
                 staging, plan, outputs, converter.produce, metadata=provenance(source, **extra), manifest=manifest,
-                progress=progress, durable=durable,
+                durable=durable, workers=2 if source.concurrent_reads else 1,
             )
             copied = copy_model_files(source.info.config_dir, staging)
             if source.info.config_dir is not None and (staging / "config.json").is_file():

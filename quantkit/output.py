@@ -106,13 +106,12 @@ def write_checkpoint(
     Reading and converting overlap with writing: ``produce`` runs on worker threads for the
     next units (at most ``window`` units and ``ahead_bytes`` of output, or one unit, are
     produced ahead of the one being written, so memory stays bounded by a few units whatever
-    the shard size), the results are written
-    in plan order, and each finished shard is fsynced and hashed in the background while the
-    next is written. The files are byte-identical to a sequential run.
+    the shard size), the results are written in order, and each finished shard is checked in
+    the background while the next is written. The files are byte-identical to a sequential run.
 
-    ``workers``: threads calling ``produce``; ``None`` picks 2 when ``produce`` is a method of
-    an object whose ``source.get_tensor`` is marked ``thread_safe``, else 1 (``produce`` is
-    then called in order, one call at a time, as a sequential run would). ``0``: no threads.
+    ``workers``: threads calling ``produce`` (more than one only where the source allows
+    concurrent reads, ``CheckpointSource.concurrent_reads``); ``None`` means 1 (``produce`` is
+    then called in order, one call at a time); ``0``: no threads at all.
 
     Within a shard, units are produced in the order their tensors lie in the file, so the file
     is written front to back and hashed as it goes. ``durable``: fsync each shard before it
@@ -120,7 +119,7 @@ def write_checkpoint(
     already guarantees no half-written output after an interrupted run).
     """
     if workers is None:
-        workers = 2 if _thread_safe(produce) else 1
+        workers = 1
     names = plan.file_names()
     ordered = [units_in_file_order(units, outputs) for units in plan.shards]
     jobs = [unit for units in ordered for unit in units]
@@ -194,11 +193,6 @@ def _release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def _thread_safe(produce: ProduceFn) -> bool:
-    source = getattr(getattr(produce, "__self__", None), "source", None)
-    return bool(getattr(getattr(source, "get_tensor", None), "thread_safe", False))
 
 
 def _produce_all(produce: ProduceFn, unit: str) -> list[tuple[str, torch.Tensor]]:

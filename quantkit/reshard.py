@@ -9,7 +9,7 @@ from pathlib import Path
 from . import __version__
 from .output import ProgressFn, WriteResult, copy_model_files, staged_output, write_checkpoint
 from .planner import plan_shards
-from .sources import CheckpointSource, open_checkpoint
+from .sources import CheckpointSource, opened
 from .sources.safetensors_source import ALIASES_KEY
 from .writer import OutSpec
 
@@ -43,7 +43,7 @@ def provenance(source: CheckpointSource, **extra: str) -> dict[str, str]:
 
 
 def reshard(
-    src: str | Path,
+    src: str | Path | CheckpointSource,
     output: str | Path | None = None,
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
@@ -54,7 +54,8 @@ def reshard(
     """Rewrite ``src`` (any supported format) as safetensors shards with an index, bit-exact.
 
     Args:
-        src: checkpoint file, index or Hugging Face folder.
+        src: checkpoint file, index or Hugging Face folder, or a source already opened
+            with ``open_checkpoint`` (it is left open).
         output: folder to create (default: ``<src stem>-safetensors`` beside ``src``).
         max_shard_bytes: shard size limit in bytes.
         force: replace an existing output (only once the new one is complete).
@@ -67,12 +68,12 @@ def reshard(
     Example:
         >>> reshard("model.pth", "model-st", max_shard_bytes=500 * 10**6)  # doctest: +SKIP
     """
-    src = Path(src)
-    target = Path(output) if output is not None else default_output(src, "safetensors")
-    with open_checkpoint(src) as source, staged_output(target, force=force) as staging:
+    src_path = src.path if isinstance(src, CheckpointSource) else Path(src)
+    target = Path(output) if output is not None else default_output(src_path, "safetensors")
+    with opened(src) as source, staged_output(target, force=force) as staging:
         plan = plan_shards([(n, s.nbytes) for n, s in source.specs.items()], max_shard_bytes)
         outputs = {n: [OutSpec(n, s.dtype, s.shape)] for n, s in source.specs.items()}
-        manifest = {"source": str(src), "source_format": source.info.format, "operation": "reshard", "aliases": source.aliases}
+        manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "reshard", "aliases": source.aliases}
         result = write_checkpoint(
             staging,
             plan,
@@ -82,6 +83,7 @@ def reshard(
             manifest=manifest,
             progress=progress,
             durable=durable,
+            workers=2 if source.concurrent_reads else 1,
         )
         copied = copy_model_files(source.info.config_dir, staging)
         notes = list(source.info.notes)

@@ -163,3 +163,12 @@ def test_cpu_and_gpu_outputs_agree(tiny_pth, tmp_path, scheme):
             assert (a[name].float() - b[name].float()).abs().gt(0).float().mean() < 0.01, name
         else:
             torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_progress_counts_every_input_byte_once(tiny_pth, tmp_path):
+    from quantkit import open_checkpoint
+
+    seen: list[int] = []
+    with open_checkpoint(tiny_pth) as source:
+        convert(source, tmp_path / "o", options=ConvertOptions("nf4"), progress=seen.append)
+        assert sum(seen) == source.total_bytes and len(seen) == len(source.specs)

@@ -101,7 +101,7 @@ def test_concurrent_reads_of_one_source(tmp_path: Path):
     path = tmp_path / "model.safetensors"
     save_file(tensors, path)
     with open_checkpoint(path) as source:
-        assert getattr(source.get_tensor, "thread_safe", False)
+        assert source.concurrent_reads
         names = list(tensors) * 20
         errors = []
 

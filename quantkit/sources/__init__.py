@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from ..errors import InputError
@@ -9,10 +10,17 @@ from .base import CheckpointSource, SourceInfo
 from .safetensors_source import open_safetensors_file, open_safetensors_index
 from .torch_source import detect_torch_format, open_torch_file, open_torch_index
 
-__all__ = ["CheckpointSource", "SourceInfo", "open_checkpoint"]
+__all__ = ["CheckpointSource", "SourceInfo", "open_checkpoint", "opened"]
 
 ST_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+def opened(src: "str | Path | CheckpointSource") -> "AbstractContextManager[CheckpointSource]":
+    """A context giving an open source: ``src`` itself if already open (left open), else opened here."""
+    if isinstance(src, CheckpointSource):
+        return nullcontext(src)
+    return open_checkpoint(src)
 
 
 def open_checkpoint(path: str | Path) -> CheckpointSource:

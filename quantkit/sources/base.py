@@ -37,6 +37,8 @@ class CheckpointSource(ABC):
     storage with another tensor to the name that is kept.
     """
 
+    concurrent_reads = False  # True where get_tensor may be called from several threads at once
+
     def __init__(self, path: Path, info: SourceInfo, specs: dict[str, TensorSpec], aliases: dict[str, str]):
         self.path = path
         self.info = info

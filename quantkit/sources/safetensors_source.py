@@ -30,6 +30,8 @@ def _aliases_from(metadata: dict[str, str], path: Path) -> dict[str, str]:
 class SafetensorsSource(CheckpointSource):
     """One or more safetensors files; at most one is open at a time."""
 
+    concurrent_reads = True  # get_tensor uses positioned reads only
+
     def __init__(self, path: Path, headers: list[StHeader], *, format: str, config_dir: Path | None = None):
         specs = {}
         owner: dict[str, StHeader] = {}
@@ -57,7 +59,6 @@ class SafetensorsSource(CheckpointSource):
         with open(header.path, "rb", buffering=0) as f:
             return read_tensor(f, header, name)
 
-    get_tensor.thread_safe = True  # write_checkpoint may call produce() from several threads at once
 
     def close(self) -> None:
         if self._file is not None:
