@@ -30,10 +30,31 @@ def int8_outputs(spec: TensorSpec, *, transpose: bool = False) -> list[OutSpec]:
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise absmax INT8 of a 2-D weight, exactly as bitsandbytes' Int8Params does it:
-    the weight goes to FP16 first, then ``int8_vectorwise_quant``."""
-    import bitsandbytes.functional as bnbf
+    the weight goes to FP16 first, then ``int8_vectorwise_quant`` (threshold 0)."""
+    if weight.device.type != "cpu":
+        import bitsandbytes.functional as bnbf
 
-    codes, scales, _ = bnbf.int8_vectorwise_quant(weight.contiguous().to(torch.float16))
+        codes, scales, _ = bnbf.int8_vectorwise_quant(weight.contiguous().to(torch.float16))
+        return codes, scales
+    return _int8_rows_cpu(weight.to(torch.float16))
+
+
+def _int8_rows_cpu(half: torch.Tensor, chunk_elements: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes' CPU ``int8_vectorwise_quant`` (the same operations, so the same bytes), a
+    block of rows at a time: the float32 intermediates stay in cache instead of being
+    allocated for the whole matrix, and a transposed view is read without a full copy."""
+    rows, cols = half.shape
+    codes = torch.empty((rows, cols), dtype=torch.int8)
+    scales = torch.empty(rows, dtype=torch.float32)
+    step = max(1, chunk_elements // max(cols, 1))
+    scratch = torch.empty((min(step, rows), cols), dtype=torch.float32)
+    for start in range(0, rows, step):
+        block = half[start : start + step]
+        row_absmax = torch.max(block.abs(), dim=1).values.float()
+        scales[start : start + step] = row_absmax
+        scaled = scratch[: block.shape[0]]
+        torch.mul(block, 127.0 / row_absmax.unsqueeze(-1), out=scaled)
+        codes[start : start + step].copy_(scaled.round_())
     return codes, scales
 
 
