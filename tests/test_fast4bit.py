@@ -38,9 +38,9 @@ def special_values(shape, kind: str, seed: int) -> torch.Tensor:
 
 def assert_same(a: torch.Tensor, quant_type: str, blocksize: int, double_quant: bool = False):
     ref_packed, ref_state = bnbf.quantize_4bit(a, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant)
-    packed, state = fast4bit.quantize_4bit(a, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
+    packed, ours = fast4bit.quantize_4bit(a, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
     assert torch.equal(packed, ref_packed)
-    ref, ours = ref_state.as_dict(packed=True), state.as_dict(packed=True)
+    ref = ref_state.as_dict(packed=True)
     assert ref.keys() == ours.keys()
     for key in ref:
         assert torch.equal(ours[key].view(torch.uint8), ref[key].view(torch.uint8)), key  # bitwise, NaNs included
@@ -70,6 +70,24 @@ def test_matches_bitsandbytes_with_double_quant(quant_type):
 def test_matches_bitsandbytes_on_random_floats(numel, blocksize, quant_type, data):
     values = data.draw(st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=numel, max_size=numel))
     assert_same(torch.tensor(values, dtype=torch.float32), quant_type, blocksize)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_code_tables_are_bitsandbytes(quant_type):
+    ours, theirs = fast4bit.code_table(quant_type), bnbf.get_4bit_type(quant_type, device="cpu")
+    assert torch.equal(ours.view(torch.int32), theirs.float().view(torch.int32))
+
+
+def test_cpu_path_does_not_import_bitsandbytes():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from quantkit.schemes.fourbit import apply_fourbit; from quantkit.schemes.int8 import apply_int8;"
+        "apply_fourbit('w', torch.randn(8, 64), quant_type='nf4', blocksize=64, double_quant=False);"
+        "apply_int8('w', torch.randn(8, 64)); print('bitsandbytes' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_tables_hold_at_most_one_midpoint_per_prefix():

@@ -14,18 +14,36 @@ many shapes, dtypes and value distributions (zeros, infs, NaNs, subnormals).
 from __future__ import annotations
 
 import functools
+import json
 
 import torch
 
 _KEYS = 1 << 16
 
+# bitsandbytes' 4-bit code tables (``get_4bit_type``), as float32 bit patterns, so that the
+# CPU path need not import bitsandbytes (which takes ~2 s: it loads torch's compiler stack).
+# tests/test_fast4bit.py checks them against bitsandbytes bit for bit.
+_CODE_BITS = {
+    "nf4": [
+        -0x40800000, -0x40CDC64F, -0x40F994D0, -0x4135CD60, -0x416E5DB3, -0x41C2CAC1, -0x4245878F, 0x0,
+        0x3DA2FAFF, 0x3E24CAE3, 0x3E7C04DD, 0x3EAD033A, 0x3EE1A4B8, 0x3F1007AB, 0x3F3913B3, 0x3F800000,
+    ],
+    "fp4": [
+        0x0, 0x3BAAAAAB, 0x3F2AAAAB, 0x3F800000, 0x3EAAAAAB, 0x3F000000, 0x3E2AAAAB, 0x3E800000,
+        0x0, -0x44555555, -0x40D55555, -0x40800000, -0x41555555, -0x41000000, -0x41D55555, -0x41800000,
+    ],
+}
+
+
+def code_table(quant_type: str) -> torch.Tensor:
+    """The 16 float32 values a 4-bit code stands for (a new tensor: it is written out)."""
+    return torch.tensor(_CODE_BITS[quant_type], dtype=torch.int32).view(torch.float32)
+
 
 @functools.cache
 def _tables(quant_type: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool] | None:
     """Per 16-bit prefix: the midpoint to compare with, the code below it and above it."""
-    import bitsandbytes.functional as bnbf
-
-    code = bnbf.get_4bit_type(quant_type, device="cpu").float()
+    code = code_table(quant_type)
     order = torch.argsort(code)
     midpoints = (code[order[:-1]] + code[order[1:]]) / 2  # as bitsandbytes computes them
     keys = torch.arange(_KEYS, dtype=torch.int64)
@@ -84,26 +102,23 @@ def quantize_4bit_codes(A: torch.Tensor, blocksize: int, quant_type: str) -> tup
     return packed, absmax
 
 
-@functools.cache
-def _code(quant_type: str) -> torch.Tensor:
-    import bitsandbytes.functional as bnbf
+def quantize_4bit(A: torch.Tensor, *, blocksize: int, quant_type: str, double_quant: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``bitsandbytes.functional.quantize_4bit`` for CPU tensors (uint8 storage), faster.
 
-    return bnbf.get_4bit_type(quant_type, device="cpu")
-
-
-def quantize_4bit(A: torch.Tensor, *, blocksize: int, quant_type: str, double_quant: bool):
-    """``bitsandbytes.functional.quantize_4bit`` for CPU tensors (uint8 storage), faster."""
-    import bitsandbytes.functional as bnbf
-
+    Returns the packed codes and the tensors of ``QuantState.as_dict(packed=True)`` (keys
+    ``absmax``, ``quant_map``, with double quantization ``nested_absmax`` and
+    ``nested_quant_map``, and ``quant_state.bitsandbytes__<type>``).
+    """
     packed, absmax = quantize_4bit_codes(A, blocksize, quant_type)
-    code = _code(quant_type)
-    if double_quant:
+    fields = {"quant_type": quant_type, "blocksize": blocksize, "dtype": str(A.dtype).removeprefix("torch."), "shape": list(A.shape)}
+    state = {"absmax": absmax, "quant_map": code_table(quant_type)}
+    if double_quant:  # the absmax values, 8-bit blockwise: small, so bitsandbytes' own kernel
+        import bitsandbytes.functional as bnbf
+
         offset = absmax.mean()
-        qabsmax, state2 = bnbf.quantize_blockwise(absmax - offset, blocksize=256)
-        state = bnbf.QuantState(
-            absmax=qabsmax, shape=A.shape, dtype=A.dtype, blocksize=blocksize, code=code,
-            quant_type=quant_type, offset=offset, state2=state2,
-        )
-    else:
-        state = bnbf.QuantState(absmax=absmax, shape=A.shape, dtype=A.dtype, blocksize=blocksize, code=code, quant_type=quant_type)
+        nested, nested_state = bnbf.quantize_blockwise(absmax - offset, blocksize=256)
+        state.update({"absmax": nested, "nested_absmax": nested_state.absmax, "nested_quant_map": nested_state.code.clone()})
+        fields.update({"nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": offset.item()})
+    raw = json.dumps(fields).encode()  # as bitsandbytes' pack_dict_to_tensor writes it
+    state[f"quant_state.bitsandbytes__{quant_type}"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     return packed, state

@@ -58,18 +58,19 @@ def apply_fourbit(
     name: str, weight: torch.Tensor, *, quant_type: str, blocksize: int, double_quant: bool, transpose: bool = False
 ) -> list[tuple[str, torch.Tensor]]:
     """Quantize one weight with ``bitsandbytes.functional.quantize_4bit``; the packed tensors."""
-    import bitsandbytes.functional as bnbf
-
     if transpose:
         weight = weight.t()
     if weight.device.type == "cpu" and fast4bit.available(quant_type):
-        packed, state = fast4bit.quantize_4bit(weight, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
+        packed, parts = fast4bit.quantize_4bit(weight, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
     else:
+        import bitsandbytes.functional as bnbf
+
         packed, state = bnbf.quantize_4bit(
             weight.contiguous(), blocksize=blocksize, compress_statistics=double_quant, quant_type=quant_type
         )
+        parts = state.as_dict(packed=True)
     out = [(name, packed.cpu())]
-    out += [(f"{name}.{key}", value.cpu()) for key, value in state.as_dict(packed=True).items()]
+    out += [(f"{name}.{key}", value.cpu()) for key, value in parts.items()]
     return out
 
 
