@@ -188,13 +188,12 @@ def convert(
                 staging, plan, outputs, converter.produce, metadata=provenance(source, **extra), manifest=manifest,
                 durable=durable, workers=2 if source.concurrent_reads else 1,
             )
-            copied = copy_model_files(source.info.config_dir, staging)
+            copied = copy_model_files(source.info.config_dir, staging, target=target)
             if source.info.config_dir is not None and (staging / "config.json").is_file():
                 update_hf_config(staging / "config.json", options, selection)
             with open_checkpoint(staging) as written:
                 output_by_dtype = bytes_by_dtype(written.specs.values())
-        write.folder = target
-        write.shards = [type(s)(target / s.path.name, s.file_bytes, s.tensor_bytes, s.sha256, s.names) for s in write.shards]
+        write = write.moved_to(target)
         notes = list(source.info.notes)
         if options.quantizing and not selection.quantize:
             notes.append("no tensor matched the quantization rules: every tensor was kept (see the kept list)")

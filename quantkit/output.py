@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,11 @@ class WriteResult:
     @property
     def file_bytes(self) -> int:
         return sum(s.file_bytes for s in self.shards)
+
+    def moved_to(self, folder: Path) -> "WriteResult":
+        """The same result once the staged folder was renamed to ``folder``."""
+        shards = [replace(s, path=folder / s.path.name) for s in self.shards]
+        return replace(self, folder=folder, shards=shards)
 
 
 @contextmanager
@@ -250,13 +255,20 @@ def _write_json(path: Path, value: object) -> None:
         raise OutputError(f"{path}: write failed: {os_reason(exc)}") from None
 
 
-def copy_model_files(config_dir: Path | None, folder: Path) -> list[str]:
-    """Copy a Hugging Face folder's non-weight files (config, tokenizer, ...) into ``folder``."""
+def copy_model_files(config_dir: Path | None, folder: Path, *, target: Path | None = None) -> list[str]:
+    """Copy a Hugging Face folder's non-weight files (config, tokenizer, ...) into ``folder``.
+
+    ``target``: where ``folder`` will end up; when that is inside ``config_dir`` (an output
+    written into the model's own folder), an older output there is not copied into the new one.
+    """
     if config_dir is None:
         return []
     copied = []
+    skip = target.resolve() if target is not None else None
     for item in sorted(config_dir.iterdir()):
         if item.name.startswith(".") or item.name == MANIFEST or item.name.endswith(WEIGHT_SUFFIXES):
+            continue
+        if skip is not None and item.resolve() == skip:
             continue
         try:
             if item.is_dir():

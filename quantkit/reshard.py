@@ -85,8 +85,6 @@ def reshard(
             durable=durable,
             workers=2 if source.concurrent_reads else 1,
         )
-        copied = copy_model_files(source.info.config_dir, staging)
+        copied = copy_model_files(source.info.config_dir, staging, target=target)
         notes = list(source.info.notes)
-    result.folder = target
-    result.shards = [type(s)(target / s.path.name, s.file_bytes, s.tensor_bytes, s.sha256, s.names) for s in result.shards]
-    return ReshardResult(source.info.format, result, dict(source.aliases), copied, notes)
+    return ReshardResult(source.info.format, result.moved_to(target), dict(source.aliases), copied, notes)

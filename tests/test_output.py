@@ -97,3 +97,20 @@ def test_failure_between_the_renames_puts_the_old_output_back(tmp_path, monkeypa
             (staging / "f").write_text("new")
     assert (target / "f").read_text() == "old"
     assert _entries(tmp_path) == ["out"]
+
+
+def test_copy_model_files_skips_weights_and_an_output_inside_the_model_folder(tmp_path):
+    model = tmp_path / "model"
+    (model / "old-out").mkdir(parents=True)
+    (model / "old-out" / "config.json").write_text("{}")
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"x")
+    (model / "sub").mkdir()
+    (model / "sub" / "x.txt").write_text("keep")
+    (model / "sub" / "w.bin").write_bytes(b"x")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    copied = output.copy_model_files(model, staging, target=model / "old-out")
+    assert copied == ["config.json", "sub", "tokenizer.json"]
+    assert sorted(p.name for p in (staging / "sub").iterdir()) == ["x.txt"]
