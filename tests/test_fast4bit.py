@@ -92,3 +92,17 @@ def test_cpu_path_does_not_import_bitsandbytes():
 
 def test_tables_hold_at_most_one_midpoint_per_prefix():
     assert fast4bit.available("nf4") and fast4bit.available("fp4")
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("shape", [(96, 80), (33, 7), (5, 129), (1, 1000)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_chunk_boundaries_and_transposed_views(quant_type, shape, transposed):
+    a = special_values(shape, "specials", seed=5)
+    a = a.t() if transposed else a
+    for blocksize in (32, 64, 128):
+        ref_packed, ref_state = bnbf.quantize_4bit(a.contiguous(), blocksize=blocksize, quant_type=quant_type)
+        for chunk_elements in (1, 64, 200, 1 << 18):
+            packed, absmax = fast4bit.quantize_4bit_codes(a, blocksize, quant_type, chunk_elements=chunk_elements)
+            assert torch.equal(packed, ref_packed), (blocksize, chunk_elements)
+            assert torch.equal(absmax.view(torch.int32), ref_state.absmax.view(torch.int32))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 
 import torch
 
@@ -68,38 +69,54 @@ def available(quant_type: str) -> bool:
     return _tables(quant_type) is not None
 
 
-def _scaled(A: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block absmax and values scaled into [-1, 1], with bitsandbytes' exact operations."""
-    flat = A.contiguous().reshape(-1).float()  # a transposed view: one plain copy beats reshape's
+def _scaled(flat: torch.Tensor, blocksize: int, absmax_out: torch.Tensor) -> torch.Tensor:
+    """Values scaled into [-1, 1] by their block's absmax (written to ``absmax_out``), with
+    bitsandbytes' exact operations; an odd count is padded with one zero, as it does."""
     n = flat.numel()
-    rem = n % blocksize
-    full = n - rem
-    blocks = flat[:full].reshape(full // blocksize, blocksize)
-    absmax = blocks.abs().max(dim=-1)[0]  # not amax: that one rewrites NaN payloads
-    scaled = torch.empty(n + (n % 2), dtype=torch.float32)
+    full = n - n % blocksize
+    blocks = flat[:full].view(-1, blocksize)
+    absmax = torch.max(blocks.abs(), dim=-1)[0]  # not amax: that one rewrites NaN payloads
+    absmax_out[: absmax.numel()] = absmax
+    scaled = torch.empty(n + n % 2, dtype=torch.float32)
     torch.mul(blocks, 1.0 / absmax.clamp(min=1e-38).view(-1, 1), out=scaled[:full].view_as(blocks))
-    if rem:
-        am = flat[full:].abs().max().clamp(min=1e-38)
-        absmax = torch.cat([absmax, am.unsqueeze(0)])
-        torch.div(flat[full:], am, out=scaled[full:n])
+    if n > full:
+        last = flat[full:].abs().max().clamp(min=1e-38)
+        absmax_out[-1] = last
+        torch.div(flat[full:], last, out=scaled[full:n])
     if n % 2:
-        scaled[n] = 0.0  # bitsandbytes pads an odd count with one zero
-    scaled.clamp_(-1, 1)
-    return scaled, absmax
+        scaled[n] = 0.0
+    return scaled.clamp_(-1, 1)
 
 
-def quantize_4bit_codes(A: torch.Tensor, blocksize: int, quant_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(packed uint8 [ceil(n/2), 1], absmax float32)``, identical to bitsandbytes' CPU kernel."""
+def quantize_4bit_codes(A: torch.Tensor, blocksize: int, quant_type: str, *, chunk_elements: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(packed uint8 [ceil(n/2), 1], absmax float32)``, identical to bitsandbytes' CPU kernel.
+
+    Works through the rows of ``A`` (any layout, a transposed view included) a few hundred
+    thousand values at a time, each chunk a whole number of blocks, so that every
+    intermediate stays in cache.
+    """
     threshold, code_below, code_above, sorted_codes = _tables(quant_type)
-    scaled, absmax = _scaled(A, blocksize)
-    key = torch.bitwise_and(scaled.view(torch.int32) >> 16, 0xFFFF)
-    above = scaled > threshold.index_select(0, key)
-    if sorted_codes:  # NF4: the code above is always the next one
-        codes = code_below.index_select(0, key).add_(above)
-    else:
-        codes = torch.where(above, code_above.index_select(0, key), code_below.index_select(0, key))
-    packed = (codes[::2] << 4).bitwise_or_(codes[1::2]).unsqueeze(1)
-    return packed, absmax
+    rows = A.reshape(1, -1) if A.dim() < 2 else A.reshape(-1, A.shape[-1])
+    n, cols = A.numel(), max(rows.shape[1], 1)
+    whole = blocksize // math.gcd(cols, blocksize)  # rows that hold a whole number of blocks
+    step = max(whole, chunk_elements // cols // whole * whole)
+    packed = torch.empty((n + 1) // 2, dtype=torch.uint8)
+    absmax = torch.empty(-(-n // blocksize), dtype=torch.float32)
+    buffer = torch.empty(min(step, rows.shape[0]) * cols, dtype=torch.float32)
+    for first in range(0, rows.shape[0], step):
+        part = rows[first : first + step]
+        flat = buffer[: part.numel()]
+        flat.view(part.shape).copy_(part)  # to float32, in row order
+        start = first * cols  # a multiple of blocksize, so even
+        scaled = _scaled(flat, blocksize, absmax[start // blocksize :])
+        key = torch.bitwise_and(scaled.view(torch.int32) >> 16, 0xFFFF)
+        above = scaled > threshold.index_select(0, key)
+        if sorted_codes:  # NF4: the code above is always the next one
+            codes = code_below.index_select(0, key).add_(above)
+        else:
+            codes = torch.where(above, code_above.index_select(0, key), code_below.index_select(0, key))
+        torch.bitwise_or(codes[::2] << 4, codes[1::2], out=packed[start // 2 : start // 2 + codes.numel() // 2])
+    return packed.unsqueeze(1), absmax
 
 
 def quantize_4bit(A: torch.Tensor, *, blocksize: int, quant_type: str, double_quant: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
