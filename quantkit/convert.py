@@ -95,6 +95,8 @@ class _Converter:
         self.progress = progress
         self.rest = CAST_DTYPES.get(options.scheme) if not options.quantizing else REST_DTYPES[options.rest_dtype]
         self.overflow: dict[str, int] = {}
+        # --skip / --only exclusions stay exactly as they are, even from --rest-dtype
+        self._cast_exempt = {n for n, why in selection.kept.items() if why in ("--skip", "not matched by --only")}
 
     def outputs(self, name: str) -> list[OutSpec]:
         spec = self.source.specs[name]
@@ -106,10 +108,6 @@ class _Converter:
             return fourbit_outputs(spec, quant_type=o.scheme, blocksize=o.blocksize, double_quant=o.double_quant, transpose=transpose)
         dtype = self.rest if (self.rest is not None and spec.dtype.is_floating_point and name not in self._cast_exempt) else spec.dtype
         return [OutSpec(name, dtype, spec.shape)]
-
-    @property
-    def _cast_exempt(self) -> set[str]:
-        return {n for n, why in self.selection.kept.items() if why in ("--skip", "not matched by --only")}
 
     def produce(self, name: str) -> list[tuple[str, torch.Tensor]]:
         produced = self._convert(name)
