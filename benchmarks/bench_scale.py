@@ -85,6 +85,7 @@ def main() -> int:
     limit = _bytes(args.limit)
     cap = MemoryCap(limit)
     work = CACHE / "scale-out"
+    work.mkdir(parents=True, exist_ok=True)
     print(f"checkpoint {src.name}: {model_bytes / 1e9:.2f} GB on disk; memory cap {limit / 1e9:.2f} GB ({model_bytes / limit:.1f}x smaller)")
     try:
         for scheme in [s for s in args.schemes.split(",") if s]:
