@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import resolve_device
 from .dtypes import short_name
 from .errors import InputError, OutputError, UsageError
 from .output import ProgressFn, WriteResult, copy_model_files, staged_output, write_checkpoint
@@ -77,14 +78,6 @@ class ConvertResult:
     @property
     def bits_per_weight(self) -> float:
         return self.output_bytes * 8 / self.num_parameters if self.num_parameters else 0.0
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return device
 
 
 class _Converter:

@@ -15,12 +15,11 @@ from pathlib import Path
 
 from .errors import InputError
 from .output import MANIFEST, WEIGHT_SUFFIXES
-from .sources import open_checkpoint
+from .sources import ST_INDEX, open_checkpoint
 from .sources.safetensors_source import ALIASES_KEY
 from .stformat import StHeader, read_header
 from .writer import sha256_of
 
-ST_INDEX = "model.safetensors.index.json"
 
 
 @dataclass

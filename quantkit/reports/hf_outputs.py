@@ -9,6 +9,7 @@ import torch
 
 from ..errors import QuantkitError
 from .metrics import ErrorMoments, error_moments
+from ..devices import resolve_device
 from .outputs import (
     CAUSAL_WINDOW_TOKENS,
     ENCODER_BATCH,
@@ -19,7 +20,6 @@ from .outputs import (
     _generic_figures,
     load_model,
     perplexity,
-    resolve_device,
     split_sentences,
 )
 

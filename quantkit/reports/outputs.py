@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import resolve_device
 from ..errors import QuantkitError, UsageError
 from ..loading import load_into
 from .metrics import ErrorMoments, error_moments
@@ -64,14 +65,6 @@ class OutputComparison:
     num_tokens: int
     metrics: dict[str, float]
     notes: list[str] = field(default_factory=list)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"unknown device {device!r}: choose auto, cpu or cuda")
-    return device
 
 
 @contextmanager

@@ -1,0 +1,21 @@
+"""Which device work runs on."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UsageError
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` as given.
+
+    Raises UsageError for an unknown device, or CUDA asked for where there is none.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}: choose auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available (use --device cpu or auto)")
+    return device
