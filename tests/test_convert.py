@@ -172,3 +172,19 @@ def test_progress_counts_every_input_byte_once(tiny_pth, tmp_path):
     with open_checkpoint(tiny_pth) as source:
         convert(source, tmp_path / "o", options=ConvertOptions("nf4"), progress=seen.append)
         assert sum(seen) == source.total_bytes and len(seen) == len(source.specs)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".md", ".html"])
+def test_cli_convert_writes_a_report(tiny_pth, tmp_path, suffix):
+    report = tmp_path / f"report{suffix}"
+    result = runner.invoke(app, ["convert", str(tiny_pth), "--to", "int8", "-o", str(tmp_path / "o"), "-q", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    text = report.read_text()
+    if suffix == ".json":
+        data = json.loads(text)
+        assert data["size"]["converted"]["tensor_bytes"] < data["size"]["original"]["tensor_bytes"]
+        assert {t["name"] for t in data["tensors"]["tensors"] if t["quantized"]} == {"fc1.weight", "fc2.weight"}
+    elif suffix == ".md":
+        assert text.startswith("#") and "fc1.weight" in text
+    else:
+        assert text.lstrip().lower().startswith("<!doctype html") and "<svg" in text
