@@ -41,7 +41,3 @@ def st_name(dtype: torch.dtype) -> str:
 def short_name(dtype: torch.dtype) -> str:
     """`torch.float32` -> `float32`."""
     return str(dtype).removeprefix("torch.")
-
-
-def is_float(dtype: torch.dtype) -> bool:
-    return dtype.is_floating_point

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .errors import OutputError, VerificationError
+from .errors import OutputError
 from .planner import ShardPlan
 from .writer import OutSpec, ShardWriter, WrittenShard, os_reason, units_in_file_order
 
@@ -291,11 +291,3 @@ def copy_model_files(config_dir: Path | None, folder: Path, *, target: Path | No
             raise OutputError(f"{folder / item.name}: copy failed: {exc}") from None
         copied.append(item.name)
     return copied
-
-
-def check_written(result: WriteResult) -> None:
-    """The sizes in the manifest agree with the files in the folder."""
-    for shard in result.shards:
-        actual = shard.path.stat().st_size
-        if actual != shard.file_bytes:
-            raise VerificationError(f"{shard.path}: {actual} bytes on disk, {shard.file_bytes} written")

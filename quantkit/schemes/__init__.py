@@ -16,7 +16,7 @@ import torch
 from ..dtypes import short_name
 from ..sources import CheckpointSource
 from ..specs import TensorSpec
-from .fourbit import dequantize_fourbit, state_fields
+from .fourbit import dequantize_fourbit
 from .int8 import dequantize_int8
 
 SCHEMES = ("bf16", "fp16", "int8", "nf4", "fp4")
@@ -110,7 +110,3 @@ def describe_quantization(specs: dict[str, TensorSpec]) -> dict | None:
         logical[g.weight] = stored.numel if g.kind == "int8" else stored.shape[0] * 2
     auxiliary = [p for g in groups.values() for p in g.parts[1:]]
     return {"scheme": "/".join(kinds), "quantized_weights": len(groups), "logical_numel": logical, "auxiliary": auxiliary}
-
-
-def read_fourbit_fields(source: CheckpointSource, group: QuantGroup) -> dict:
-    return state_fields(source.get_tensor(group.parts[-1]))

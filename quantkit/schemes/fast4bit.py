@@ -20,6 +20,7 @@ import math
 import torch
 
 _KEYS = 1 << 16
+NESTED_BLOCKSIZE = 256  # bitsandbytes quantizes the absmax values in blocks of 256
 
 # bitsandbytes' 4-bit code tables (``get_4bit_type``), as float32 bit patterns, so that the
 # CPU path need not import bitsandbytes (which takes ~2 s: it loads torch's compiler stack).
@@ -119,6 +120,14 @@ def quantize_4bit_codes(A: torch.Tensor, blocksize: int, quant_type: str, *, chu
     return packed.unsqueeze(1), absmax
 
 
+def state_json(quant_type: str, blocksize: int, dtype: torch.dtype, shape, nested_offset: float | None) -> bytes:
+    """The non-tensor quant state fields, as bitsandbytes' ``pack_dict_to_tensor`` writes them."""
+    fields = {"quant_type": quant_type, "blocksize": blocksize, "dtype": str(dtype).removeprefix("torch."), "shape": list(shape)}
+    if nested_offset is not None:
+        fields.update({"nested_blocksize": NESTED_BLOCKSIZE, "nested_dtype": "float32", "nested_offset": nested_offset})
+    return json.dumps(fields).encode()
+
+
 def quantize_4bit(A: torch.Tensor, *, blocksize: int, quant_type: str, double_quant: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``bitsandbytes.functional.quantize_4bit`` for CPU tensors (uint8 storage), faster.
 
@@ -127,15 +136,15 @@ def quantize_4bit(A: torch.Tensor, *, blocksize: int, quant_type: str, double_qu
     ``nested_quant_map``, and ``quant_state.bitsandbytes__<type>``).
     """
     packed, absmax = quantize_4bit_codes(A, blocksize, quant_type)
-    fields = {"quant_type": quant_type, "blocksize": blocksize, "dtype": str(A.dtype).removeprefix("torch."), "shape": list(A.shape)}
     state = {"absmax": absmax, "quant_map": code_table(quant_type)}
+    nested_offset = None
     if double_quant:  # the absmax values, 8-bit blockwise: small, so bitsandbytes' own kernel
         import bitsandbytes.functional as bnbf
 
         offset = absmax.mean()
-        nested, nested_state = bnbf.quantize_blockwise(absmax - offset, blocksize=256)
+        nested, nested_state = bnbf.quantize_blockwise(absmax - offset, blocksize=NESTED_BLOCKSIZE)
         state.update({"absmax": nested, "nested_absmax": nested_state.absmax, "nested_quant_map": nested_state.code.clone()})
-        fields.update({"nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": offset.item()})
-    raw = json.dumps(fields).encode()  # as bitsandbytes' pack_dict_to_tensor writes it
+        nested_offset = offset.item()
+    raw = state_json(quant_type, blocksize, A.dtype, A.shape, nested_offset)
     state[f"quant_state.bitsandbytes__{quant_type}"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     return packed, state

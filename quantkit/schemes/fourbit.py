@@ -8,29 +8,19 @@ JSON of the non-tensor fields, as bytes.
 
 from __future__ import annotations
 
-import json
 import math
 
 import torch
 
-from ..dtypes import short_name
 from ..specs import TensorSpec
 from ..writer import OutSpec
 from . import fast4bit
 
-NESTED_BLOCKSIZE = 256  # bitsandbytes quantizes the absmax values in blocks of 256
 _LONGEST_FLOAT = -2.2250738585072014e-308  # the longest repr a float can have
 
 
-def _state_json(quant_type: str, blocksize: int, dtype: torch.dtype, shape, nested_offset: float | None) -> bytes:
-    fields = {"quant_type": quant_type, "blocksize": blocksize, "dtype": short_name(dtype), "shape": list(shape)}
-    if nested_offset is not None:
-        fields.update({"nested_blocksize": NESTED_BLOCKSIZE, "nested_dtype": "float32", "nested_offset": nested_offset})
-    return json.dumps(fields).encode()  # as bitsandbytes' pack_dict_to_tensor writes it
-
-
 def fourbit_outputs(
-    spec: TensorSpec, *, quant_type: str, blocksize: int, double_quant: bool, transpose: bool = False, dtype: torch.dtype | None = None
+    spec: TensorSpec, *, quant_type: str, blocksize: int, double_quant: bool, transpose: bool = False
 ) -> list[OutSpec]:
     """The tensors ``P.weight`` becomes, known from its spec alone.
 
@@ -41,11 +31,11 @@ def fourbit_outputs(
     n_blocks = math.ceil(spec.numel / blocksize)
     w = spec.name
     outs = [OutSpec(w, torch.uint8, ((spec.numel + 1) // 2, 1)), OutSpec(f"{w}.quant_map", torch.float32, (16,))]
-    state = _state_json(quant_type, blocksize, dtype or spec.dtype, shape, _LONGEST_FLOAT if double_quant else None)
+    state = fast4bit.state_json(quant_type, blocksize, spec.dtype, shape, _LONGEST_FLOAT if double_quant else None)
     if double_quant:
         outs += [
             OutSpec(f"{w}.absmax", torch.uint8, (n_blocks,)),
-            OutSpec(f"{w}.nested_absmax", torch.float32, (math.ceil(n_blocks / NESTED_BLOCKSIZE),)),
+            OutSpec(f"{w}.nested_absmax", torch.float32, (math.ceil(n_blocks / fast4bit.NESTED_BLOCKSIZE),)),
             OutSpec(f"{w}.nested_quant_map", torch.float32, (256,)),
         ]
     else:
@@ -81,8 +71,3 @@ def dequantize_fourbit(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     packed = parts.pop("weight")
     state = bnbf.QuantState.from_dict(parts, device=packed.device)
     return bnbf.dequantize_4bit(packed, state)
-
-
-def state_fields(raw: torch.Tensor) -> dict:
-    """The JSON fields of a packed quant state tensor."""
-    return json.loads(bytes(raw.tolist()).decode())
