@@ -181,7 +181,9 @@ def _pread_into(f, fd: int, view: memoryview, offset: int) -> int:
     # No preadv (Windows): seek + readinto, safe only while one thread uses ``f``
     # (SafetensorsSource.get_tensor opens a file per call, so it still is).
     if isinstance(f, int):
-        f = os.fdopen(os.dup(f), "rb", buffering=0)
+        with os.fdopen(os.dup(f), "rb", buffering=0) as own:
+            own.seek(offset)
+            return own.readinto(view) or 0
     f.seek(offset)
     return f.readinto(view) or 0
 

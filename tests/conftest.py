@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings as _hypothesis_settings
 from safetensors.torch import save_file
+
+# Shared machines stall now and then: a property test's example running past hypothesis'
+# default 200 ms deadline is noise there, not a failure.
+_hypothesis_settings.register_profile("quantkit", deadline=None)
+_hypothesis_settings.load_profile("quantkit")
 
 ALL_DTYPES = [
     torch.float32, torch.float16, torch.bfloat16, torch.float64,

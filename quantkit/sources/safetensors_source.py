@@ -28,7 +28,7 @@ def _aliases_from(metadata: dict[str, str], path: Path) -> dict[str, str]:
 
 
 class SafetensorsSource(CheckpointSource):
-    """One or more safetensors files; at most one is open at a time."""
+    """One or more safetensors files; a file is open only while a tensor is read from it."""
 
     concurrent_reads = True  # get_tensor uses positioned reads only
 
@@ -50,21 +50,12 @@ class SafetensorsSource(CheckpointSource):
             aliases.update(_aliases_from(header.metadata, header.path))
         super().__init__(path, info, specs, aliases)
         self._owner = owner
-        self._open_path: Path | None = None
-        self._file = None
 
     def get_tensor(self, name: str) -> torch.Tensor:
         """Thread-safe: each call opens its shard and reads with positioned reads (no shared state)."""
         header = self._owner[name]
         with open(header.path, "rb", buffering=0) as f:
             return read_tensor(f, header, name)
-
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file = None
-        self._open_path = None
 
 
 def open_safetensors_file(path: Path, *, config_dir: Path | None = None) -> SafetensorsSource:
