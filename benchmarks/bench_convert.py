@@ -3,6 +3,7 @@
 One command (``make bench`` runs ``python benchmarks/bench_convert.py $(BENCH_ARGS)``)::
 
     .venv/bin/python benchmarks/bench_convert.py --sizes large --schemes bf16,int8,nf4 --repeat 3
+    .venv/bin/python benchmarks/bench_convert.py --sizes large --input pth  # from a torch.save checkpoint
     make bench BENCH_ARGS="--sizes small,large --repeat 3"
 
 What it does:
@@ -13,6 +14,11 @@ What it does:
    seeded ``torch.Generator`` (normal, std 0.02) and streamed to disk with quantkit's
    ``ShardWriter``, so building needs about one tensor of memory. The result is an HF folder
    (config.json + 1 GB safetensors shards + index) cached under ``benchmarks/cache/``.
+   With ``--input pth`` the same tensors (same names and values) are also saved with
+   ``torch.save(state_dict)`` (zip format) as ``pytorch_model.bin`` beside the same config.json
+   in ``benchmarks/cache/gpt2-<size>-pth/``, built from the safetensors shards; that build holds
+   the whole model in memory once (3.1 GB for large, 6.2 GB for xl), which the benchmark
+   machine affords. Every contender then reads that folder.
 2. For each scheme (``--schemes``, default bf16,int8,nf4) it runs, each in a fresh
    subprocess and alternating, ``--repeat`` times:
 
@@ -21,9 +27,10 @@ What it does:
      (bf16) or with ``BitsAndBytesConfig(load_in_8bit=True)`` /
      ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")``, then
      ``save_pretrained(OUT, max_shard_size="2GB")``;
-   * ``raw``: the I/O limit: read every input byte in 8 MB chunks and write a file of the
-     quantkit output's byte count, with no compute (no fsync: neither quantkit, without
-     ``--fsync``, nor save_pretrained flushes to disk).
+   * ``raw``: the I/O limit: read every input byte (the safetensors shards or
+     ``pytorch_model.bin``) in 8 MB chunks and write a file of the quantkit output's byte
+     count, with no compute (no fsync: neither quantkit, without ``--fsync``, nor
+     save_pretrained flushes to disk).
 
 3. Measures each process tree's wall time, peak RSS and peak RssAnon (the parent polls
    ``/proc/<pid>/status`` of the child and its descendants every ~20 ms and sums them) and
@@ -122,8 +129,38 @@ def build_checkpoint(size: str) -> Path:
     return folder
 
 
+def build_pth_checkpoint(size: str) -> Path:
+    """The cached ``.pth`` form of ``size``: the same tensors in one ``torch.save`` zip, ``pytorch_model.bin``."""
+    src = build_checkpoint(size)
+    folder = CACHE / f"gpt2-{size}-pth"
+    if (folder / "pytorch_model.bin").is_file():
+        shutil.copy2(src / "config.json", folder / "config.json")  # kept current, as in build_checkpoint
+        return folder
+    import torch
+    from safetensors.torch import load_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.perf_counter()
+    state = {}
+    for path in weight_files(src):  # the whole model in memory once
+        state.update(load_file(path))
+    torch.save(state, tmp / "pytorch_model.bin")
+    del state
+    shutil.copy2(src / "config.json", tmp / "config.json")
+    os.replace(tmp, folder)
+    print(f"built {folder} ({folder_bytes(folder) / 1e9:.2f} GB) in {time.perf_counter() - started:.1f}s", flush=True)
+    return folder
+
+
+def build_input(size: str, kind: str) -> Path:
+    return build_pth_checkpoint(size) if kind == "pth" else build_checkpoint(size)
+
+
 def weight_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.safetensors"))
+    """A folder's safetensors files, or else its ``.bin`` (the ``-pth`` inputs)."""
+    return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
 
 
 def folder_bytes(folder: Path) -> int:
@@ -244,15 +281,16 @@ def run(args) -> dict:
     results: dict = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "args": vars(args),
+        "input": args.input,
         "runs": {},
     }
     work = CACHE / "out"
     work.mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
-        src = build_checkpoint(size)
+        src = build_input(size, args.input)
         in_bytes = folder_bytes(src)
         for scheme in args.schemes:
-            key = f"{size}/{scheme}"
+            key = f"{size}{'-pth' if args.input == 'pth' else ''}/{scheme}"
             samples = {t: [] for t in args.tools}
             out_bytes = 0
             for rep in range(args.repeat):
@@ -269,12 +307,12 @@ def run(args) -> dict:
                     samples[tool].append(m)
                     shutil.rmtree(out, ignore_errors=True)
                     print(
-                        f"  {key:12s} {tool:12s} run {rep + 1}/{args.repeat}: {m['wall_s']:7.2f}s  "
+                        f"  {key:14s} {tool:12s} run {rep + 1}/{args.repeat}: {m['wall_s']:7.2f}s  "
                         f"rss {m['peak_rss'] / 1e9:5.2f} GB  anon {m['peak_anon'] / 1e9:5.2f} GB",
                         flush=True,
                     )
             median = {t: {k: statistics.median(s[k] for s in v) for k in v[0]} for t, v in samples.items()}
-            results["runs"][key] = {"input_bytes": in_bytes, "samples": samples, "median": median}
+            results["runs"][key] = {"input": args.input, "input_bytes": in_bytes, "samples": samples, "median": median}
     return results
 
 
@@ -291,7 +329,7 @@ def _expected_bytes(src: Path, scheme: str, work: Path, max_size: str) -> int:
 
 def table(results: dict) -> str:
     head = (
-        f"{'size/scheme':14s} {'quantkit s':>10s} {'transf. s':>10s} {'raw s':>8s} {'qk/tf':>7s} {'qk/raw':>7s} "
+        f"{'input/scheme':14s} {'quantkit s':>10s} {'transf. s':>10s} {'raw s':>8s} {'qk/tf':>7s} {'qk/raw':>7s} "
         f"{'qk RSS':>8s} {'qk anon':>8s} {'tf RSS':>8s} {'tf anon':>8s} {'raw RSS':>8s} {'qk/tf RSS':>9s} {'qk out':>7s} {'tf out':>7s}"
     )
     lines = [head, "-" * len(head)]
@@ -325,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schemes", default="bf16,int8,nf4", help="comma-separated (default bf16,int8,nf4)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,raw")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the median is reported (default 3)")
+    parser.add_argument(
+        "--input", choices=("safetensors", "pth"), default="safetensors",
+        help="read the safetensors folder or its torch.save form, gpt2-<size>-pth/pytorch_model.bin (default safetensors)",
+    )
     parser.add_argument("--max-size", default="2GB", help="quantkit's --max-size, e.g. 5GB for one large shard (default 2GB)")
     parser.add_argument(
         "--quantkit-from", type=Path, default=None,
@@ -345,13 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     _parse_size(args.max_size)
     if args.build_only:
         for s in args.sizes:
-            build_checkpoint(s)
+            build_input(s, args.input)
         return 0
     results = run(args)
     text = table(results)
     results["table"] = text
     print()
-    print(f"median of {args.repeat} run(s), {os.cpu_count()} CPUs, quantkit --max-size {args.max_size}")
+    print(f"median of {args.repeat} run(s), {os.cpu_count()} CPUs, input {args.input}, quantkit --max-size {args.max_size}")
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = args.json or RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"

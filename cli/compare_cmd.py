@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from quantkit.errors import UsageError
-from quantkit.reports import ModelShape, build_report, render_json, render_text, write_report
 from quantkit.sources import open_checkpoint
 
 from .common import byte_progress, guarded
@@ -18,13 +17,15 @@ Original = Annotated[Path, typer.Argument(help="The original checkpoint (file, i
 Converted = Annotated[Path, typer.Argument(help="The converted checkpoint to judge against it.")]
 
 
-def model_shape(num_layers: int | None, hidden_size: int | None, num_heads: int | None) -> ModelShape | None:
+def model_shape(num_layers: int | None, hidden_size: int | None, num_heads: int | None) -> "ModelShape | None":  # noqa: F821
     """The --num-layers/--hidden-size/--num-heads triple, all or none."""
     given = [v for v in (num_layers, hidden_size, num_heads) if v is not None]
     if not given:
         return None
     if len(given) != 3:
         raise UsageError("--num-layers, --hidden-size and --num-heads go together: give all three (or none, to read config.json)")
+    from quantkit.reports import ModelShape
+
     return ModelShape(num_layers, hidden_size, num_heads)
 
 
@@ -52,6 +53,7 @@ def compare_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Compare a converted checkpoint with its original: size, per-tensor error, output accuracy, memory."""
+    from quantkit.reports import build_report, render_json, render_text, write_report  # imports torch: only when run
     if text is not None and not text.is_file():
         raise UsageError(f"--text {text}: no such file")
     if inputs is not None and model is None:

@@ -1,4 +1,8 @@
-"""quantkit: precision and quantization conversion for PyTorch checkpoints."""
+"""quantkit: precision and quantization conversion for PyTorch checkpoints.
+
+Importing it does not import torch (reading, inspecting, verifying and casting safetensors
+checkpoints never need it); the loaders and quantizers import it when used.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,17 @@ __version__ = "0.1.0"
 from .convert import ConvertOptions, convert  # noqa: E402
 from .errors import QuantkitError  # noqa: E402
 from .inspect import inspect_checkpoint  # noqa: E402
-from .loading import load_into, load_state_dict  # noqa: E402
 from .reshard import reshard  # noqa: E402
 from .sources import open_checkpoint  # noqa: E402
+
+
+def __getattr__(name: str):
+    # load_state_dict / load_into build torch tensors: torch is imported only when they are used
+    if name in ("load_into", "load_state_dict"):
+        from . import loading
+
+        return getattr(loading, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ConvertOptions",

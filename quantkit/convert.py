@@ -7,23 +7,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from .devices import resolve_device
-from .dtypes import short_name
+from .dtypes import BFLOAT16, FLOAT16, short_name
 from .errors import InputError, OutputError, UsageError
 from .output import ProgressFn, WriteResult, copy_model_files, staged_output, write_checkpoint
 from .planner import plan_shards
 from .reshard import DEFAULT_MAX_SHARD_BYTES, default_output, provenance
 from .schemes import CAST_DTYPES, SCHEMES, TRANSPOSED_KEY
-from .schemes.cast import cast
-from .schemes.fourbit import apply_fourbit, fourbit_outputs
-from .schemes.int8 import apply_int8, int8_outputs
 from .schemes.policy import Selection, layout_for, select
 from .sources import CheckpointSource, open_checkpoint, opened
+from .streamcast import write_cast_checkpoint
 from .writer import OutSpec
 
-REST_DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+REST_DTYPES = {"keep": None, "bf16": BFLOAT16, "fp16": FLOAT16}
 
 
 @dataclass(frozen=True)
@@ -96,25 +92,35 @@ class _Converter:
         if name in self.selection.quantize:
             transpose = self.selection.quantize[name]
             if self.options.scheme == "int8":
+                from .schemes.int8 import int8_outputs
+
                 return int8_outputs(spec, transpose=transpose)
+            from .schemes.fourbit import fourbit_outputs
+
             o = self.options
             return fourbit_outputs(spec, quant_type=o.scheme, blocksize=o.blocksize, double_quant=o.double_quant, transpose=transpose)
         dtype = self.rest if (self.rest is not None and spec.dtype.is_floating_point and name not in self._cast_exempt) else spec.dtype
         return [OutSpec(name, dtype, spec.shape)]
 
-    def produce(self, name: str) -> list[tuple[str, torch.Tensor]]:
+    def produce(self, name: str) -> list:
         produced = self._convert(name)
         if self.progress is not None:
             self.progress(self.source.specs[name].nbytes)
         return produced
 
-    def _convert(self, name: str) -> list[tuple[str, torch.Tensor]]:
+    def _convert(self, name: str) -> list:
+        from .schemes.cast import cast  # these import torch
+
         tensor = self.source.get_tensor(name)
         if name in self.selection.quantize:
             transpose = self.selection.quantize[name]
             tensor = tensor.to(self.device)
             if self.options.scheme == "int8":
+                from .schemes.int8 import apply_int8
+
                 return apply_int8(name, tensor, transpose=transpose)
+            from .schemes.fourbit import apply_fourbit
+
             o = self.options
             return apply_fourbit(name, tensor, quant_type=o.scheme, blocksize=o.blocksize, double_quant=o.double_quant, transpose=transpose)
         target = self.outputs(name)[0].dtype
@@ -160,7 +166,8 @@ def convert(
     started = time.perf_counter()
     src_path = src.path if isinstance(src, CheckpointSource) else Path(src)
     target = Path(output) if output is not None else default_output(src_path, options.scheme)
-    device = resolve_device(options.device)
+    # casts run on the CPU (they are bound by reading and writing); quantizers where asked
+    device = resolve_device(options.device) if options.quantizing else "cpu"
     if target.exists() and not force:
         raise OutputError(f"{target}: already exists; choose another output or pass --force to replace it")
     with opened(src) as source:
@@ -175,10 +182,18 @@ def convert(
             extra[TRANSPOSED_KEY] = json.dumps(transposed)
         manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
         with staged_output(target, force=force) as staging:
-            write = write_checkpoint(
-                staging, plan, outputs, converter.produce, metadata=provenance(source, **extra), manifest=manifest,
-                durable=durable, workers=2 if source.concurrent_reads else 1,
-            )
+            metadata = provenance(source, **extra)
+            if not options.quantizing and hasattr(source, "read_into"):
+                # safetensors in: cast chunk by chunk with numpy, torch never imported
+                write, overflow = write_cast_checkpoint(
+                    staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, durable=durable
+                )
+                converter.overflow.update(overflow)
+            else:
+                write = write_checkpoint(
+                    staging, plan, outputs, converter.produce, metadata=metadata, manifest=manifest,
+                    durable=durable, workers=2 if source.concurrent_reads else 1,
+                )
             copied = copy_model_files(source.info.config_dir, staging, target=target)
             if source.info.config_dir is not None and (staging / "config.json").is_file():
                 update_hf_config(staging / "config.json", options, selection)

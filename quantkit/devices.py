@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from .errors import UsageError
 
 
@@ -12,6 +10,8 @@ def resolve_device(device: str) -> str:
 
     Raises UsageError for an unknown device, or CUDA asked for where there is none.
     """
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):

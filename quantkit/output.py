@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -15,8 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 from . import __version__
 from .errors import OutputError
 from .planner import ShardPlan
@@ -24,7 +23,7 @@ from .writer import OutSpec, ShardWriter, WrittenShard, os_reason, units_in_file
 
 MANIFEST = "quantkit.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".index.json")
-ProduceFn = Callable[[str], Iterable[tuple[str, torch.Tensor]]]
+ProduceFn = Callable[[str], Iterable[tuple[str, "torch.Tensor"]]]  # noqa: F821
 ProgressFn = Callable[[int], None]
 
 
@@ -176,7 +175,7 @@ def write_checkpoint(
             raise
     for shard in shards:
         weight_map.update({name: shard.path.name for name in shard.names})
-    return _write_index(folder, shards, weight_map, manifest)
+    return write_index(folder, shards, weight_map, manifest)
 
 
 TRIM_EVERY_BYTES = 128 << 20
@@ -186,6 +185,10 @@ TRIM_EVERY_BYTES = 128 << 20
 def _intra_op_threads(workers: int) -> Iterator[None]:
     """Share the cores among the worker threads instead of giving each torch's whole pool
     (oversubscribed, the pools' threads spin against each other: ~6% slower measured here)."""
+    torch = sys.modules.get("torch")  # not imported: nothing to share (a torch-free run)
+    if torch is None:
+        yield
+        return
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, before // max(workers, 1)))
     try:
@@ -212,7 +215,7 @@ def _release_free_memory() -> None:
         trim(0)
 
 
-def _produce_all(produce: ProduceFn, unit: str) -> list[tuple[str, torch.Tensor]]:
+def _produce_all(produce: ProduceFn, unit: str) -> list:
     return list(produce(unit))
 
 
@@ -239,10 +242,10 @@ def _write_sequential(folder, ordered, names, outputs, produce, metadata, manife
         finally:
             writer.abort()
         weight_map.update({name: file_name for name in shards[-1].names})
-    return _write_index(folder, shards, weight_map, manifest)
+    return write_index(folder, shards, weight_map, manifest)
 
 
-def _write_index(folder: Path, shards: list[WrittenShard], weight_map: dict[str, str], manifest: dict) -> WriteResult:
+def write_index(folder: Path, shards: list[WrittenShard], weight_map: dict[str, str], manifest: dict) -> WriteResult:
     total = sum(s.tensor_bytes for s in shards)
     if len(shards) > 1:
         index = {

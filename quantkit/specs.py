@@ -5,16 +5,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
+from .dtypes import DType, dtype_of
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, dtype and shape of one tensor; its byte size follows from them."""
+    """Name, dtype and shape of one tensor; its byte size follows from them.
+
+    ``dtype`` is a :class:`~quantkit.dtypes.DType` (a torch dtype given here is converted;
+    the two compare equal)."""
 
     name: str
-    dtype: torch.dtype
+    dtype: DType
     shape: tuple[int, ...]
+
+    def __post_init__(self):
+        if not isinstance(self.dtype, DType):
+            object.__setattr__(self, "dtype", dtype_of(self.dtype))
 
     @property
     def numel(self) -> int:
@@ -25,5 +32,6 @@ class TensorSpec:
         return self.numel * self.dtype.itemsize
 
     @classmethod
-    def of(cls, name: str, tensor: torch.Tensor) -> "TensorSpec":
-        return cls(name, tensor.dtype, tuple(tensor.shape))
+    def of(cls, name: str, tensor) -> "TensorSpec":
+        """The spec of a torch tensor or numpy array."""
+        return cls(name, dtype_of(tensor.dtype), tuple(tensor.shape))

@@ -16,9 +16,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from .dtypes import LAYOUT_RANK, ST_TO_TORCH, st_name
+from .dtypes import BY_ST, st_name
 from .errors import InputError
 from .specs import TensorSpec
 
@@ -91,7 +89,7 @@ def _parse_entry(path: Path, name: str, value: object) -> StEntry:
     if not isinstance(value, dict):
         raise InputError(f"{path}: entry {name!r} is not an object")
     dtype_name = value.get("dtype")
-    if not isinstance(dtype_name, str) or dtype_name not in ST_TO_TORCH:
+    if not isinstance(dtype_name, str) or dtype_name not in BY_ST:
         raise InputError(f"{path}: tensor {name!r} has unknown dtype {dtype_name!r}")
     shape = value.get("shape")
     offsets = value.get("data_offsets")
@@ -104,7 +102,7 @@ def _parse_entry(path: Path, name: str, value: object) -> StEntry:
         or offsets[1] < offsets[0]
     ):
         raise InputError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
-    spec = TensorSpec(name, ST_TO_TORCH[dtype_name], tuple(shape))
+    spec = TensorSpec(name, BY_ST[dtype_name], tuple(shape))
     if offsets[1] - offsets[0] != spec.nbytes:
         raise InputError(
             f"{path}: tensor {name!r} spans {offsets[1] - offsets[0]} bytes but its shape {shape} "
@@ -138,7 +136,7 @@ def layout_order(specs: list[TensorSpec]) -> list[TensorSpec]:
 
     Every tensor then starts at a multiple of its element size.
     """
-    return sorted(specs, key=lambda s: (-LAYOUT_RANK[s.dtype], s.name))
+    return sorted(specs, key=lambda s: (-s.dtype.rank, s.name))
 
 
 def build_header(entries: list[tuple[TensorSpec, int, int]], metadata: dict[str, str], *, min_bytes: int = 0) -> bytes:
@@ -154,25 +152,35 @@ def build_header(entries: list[tuple[TensorSpec, int, int]], metadata: dict[str,
     return raw + b" " * (padded - len(raw))
 
 
-def read_tensor(f, header: StHeader, name: str) -> torch.Tensor:
-    """Read one tensor from an open file (object or descriptor) with positioned reads (no mmap, one copy).
+def read_tensor(f, header: StHeader, name: str):
+    """Read one tensor (a torch tensor) from an open file (object or descriptor) with
+    positioned reads (no mmap, one copy).
 
     ``os.preadv`` uses no shared file position, so threads may read tensors from the same
     open file at once.
     """
+    import torch
+
     entry = header.entries[name]
     buffer = torch.empty(entry.end - entry.begin, dtype=torch.uint8)
     if buffer.numel():
-        fd = f if isinstance(f, int) else f.fileno()
-        offset = header.data_start + entry.begin
-        view = memoryview(buffer.numpy())
-        got = 0
-        while got < len(view):  # reads may come back short on some filesystems
-            more = _pread_into(f, fd, view[got:], offset + got)
-            if not more:
-                raise InputError(f"{header.path}: data ended early while reading tensor {name!r}")
-            got += more
-    return buffer.view(entry.spec.dtype).reshape(entry.spec.shape)
+        read_range(f, header, name, 0, memoryview(buffer.numpy()))
+    return buffer.view(entry.spec.dtype.torch).reshape(entry.spec.shape)
+
+
+def read_range(f, header: StHeader, name: str, start: int, view: memoryview) -> None:
+    """Fill ``view`` with tensor ``name``'s bytes from byte ``start`` on (positioned reads)."""
+    entry = header.entries[name]
+    if start + len(view) > entry.end - entry.begin:
+        raise ValueError(f"bytes {start}..{start + len(view)} lie beyond tensor {name!r}")
+    fd = f if isinstance(f, int) else f.fileno()
+    offset = header.data_start + entry.begin + start
+    got = 0
+    while got < len(view):  # reads may come back short on some filesystems
+        more = _pread_into(f, fd, view[got:], offset + got)
+        if not more:
+            raise InputError(f"{header.path}: data ended early while reading tensor {name!r}")
+        got += more
 
 
 def _pread_into(f, fd: int, view: memoryview, offset: int) -> int:
@@ -188,8 +196,16 @@ def _pread_into(f, fd: int, view: memoryview, offset: int) -> int:
     return f.readinto(view) or 0
 
 
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """A view of a CPU tensor's bytes in C order (copies only if it is not contiguous)."""
+def tensor_bytes(tensor) -> memoryview:
+    """A view of a CPU tensor's (or numpy array's) bytes in C order (copies only if it is
+    not contiguous)."""
+    if not hasattr(tensor, "detach"):  # a numpy array
+        import numpy as np
+
+        flat = np.ascontiguousarray(tensor).reshape(-1)
+        return memoryview(flat.view(np.uint8)) if flat.size else memoryview(b"")
+    import torch
+
     flat = tensor.detach().contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")

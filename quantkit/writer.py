@@ -7,8 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from .dtypes import dtype_of
 from .errors import OutputError, VerificationError
 from .specs import TensorSpec
 from .stformat import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
@@ -61,6 +60,7 @@ class ShardWriter:
         self._specs = {s.name: s for s in specs}
         self._pending: dict[str, bytes] = {}
         self._written: set[str] = set()
+        self._piece_bytes: dict[str, int] = {}
         try:
             self._file = open(path, "wb", buffering=0)  # tensors are written whole: no buffer to flush
         except OSError as exc:
@@ -80,16 +80,16 @@ class ShardWriter:
         """Names of the fixed-size tensors in the order they lie in the file."""
         return [s.name for s in self._fixed]
 
-    def write(self, name: str, tensor: torch.Tensor) -> int:
-        """Write one tensor; returns its byte count."""
+    def write(self, name: str, tensor) -> int:
+        """Write one tensor (torch tensor or numpy array); returns its byte count."""
         spec = self._specs.get(name)
         if spec is None or name in self._written:
             raise VerificationError(f"{self.path}: tensor {name!r} is not planned for this shard, or written twice")
-        if tensor.dtype != spec.dtype or (not spec.variable and tuple(tensor.shape) != spec.shape):
+        if dtype_of(tensor) != spec.dtype or (not spec.variable and tuple(tensor.shape) != spec.shape):
             raise VerificationError(
-                f"{self.path}: tensor {name!r} is {tensor.dtype} {list(tensor.shape)}, planned {spec.dtype} {list(spec.shape)}"
+                f"{self.path}: tensor {name!r} is {dtype_of(tensor)} {list(tensor.shape)}, planned {spec.dtype} {list(spec.shape)}"
             )
-        data = tensor_bytes(tensor.cpu())
+        data = tensor_bytes(tensor.cpu() if hasattr(tensor, "cpu") else tensor)
         self._written.add(name)
         if spec.variable:
             if tensor.dim() != 1 or len(data) > spec.nbytes:
@@ -101,6 +101,33 @@ class ShardWriter:
         if self._hasher is not None:
             self._hasher.wrote(self._data_start + begin, data)
         return len(data)
+
+    def write_piece(self, name: str, start: int, data) -> None:
+        """Write bytes ``start..start+len(data)`` of fixed-size tensor ``name``. Positioned and
+        stateless, so threads may write pieces at once; each piece must then be passed to
+        ``wrote_piece`` (from one thread) for hashing and bookkeeping."""
+        begin, end = self._piece_range(name, start, data)
+        self._write_at(self._data_start + begin + start, data)
+
+    def wrote_piece(self, name: str, start: int, data) -> None:
+        """Record a piece written by ``write_piece``; the tensor counts as written once all its
+        bytes are. Pieces passed in file order are hashed from memory."""
+        begin, end = self._piece_range(name, start, data)
+        if self._hasher is not None:
+            self._hasher.wrote(self._data_start + begin + start, data)
+        done = self._piece_bytes.get(name, 0) + len(data)
+        self._piece_bytes[name] = done
+        if done == end - begin:
+            self._written.add(name)
+
+    def _piece_range(self, name: str, start: int, data) -> tuple[int, int]:
+        spec = self._specs.get(name)
+        if spec is None or spec.variable or name in self._written:
+            raise VerificationError(f"{self.path}: tensor {name!r} is not planned for this shard, or written twice")
+        begin, end = self._offsets[name]
+        if start < 0 or begin + start + len(data) > end:
+            raise VerificationError(f"{self.path}: bytes {start}..{start + len(data)} lie outside tensor {name!r}")
+        return begin, end
 
     def _write_at(self, offset: int, data) -> None:
         view = memoryview(data).cast("B")

@@ -11,16 +11,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-
-from ..dtypes import short_name
+from ..dtypes import BFLOAT16, FLOAT16, INT8, short_name
 from ..sources import CheckpointSource
 from ..specs import TensorSpec
-from .fourbit import dequantize_fourbit
-from .int8 import dequantize_int8
 
 SCHEMES = ("bf16", "fp16", "int8", "nf4", "fp4")
-CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CAST_DTYPES = {"bf16": BFLOAT16, "fp16": FLOAT16}
 TRANSPOSED_KEY = "quantkit.transposed"
 _FOURBIT_STATE = re.compile(r"^(?P<weight>.+)\.quant_state\.bitsandbytes__(?P<type>nf4|fp4)$")
 _FOURBIT_PARTS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
@@ -46,7 +42,7 @@ def quant_groups(specs: dict[str, TensorSpec]) -> dict[str, QuantGroup]:
     for name in specs:
         if name.endswith(".SCB"):
             p = name.removesuffix(".SCB")
-            if specs.get(f"{p}.weight") is not None and specs[f"{p}.weight"].dtype == torch.int8:
+            if specs.get(f"{p}.weight") is not None and specs[f"{p}.weight"].dtype == INT8:
                 parts = [f"{p}.weight", name] + ([f"{p}.weight_format"] if f"{p}.weight_format" in specs else [])
                 groups[f"{p}.weight"] = QuantGroup("int8", f"{p}.weight", tuple(parts))
         elif m := _FOURBIT_STATE.match(name):
@@ -60,8 +56,11 @@ def _transposed(source: CheckpointSource) -> set[str]:
     return set(json.loads(source.info.metadata.get(TRANSPOSED_KEY, "[]")))
 
 
-def dequantize_group(group: QuantGroup, parts: dict[str, torch.Tensor], *, transpose: bool = False) -> torch.Tensor:
+def dequantize_group(group: QuantGroup, parts: dict, *, transpose: bool = False) -> "torch.Tensor":  # noqa: F821
     """The floating-point weight behind one quantized group (``parts`` by stored name)."""
+    from .fourbit import dequantize_fourbit  # the quantizers import torch: only when needed
+    from .int8 import dequantize_int8
+
     if group.kind == "int8":
         weight = dequantize_int8(parts[group.parts[0]], parts[group.parts[1]])
     else:
@@ -72,7 +71,7 @@ def dequantize_group(group: QuantGroup, parts: dict[str, torch.Tensor], *, trans
     return weight.t().contiguous() if transpose else weight
 
 
-def iter_dequantized(source: CheckpointSource, *, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor, TensorInfo]]:
+def iter_dequantized(source: CheckpointSource, *, dtype=None) -> Iterator[tuple]:
     """Each original tensor, one at a time, dequantized where it was quantized.
 
     Yields ``(name, tensor, info)`` in stored order; quantized weights come back in their

@@ -6,9 +6,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from ..errors import InputError
-from .base import CheckpointSource, SourceInfo
+from .base import CheckpointSource, SourceInfo, detect_torch_format
 from .safetensors_source import open_safetensors_file, open_safetensors_index
-from .torch_source import detect_torch_format, open_torch_file, open_torch_index
 
 __all__ = ["CheckpointSource", "SourceInfo", "open_checkpoint", "opened"]
 
@@ -52,8 +51,11 @@ def _open_path(path: Path) -> CheckpointSource:
             if f.read(1) != b"{":
                 raise InputError(f"{path}: not a JSON index")
         shard_names = _first_shard_suffix(path)
-        opener = open_safetensors_index if shard_names == ".safetensors" else open_torch_index
-        return opener(path)
+        if shard_names == ".safetensors":
+            return open_safetensors_index(path)
+        from .torch_source import open_torch_index  # imports torch: only for torch formats
+
+        return open_torch_index(path)
     return _open_file(path)
 
 
@@ -61,6 +63,8 @@ def _open_file(path: Path, config_dir: Path | None = None) -> CheckpointSource:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, not a checkpoint")
     if detect_torch_format(path) is not None:
+        from .torch_source import open_torch_file
+
         return open_torch_file(path, config_dir=config_dir)
     with open(path, "rb") as f:
         head = f.read(9)
@@ -96,6 +100,8 @@ def _open_folder(folder: Path) -> CheckpointSource:
     if len(singles) == 1:
         return open_safetensors_file(singles[0], config_dir=config_dir)
     if (folder / BIN_INDEX).is_file():
+        from .torch_source import open_torch_index
+
         return open_torch_index(folder / BIN_INDEX, config_dir=config_dir)
     for name in ("pytorch_model.bin", "model.pth", "model.pt"):
         if (folder / name).is_file():

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from ..specs import TensorSpec
 
@@ -46,7 +45,7 @@ class CheckpointSource(ABC):
         self.aliases = aliases
 
     @abstractmethod
-    def get_tensor(self, name: str) -> torch.Tensor:
+    def get_tensor(self, name: str) -> "torch.Tensor":  # noqa: F821
         """Read the named tensor (a kept name, not an alias) into CPU memory."""
 
     def close(self) -> None:
@@ -69,3 +68,20 @@ def choose_kept_name(names: list[str]) -> str:
         if not _HEAD_NAME.search(name):
             return name
     return names[0]
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # pickled 0x1950A86A20F9469CFC6C
+
+
+def detect_torch_format(path: Path) -> str | None:
+    """``"torch-zip"``, ``"torch-legacy"`` or None when the file is neither."""
+    if zipfile.is_zipfile(path):
+        return "torch-zip"
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if head == _LEGACY_MAGIC:
+        return "torch-legacy"
+    if head.startswith(_ZIP_MAGIC):  # a zip cut short (no central directory): torch.load says what is wrong
+        return "torch-zip"
+    return None

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..errors import InputError
-from ..stformat import StHeader, read_header, read_tensor
+from ..stformat import StHeader, read_header, read_range, read_tensor
 from .base import CheckpointSource, SourceInfo
 
 ALIASES_KEY = "quantkit.aliases"
@@ -51,11 +49,17 @@ class SafetensorsSource(CheckpointSource):
         super().__init__(path, info, specs, aliases)
         self._owner = owner
 
-    def get_tensor(self, name: str) -> torch.Tensor:
+    def get_tensor(self, name: str) -> "torch.Tensor":  # noqa: F821
         """Thread-safe: each call opens its shard and reads with positioned reads (no shared state)."""
         header = self._owner[name]
         with open(header.path, "rb", buffering=0) as f:
             return read_tensor(f, header, name)
+
+    def read_into(self, name: str, start: int, view: memoryview) -> None:
+        """Fill ``view`` with tensor ``name``'s bytes from byte ``start`` on; thread-safe, no torch."""
+        header = self._owner[name]
+        with open(header.path, "rb", buffering=0) as f:
+            read_range(f, header, name, start, view)
 
 
 def open_safetensors_file(path: Path, *, config_dir: Path | None = None) -> SafetensorsSource:

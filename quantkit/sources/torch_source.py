@@ -16,28 +16,11 @@ import torch
 from ..errors import InputError, UnsafeCheckpointError
 from ..sizes import format_bytes
 from ..specs import TensorSpec
-from .base import CheckpointSource, SourceInfo, choose_kept_name
+from .base import CheckpointSource, SourceInfo, choose_kept_name, detect_torch_format  # noqa: F401 (re-exported)
 from .safetensors_source import read_index
 
 # Keys under which training scripts commonly nest the model's weights.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params", "ema")
-_ZIP_MAGIC = b"PK\x03\x04"
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # pickled 0x1950A86A20F9469CFC6C
-
-
-def detect_torch_format(path: Path) -> str | None:
-    """``"torch-zip"``, ``"torch-legacy"`` or None when the file is neither."""
-    if zipfile.is_zipfile(path):
-        return "torch-zip"
-    with open(path, "rb") as f:
-        head = f.read(len(_LEGACY_MAGIC))
-    if head == _LEGACY_MAGIC:
-        return "torch-legacy"
-    if head.startswith(_ZIP_MAGIC):  # a zip cut short (no central directory): torch.load says what is wrong
-        return "torch-zip"
-    return None
-
-
 def load_pickle(path: Path, *, mmap: bool) -> object:
     """``torch.load`` with weights only, errors turned into quantkit's."""
     try:
