@@ -101,7 +101,7 @@ def write_cast_checkpoint(
     progress: Callable[[int], None] | None = None,
     workers: int = 2,
     durable: bool = False,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> tuple[WriteResult, dict[str, int]]:
     """Write ``plan``'s shards into ``folder``, each unit a tensor of ``source`` (which must
     have ``read_into``) cast to its single output's dtype (or copied when the dtype is kept).
@@ -109,6 +109,7 @@ def write_cast_checkpoint(
     Returns the write result and, per tensor, how many finite values overflowed to inf.
     ``progress`` is called with input bytes as chunks are written.
     """
+    chunk_bytes = max(chunk_bytes or CHUNK_BYTES, 8)  # at least one element of any dtype
     buffers = _Buffers(chunk_bytes, IN_FLIGHT)
     overflow: dict[str, int] = {}
     shards: list[WrittenShard] = []

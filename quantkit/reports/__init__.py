@@ -8,10 +8,22 @@ Example:
 
 from __future__ import annotations
 
-from .html import render_html
+import importlib
+
 from .memory import MemoryEstimate, ModelShape, estimate_memory
-from .render import render_json, render_markdown, render_text, write_report
-from .report import ComparisonReport, build_report
+
+# The rest measure tensors with torch: imported on first use, so that `quantkit inspect`
+# (which needs only the memory formulas) starts without torch.
+_LAZY = {
+    "render_html": "html", "render_json": "render", "render_markdown": "render", "render_text": "render",
+    "write_report": "render", "ComparisonReport": "report", "build_report": "report",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ComparisonReport",

@@ -20,6 +20,6 @@ def cast(tensor: torch.Tensor, dtype) -> tuple[torch.Tensor, int]:
         return tensor, 0
     out = tensor.to(dtype)
     overflow = 0
-    if dtype == torch.float16:
+    if dtype == torch.float16 and tensor.dtype.itemsize > 1:  # no float8 value exceeds FP16's range
         overflow = int((torch.isinf(out) & torch.isfinite(tensor)).sum())
     return out, overflow
