@@ -106,3 +106,31 @@ def test_chunk_boundaries_and_transposed_views(quant_type, shape, transposed):
             packed, absmax = fast4bit.quantize_4bit_codes(a, blocksize, quant_type, chunk_elements=chunk_elements)
             assert torch.equal(packed, ref_packed), (blocksize, chunk_elements)
             assert torch.equal(absmax.view(torch.int32), ref_state.absmax.view(torch.int32))
+
+
+def _packed_parts(w: torch.Tensor, quant_type: str, blocksize: int, dq: bool) -> tuple:
+    packed, state = bnbf.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type, compress_statistics=dq)
+    return {"weight": packed, **state.as_dict(packed=True)}, packed, state
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dq", [False, True])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("shape,blocksize", [((37, 129), 64), ((256, 300), 32), ((3, 1000), 128), ((1, 7), 64)])
+def test_dequantize_equals_bitsandbytes(shape, blocksize, quant_type, dq, dtype):
+    w = (torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3).to(dtype)
+    parts, packed, state = _packed_parts(w, quant_type, blocksize, dq)
+    ours = fast4bit.dequantize_4bit(parts)
+    assert ours.dtype == dtype and ours.shape == shape
+    assert torch.equal(ours, bnbf.dequantize_4bit(packed, state))  # values equal (FP4's zero code may be -0 there)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("shape,blocksize", [((8, 16), 32), ((4, 32), 64), ((8, 16), 64)])
+def test_dequantize_is_right_where_bitsandbytes_cpu_is_not(shape, blocksize, quant_type):
+    """bitsandbytes' CPU dequantize_4bit gives wrong values after the first block for these
+    shapes; each block here holds one 1.0 (stored exactly: it is its block's absmax)."""
+    w = torch.zeros(shape)
+    w.view(-1)[blocksize - 1 :: blocksize] = 1.0
+    parts, _, _ = _packed_parts(w, quant_type, blocksize, False)
+    assert torch.equal(fast4bit.dequantize_4bit(parts), w)

@@ -148,3 +148,27 @@ def quantize_4bit(A: torch.Tensor, *, blocksize: int, quant_type: str, double_qu
     raw = state_json(quant_type, blocksize, A.dtype, A.shape, nested_offset)
     state[f"quant_state.bitsandbytes__{quant_type}"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     return packed, state
+
+
+def dequantize_4bit(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The weight behind ``QuantState.as_dict(packed=True)`` parts (unprefixed: ``weight``,
+    ``absmax``, ``quant_map``, [``nested_absmax``, ``nested_quant_map``] and the JSON state),
+    on the CPU: each code's value times its block's absmax, in float32, as bitsandbytes
+    computes it. Written here because bitsandbytes' CPU ``dequantize_4bit`` returns zeros for
+    the last values of some shapes (an [8, 16] weight in blocks of 32, for one; tested)."""
+    state_key = next(k for k in parts if k.startswith("quant_state.bitsandbytes__"))
+    state = json.loads(bytes(parts[state_key].tolist()))
+    shape, blocksize = tuple(state["shape"]), state["blocksize"]
+    n = math.prod(shape)
+    packed = parts["weight"].reshape(-1)
+    codes = torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1)[:n].long()
+    absmax = parts["absmax"]
+    if "nested_absmax" in parts:  # double quantization: the absmax values are 8-bit codes themselves
+        nested = parts["nested_quant_map"][absmax.long()] * _per_value(parts["nested_absmax"], state["nested_blocksize"], absmax.numel())
+        absmax = nested + state["nested_offset"]
+    values = parts["quant_map"].float()[codes] * _per_value(absmax.float(), blocksize, n)
+    return values.to(getattr(torch, state["dtype"])).reshape(shape)
+
+
+def _per_value(scales: torch.Tensor, blocksize: int, n: int) -> torch.Tensor:
+    return scales.repeat_interleave(blocksize)[:n]

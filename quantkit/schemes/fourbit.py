@@ -66,6 +66,8 @@ def apply_fourbit(
 
 def dequantize_fourbit(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     """``parts``: ``weight`` plus the ``absmax``/``quant_map``/``quant_state...`` entries, unprefixed."""
+    if parts["weight"].device.type == "cpu":
+        return fast4bit.dequantize_4bit(dict(parts))
     import bitsandbytes.functional as bnbf
 
     packed = parts.pop("weight")
