@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class _Converter:
         self.progress = progress
         self.rest = CAST_DTYPES.get(options.scheme) if not options.quantizing else REST_DTYPES[options.rest_dtype]
         self.overflow: dict[str, int] = {}
+        self._local = threading.local()
         # --skip / --only exclusions stay exactly as they are, even from --rest-dtype
         self._cast_exempt = {n for n, why in selection.kept.items() if why in ("--skip", "not matched by --only")}
 
@@ -111,8 +113,8 @@ class _Converter:
     def _convert(self, name: str) -> list:
         from .schemes.cast import cast  # these import torch
 
-        tensor = self.source.get_tensor(name)
         if name in self.selection.quantize:
+            tensor = self._read_reused(name)
             transpose = self.selection.quantize[name]
             tensor = tensor.to(self.device)
             if self.options.scheme == "int8":
@@ -123,11 +125,30 @@ class _Converter:
 
             o = self.options
             return apply_fourbit(name, tensor, quant_type=o.scheme, blocksize=o.blocksize, double_quant=o.double_quant, transpose=transpose)
+        tensor = self.source.get_tensor(name)  # may be written as it is: a buffer of its own
         target = self.outputs(name)[0].dtype
         out, overflow = cast(tensor, target)
         if overflow:
             self.overflow[name] = overflow
         return [(name, out)]
+
+
+    def _read_reused(self, name: str):
+        """A weight to quantize, read into this thread's reused buffer where the source allows:
+        the quantizers never return views of their input, and a fresh buffer per tensor costs
+        a page fault per 4 KiB (~0.3 s of a GPT-2-large conversion here)."""
+        if not hasattr(self.source, "read_into"):
+            return self.source.get_tensor(name)
+        import torch
+
+        spec = self.source.specs[name]
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.numel() < spec.nbytes:
+            buffer = self._local.buffer = torch.empty(spec.nbytes, dtype=torch.uint8)
+        data = buffer[: spec.nbytes]
+        if spec.nbytes:
+            self.source.read_into(name, 0, memoryview(data.numpy()))
+        return data.view(spec.dtype.torch).reshape(spec.shape)
 
 
 def _selection_for(source: CheckpointSource, options: ConvertOptions) -> Selection:
