@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -131,7 +132,9 @@ def write_checkpoint(
         return _write_sequential(folder, ordered, names, outputs, produce, metadata, manifest, progress, durable)
     shards: list[WrittenShard] = []
     weight_map: dict[str, str] = {}
+    job_shard = [i for i, units in enumerate(ordered) for _ in units]
     job_bytes = [sum(spec.nbytes for spec in outputs[unit]) for unit in jobs]
+    writers = _ShardWriters([folder / n for n in names], [[s for u in units for s in outputs[u]] for units in ordered], metadata, durable)
     ahead: deque[tuple[int, Future]] = deque()
     finishing: list[Future] = []
     next_job = done_jobs = since_trim = 0
@@ -139,43 +142,78 @@ def write_checkpoint(
         max_workers=workers, thread_name_prefix="quantkit-produce"
     ) as pool, ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantkit-finish") as finisher:
         try:
-            for file_name, units in zip(names, ordered):
-                specs = [spec for unit in units for spec in outputs[unit]]
-                writer = ShardWriter(folder / file_name, specs, metadata, durable=durable)
-                try:
-                    for _unit in units:
-                        # Produce ahead: at most `window` units and `ahead_bytes` of output (one
-                        # unit always, however large), so memory does not grow with shard size.
-                        while next_job < len(jobs) and len(ahead) < max(window, 1):
-                            size = job_bytes[next_job]
-                            if ahead and sum(b for b, _ in ahead) + size > ahead_bytes:
-                                break
-                            ahead.append((size, pool.submit(_produce_all, produce, jobs[next_job])))
-                            next_job += 1
-                        produced = ahead.popleft()[1].result()
-                        for name, tensor in produced:
+            for index, units in enumerate(ordered):
+                writer = writers.get(index)
+                for _unit in units:
+                    # Produce ahead: at most `window` units and `ahead_bytes` of output (one
+                    # unit always, however large), so memory does not grow with shard size.
+                    while next_job < len(jobs) and len(ahead) < max(window, 1):
+                        size = job_bytes[next_job]
+                        if ahead and sum(b for b, _ in ahead) + size > ahead_bytes:
+                            break
+                        job = pool.submit(_produce_and_write, produce, jobs[next_job], writers, job_shard[next_job])
+                        ahead.append((size, job))
+                        next_job += 1
+                    produced = ahead.popleft()[1].result()
+                    for name, tensor, data in produced:
+                        if data is None:  # a variable-size tensor: kept by the writer until finish
                             written = writer.write(name, tensor)
-                            if progress:
-                                progress(written)
-                        del produced
-                        since_trim += job_bytes[done_jobs]
-                        done_jobs += 1
-                        if since_trim >= TRIM_EVERY_BYTES:
-                            since_trim = 0
-                            _release_free_memory()
-                except BaseException:
-                    writer.abort()
-                    raise
-                finishing.append(finisher.submit(_finish, writer))
+                        else:  # written by the worker: hash it here, in file order
+                            writer.wrote_piece(name, 0, data)
+                            written = len(data)
+                        if progress:
+                            progress(written)
+                    del produced
+                    since_trim += job_bytes[done_jobs]
+                    done_jobs += 1
+                    if since_trim >= TRIM_EVERY_BYTES:
+                        since_trim = 0
+                        _release_free_memory()
+                finishing.append(finisher.submit(_finish, writers.pop(index)))
             for future in finishing:
                 shards.append(future.result())
         except BaseException:
             for _, future in ahead:
                 future.cancel()
+            writers.abort_all()
             raise
     for shard in shards:
         weight_map.update({name: shard.path.name for name in shard.names})
     return write_index(folder, shards, weight_map, manifest)
+
+
+class _ShardWriters:
+    """The shards' writers, each opened by whichever thread first needs it: the main thread
+    starting the shard, or a worker that produced one of its tensors ahead of time."""
+
+    def __init__(self, paths: list[Path], specs: list[list[OutSpec]], metadata: dict[str, str], durable: bool):
+        self._paths, self._specs, self._metadata, self._durable = paths, specs, metadata, durable
+        self._open: dict[int, ShardWriter] = {}
+        self._lock = threading.Lock()
+
+    def get(self, index: int) -> ShardWriter:
+        with self._lock:
+            writer = self._open.get(index)
+            if writer is None:
+                writer = self._open[index] = ShardWriter(self._paths[index], self._specs[index], self._metadata, durable=self._durable)
+            return writer
+
+    def pop(self, index: int) -> ShardWriter:
+        with self._lock:
+            return self._open.pop(index)
+
+    def abort_all(self) -> None:
+        with self._lock:
+            for writer in self._open.values():
+                writer.abort()
+
+
+def _produce_and_write(produce: ProduceFn, unit: str, writers: _ShardWriters, shard: int) -> list:
+    """On a worker: produce a unit and write its fixed-size tensors at their offsets (the
+    main thread then only hashes them), so writing runs on the workers as well."""
+    produced = list(produce(unit))
+    writer = writers.get(shard)
+    return [(name, tensor, writer.write_unhashed(name, tensor)) for name, tensor in produced]
 
 
 TRIM_EVERY_BYTES = 128 << 20
@@ -213,10 +251,6 @@ def _release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def _produce_all(produce: ProduceFn, unit: str) -> list:
-    return list(produce(unit))
 
 
 def _finish(writer: ShardWriter) -> WrittenShard:

@@ -80,8 +80,18 @@ class ShardWriter:
         """Names of the fixed-size tensors in the order they lie in the file."""
         return [s.name for s in self._fixed]
 
-    def write(self, name: str, tensor) -> int:
-        """Write one tensor (torch tensor or numpy array); returns its byte count."""
+    def write_unhashed(self, name: str, tensor) -> memoryview | None:
+        """Write a fixed-size tensor at its offset and return its bytes, which must then go to
+        ``wrote_piece(name, 0, data)`` (from one thread, for hashing); thread-safe. Returns
+        None, writing nothing, for a variable-size tensor: that one goes to ``write``."""
+        spec = self._checked(name, tensor)
+        if spec.variable:
+            return None
+        data = tensor_bytes(tensor.cpu() if hasattr(tensor, "cpu") else tensor)
+        self.write_piece(name, 0, data)
+        return data
+
+    def _checked(self, name: str, tensor) -> OutSpec:
         spec = self._specs.get(name)
         if spec is None or name in self._written:
             raise VerificationError(f"{self.path}: tensor {name!r} is not planned for this shard, or written twice")
@@ -89,6 +99,11 @@ class ShardWriter:
             raise VerificationError(
                 f"{self.path}: tensor {name!r} is {dtype_of(tensor)} {list(tensor.shape)}, planned {spec.dtype} {list(spec.shape)}"
             )
+        return spec
+
+    def write(self, name: str, tensor) -> int:
+        """Write one tensor (torch tensor or numpy array); returns its byte count."""
+        spec = self._checked(name, tensor)
         data = tensor_bytes(tensor.cpu() if hasattr(tensor, "cpu") else tensor)
         self._written.add(name)
         if spec.variable:
