@@ -22,20 +22,27 @@ def weights(kind: str, shape, seed: int = 0) -> torch.Tensor:
         w[at(4, 2)] = -0.0
     elif kind == "outliers":
         w[:, 0] *= 500
+    elif kind == "nan-rows":  # several NaNs in a row, and rows whose absmax is a NaN or an inf
+        w[0, :] = float("nan")
+        w[min(2, shape[0] - 1), ::2] = float("-nan")
+        w[-1, -1] = float("-inf")
+    elif kind == "fp16-edges":  # values that round to FP16 subnormals, to 65504, or overflow
+        w = w * torch.logspace(-9, 5, shape[1]).clamp(max=65519.0)
     elif kind == "ties":  # values landing exactly on .5 after scaling (round half to even)
         w = torch.randint(-254, 255, shape, generator=g).float() / 2
         w[:, 0] = 127
     return w
 
 
-@pytest.mark.parametrize("kind", ["normal", "specials", "outliers", "ties"])
+@pytest.mark.parametrize("kind", ["normal", "specials", "outliers", "ties", "nan-rows", "fp16-edges"])
 @pytest.mark.parametrize("shape", [(64, 100), (7, 1), (1, 3000), (300, 257)])
-@pytest.mark.parametrize("transpose", [False, True])
-def test_matches_bitsandbytes(kind, shape, transpose):
-    w = weights(kind, shape)
-    source = w.t() if transpose else w
+@pytest.mark.parametrize("transpose", ["no", "view", "flag"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_matches_bitsandbytes(kind, shape, transpose, dtype):
+    w = weights(kind, shape).to(dtype)
+    source = w.t() if transpose != "no" else w
     ref_codes, ref_scales, _ = bnbf.int8_vectorwise_quant(source.contiguous().to(torch.float16))
-    codes, scales = quantize_int8(source)
+    codes, scales = quantize_int8(w, transpose=True) if transpose == "flag" else quantize_int8(source)
     assert torch.equal(codes, ref_codes)
     assert torch.equal(scales.view(torch.int32), ref_scales.view(torch.int32))  # bitwise, NaNs included
 
