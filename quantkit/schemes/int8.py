@@ -28,50 +28,34 @@ def int8_outputs(spec: TensorSpec, *, transpose: bool = False) -> list[OutSpec]:
     ]
 
 
-def quantize_int8(weight: torch.Tensor, *, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise absmax INT8 of a 2-D weight (of its transpose with ``transpose``), exactly as
-    bitsandbytes' Int8Params does it: the weight goes to FP16 first, then
-    ``int8_vectorwise_quant`` (threshold 0)."""
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise absmax INT8 of a 2-D weight, exactly as bitsandbytes' Int8Params does it:
+    the weight goes to FP16 first, then ``int8_vectorwise_quant`` (threshold 0)."""
     if weight.device.type != "cpu":
         import bitsandbytes.functional as bnbf
 
-        half = weight.to(torch.float16)
-        codes, scales, _ = bnbf.int8_vectorwise_quant((half.t() if transpose else half).contiguous())
+        codes, scales, _ = bnbf.int8_vectorwise_quant(weight.contiguous().to(torch.float16))
         return codes, scales
-    # Each row's absmax, from the source values: rounding to FP16 is monotonic and symmetric,
-    # so the FP16 of the largest |value| is the largest |FP16 value|, and one contiguous
-    # amax (~6 ms for a [1280, 5120] FP32 weight here) replaces bitsandbytes' row-wise max
-    # over the FP16 copy (~30 ms). A weight holding NaN takes bitsandbytes' own operation
-    # instead: which NaN payload a max returns depends on how it is computed.
-    absmax = weight.abs().amax(dim=0 if transpose else 1).to(torch.float16).float()
-    half = weight.to(torch.float16)
-    half = half.t() if transpose else half
-    if bool(torch.isnan(absmax).any()):
-        absmax = _row_absmax(half)
-    return _int8_rows_cpu(half, absmax)
+    return _int8_rows_cpu(weight.to(torch.float16))
 
 
-def _row_absmax(half: torch.Tensor, chunk_elements: int = 1 << 18) -> torch.Tensor:
-    """bitsandbytes' row absmax (``max(abs(A), dim=1)``), a block of rows at a time."""
-    step = max(1, chunk_elements // max(half.shape[1], 1))
-    return torch.cat([torch.max(half[i : i + step].abs(), dim=1).values.float() for i in range(0, half.shape[0], step)])
-
-
-def _int8_rows_cpu(half: torch.Tensor, absmax: torch.Tensor, chunk_elements: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
-    """bitsandbytes' CPU ``int8_vectorwise_quant`` given each row's absmax (the same
-    operations, so the same bytes), a block of rows at a time: the float32 intermediates stay
-    in cache instead of being allocated for the whole matrix, and a transposed view is read
-    without a full copy."""
+def _int8_rows_cpu(half: torch.Tensor, chunk_elements: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes' CPU ``int8_vectorwise_quant`` (the same operations, so the same bytes), a
+    block of rows at a time: the float32 intermediates stay in cache instead of being
+    allocated for the whole matrix, and a transposed view is read without a full copy."""
     rows, cols = half.shape
     codes = torch.empty((rows, cols), dtype=torch.int8)
+    scales = torch.empty(rows, dtype=torch.float32)
     step = max(1, chunk_elements // max(cols, 1))
     scratch = torch.empty((min(step, rows), cols), dtype=torch.float32)
     for start in range(0, rows, step):
         block = half[start : start + step]
+        row_absmax = torch.max(block.abs(), dim=1).values.float()
+        scales[start : start + step] = row_absmax
         scaled = scratch[: block.shape[0]]
-        torch.mul(block, 127.0 / absmax[start : start + step].unsqueeze(-1), out=scaled)
+        torch.mul(block, 127.0 / row_absmax.unsqueeze(-1), out=scaled)
         codes[start : start + step].copy_(scaled.round_())
-    return codes, absmax
+    return codes, scales
 
 
 def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -79,7 +63,9 @@ def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
 
 
 def apply_int8(name: str, weight: torch.Tensor, *, transpose: bool = False) -> list[tuple[str, torch.Tensor]]:
-    codes, scales = quantize_int8(weight, transpose=transpose)
+    if transpose:  # cast first: the transposing copy then moves half the bytes (same values)
+        weight = weight.to(torch.float16).t()
+    codes, scales = quantize_int8(weight)
     p = prefix_of(name)
     return [
         (f"{p}.weight", codes.cpu()),
