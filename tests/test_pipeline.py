@@ -96,10 +96,16 @@ def test_errors_from_produce_propagate(tmp_path: Path):
         write_checkpoint(folder, plan, outputs, produce, metadata={}, manifest={}, workers=2)
 
 
-def test_concurrent_reads_of_one_source(tmp_path: Path):
+@pytest.mark.parametrize("kind", ["safetensors", "pth-zip", "pth-legacy"])
+def test_concurrent_reads_of_one_source(tmp_path: Path, monkeypatch, kind):
     tensors = _tensors(seed=3)
-    path = tmp_path / "model.safetensors"
-    save_file(tensors, path)
+    path = tmp_path / ("model.safetensors" if kind == "safetensors" else "model.pth")
+    if kind == "safetensors":
+        save_file(tensors, path)
+    else:
+        torch.save(tensors, path, _use_new_zipfile_serialization=kind == "pth-zip")
+        # re-map the .pth after every tensor: mappings are swapped while other threads hold tensors
+        monkeypatch.setattr("quantkit.sources.torch_source.TorchSource.remap_bytes", 1)
     with open_checkpoint(path) as source:
         assert source.concurrent_reads
         names = list(tensors) * 20

@@ -7,6 +7,7 @@ before anything in it runs.
 from __future__ import annotations
 
 import pickle
+import threading
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -126,10 +127,16 @@ def dedupe_shared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, TensorSpe
 
 
 class TorchSource(CheckpointSource):
-    """One or more pickled torch files; one shard's tensors are mapped at a time."""
+    """One or more pickled torch files; one shard's tensors are mapped at a time.
+
+    ``get_tensor`` may be called from several threads: the mapping is swapped under a lock,
+    and a tensor already handed out keeps its own mapping alive until it is dropped."""
+
+    concurrent_reads = True
 
     def __init__(self, path: Path, shards: list[Path], *, format: str, config_dir: Path | None = None):
         self._mmap = format != "torch-legacy"
+        self._lock = threading.Lock()
         info = SourceInfo(format, list(shards), config_dir=config_dir)
         specs: dict[str, TensorSpec] = {}
         aliases: dict[str, str] = {}
@@ -172,14 +179,15 @@ class TorchSource(CheckpointSource):
 
     def get_tensor(self, name: str) -> torch.Tensor:
         shard = self._shard_of[name]
-        stale = self._mmap and self._mapped_bytes >= self.remap_bytes
-        if self._loaded is None or self._loaded[0] != shard or stale:
-            self._loaded = None  # drop the previous mapping first
-            self._loaded = (shard, self._load_shard(shard, self.info)[1])
-            self._mapped_bytes = 0
-        tensor = self._loaded[1][name]
-        self._mapped_bytes += tensor.nbytes
-        return tensor
+        with self._lock:
+            stale = self._mmap and self._mapped_bytes >= self.remap_bytes
+            if self._loaded is None or self._loaded[0] != shard or stale:
+                self._loaded = None  # drop the previous mapping first
+                self._loaded = (shard, self._load_shard(shard, self.info)[1])
+                self._mapped_bytes = 0
+            tensor = self._loaded[1][name]
+            self._mapped_bytes += tensor.nbytes
+            return tensor
 
     def close(self) -> None:
         self._loaded = None
