@@ -134,3 +134,24 @@ def test_dequantize_is_right_where_bitsandbytes_cpu_is_not(shape, blocksize, qua
     w.view(-1)[blocksize - 1 :: blocksize] = 1.0
     parts, _, _ = _packed_parts(w, quant_type, blocksize, False)
     assert torch.equal(fast4bit.dequantize_4bit(parts), w)
+
+
+@pytest.mark.parametrize("kind", ["normal", "zeros", "zero_block", "specials", "subnormal", "heavy_tail", "on_midpoints"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_transposed_layout_path_matches_bitsandbytes(monkeypatch, kind, dtype, quant_type):
+    """Conv1D-style weights ``W [in, out]`` quantized as ``W.t()`` with ``in`` a multiple of the
+    block size take the stored-layout path (unless they hold NaN); bytes as bitsandbytes'."""
+    taken = []
+    real = fast4bit._quantize_transposed
+    monkeypatch.setattr(fast4bit, "_quantize_transposed", lambda *a: taken.append(r := real(*a)) or r)
+    for shape in [(128, 96), (256, 7), (64, 1), (192, 33)]:
+        w = special_values(shape, kind, seed=shape[1]).to(dtype)
+        for blocksize in (32, 64):
+            ref_packed, ref_state = bnbf.quantize_4bit(w.t().contiguous(), blocksize=blocksize, quant_type=quant_type)
+            for chunk_elements in (1, 500, 1 << 18):
+                packed, absmax = fast4bit.quantize_4bit_codes(w.t(), blocksize, quant_type, chunk_elements=chunk_elements)
+                assert torch.equal(packed, ref_packed), (shape, blocksize, chunk_elements)
+                assert torch.equal(absmax.view(torch.int32), ref_state.absmax.view(torch.int32)), (shape, blocksize)
+    has_nan = kind == "specials"
+    assert len(taken) == 3 * 2 * 3 and all  # (64, 1) transposed is contiguous: the general path((r is None) == has_nan for r in taken)

@@ -96,11 +96,11 @@ def quantize_4bit_codes(A: torch.Tensor, blocksize: int, quant_type: str, *, chu
     thousand values at a time, each chunk a whole number of blocks, so that every
     intermediate stays in cache.
     """
-    threshold, code_below, code_above, sorted_codes = _tables(quant_type)
+    if A.dim() == 2 and A.numel() and A.t().is_contiguous() and not A.is_contiguous() and A.shape[1] % blocksize == 0:
+        done = _quantize_transposed(A.t(), blocksize, quant_type, chunk_elements)
+        if done is not None:
+            return done
     if not A.is_contiguous():
-        # A transposed view (GPT-2's Conv1D weights): one whole-matrix transposing copy is
-        # ~2.5x faster than gathering it a chunk of rows at a time (NF4 of a [5120, 1280]
-        # view: 73 ms against 98 ms here), for one extra tensor of memory.
         A = A.contiguous()
     rows = A.reshape(1, -1) if A.dim() < 2 else A.reshape(-1, A.shape[-1])
     n, cols = A.numel(), max(rows.shape[1], 1)
@@ -114,15 +114,48 @@ def quantize_4bit_codes(A: torch.Tensor, blocksize: int, quant_type: str, *, chu
         flat = buffer[: part.numel()]
         flat.view(part.shape).copy_(part)  # to float32, in row order
         start = first * cols  # a multiple of blocksize, so even
-        scaled = _scaled(flat, blocksize, absmax[start // blocksize :])
-        key = torch.bitwise_and(scaled.view(torch.int32) >> 16, 0xFFFF)
-        above = scaled > threshold.index_select(0, key)
-        if sorted_codes:  # NF4: the code above is always the next one
-            codes = code_below.index_select(0, key).add_(above)
-        else:
-            codes = torch.where(above, code_above.index_select(0, key), code_below.index_select(0, key))
+        codes = _codes(_scaled(flat, blocksize, absmax[start // blocksize :]), quant_type)
         torch.bitwise_or(codes[::2] << 4, codes[1::2], out=packed[start // 2 : start // 2 + codes.numel() // 2])
     return packed.unsqueeze(1), absmax
+
+
+def _codes(scaled: torch.Tensor, quant_type: str) -> torch.Tensor:
+    """Each scaled value's 4-bit code (uint8), by the two table look-ups."""
+    threshold, code_below, code_above, sorted_codes = _tables(quant_type)
+    key = torch.bitwise_and(scaled.view(torch.int32) >> 16, 0xFFFF).reshape(-1)
+    above = (scaled.reshape(-1) > threshold.index_select(0, key)).view(scaled.shape)
+    if sorted_codes:  # NF4: the code above is always the next one
+        return code_below.index_select(0, key).view(scaled.shape).add_(above)
+    return torch.where(above, code_above.index_select(0, key).view(scaled.shape), code_below.index_select(0, key).view(scaled.shape))
+
+
+def _quantize_transposed(W: torch.Tensor, blocksize: int, quant_type: str, chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``quantize_4bit_codes(W.t())`` for a contiguous ``W`` ``[in, out]`` whose ``in`` is a
+    multiple of ``blocksize`` (GPT-2's Conv1D weights), ~1.4x faster: each block of ``W.t()``
+    is ``blocksize`` consecutive rows of one column of ``W``, so absmax, scaling and codes are
+    computed in ``W``'s own layout, and only the 1-byte codes are transposed. The operations
+    on each value are the same, so are the bytes. None when ``W`` holds NaN (``amax`` does
+    not return bitsandbytes' NaN payloads): the caller then takes the general path."""
+    rows, cols = W.shape
+    per_row = rows // blocksize  # blocks in a row of W.t()
+    step = max(1, chunk_elements // (cols * blocksize)) * blocksize  # rows of W: whole blocks
+    absmax = torch.empty((cols, per_row), dtype=torch.float32)  # in W.t()'s block order
+    codes = torch.empty((rows, cols), dtype=torch.uint8)
+    buffer = torch.empty((min(step, rows), cols), dtype=torch.float32)
+    for first in range(0, rows, step):
+        part = W[first : first + step]
+        values = buffer[: part.shape[0]]
+        values.copy_(part)  # to float32
+        blocks = values.view(-1, blocksize, cols)
+        block_absmax = blocks.abs().amax(dim=1)  # [blocks here, cols]
+        absmax[:, first // blocksize : first // blocksize + blocks.shape[0]] = block_absmax.t()
+        scaled = blocks * (1.0 / block_absmax.clamp(min=1e-38)).unsqueeze(1)
+        codes[first : first + step] = _codes(scaled.clamp_(-1, 1), quant_type).view(part.shape)
+    if bool(torch.isnan(absmax).any()):
+        return None
+    ordered = codes.t().contiguous().view(-1)  # W.t()'s row-major order
+    packed = torch.bitwise_or(ordered[::2] << 4, ordered[1::2])
+    return packed.unsqueeze(1), absmax.view(-1)
 
 
 def state_json(quant_type: str, blocksize: int, dtype: torch.dtype, shape, nested_offset: float | None) -> bytes:
