@@ -17,6 +17,7 @@ from .reshard import DEFAULT_MAX_SHARD_BYTES, default_output, provenance
 from .schemes import CAST_DTYPES, SCHEMES, TRANSPOSED_KEY
 from .schemes.policy import Selection, layout_for, select
 from .sources import CheckpointSource, open_checkpoint, opened
+from .sources.safetensors_source import SafetensorsSource
 from .streamcast import write_cast_checkpoint
 from .writer import OutSpec
 
@@ -137,7 +138,7 @@ class _Converter:
         """A weight to quantize, read into this thread's reused buffer where the source allows:
         the quantizers never return views of their input, and a fresh buffer per tensor costs
         a page fault per 4 KiB (~0.3 s of a GPT-2-large conversion here)."""
-        if not hasattr(self.source, "read_into"):
+        if not isinstance(self.source, SafetensorsSource):  # a mapped .pth: the tensor is there already
             return self.source.get_tensor(name)
         import torch
 
@@ -205,7 +206,7 @@ def convert(
         with staged_output(target, force=force) as staging:
             metadata = provenance(source, **extra)
             if not options.quantizing and hasattr(source, "read_into"):
-                # safetensors in: cast chunk by chunk with numpy, torch never imported
+                # cast chunk by chunk with numpy (for safetensors, torch is never imported)
                 write, overflow = write_cast_checkpoint(
                     staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, durable=durable
                 )

@@ -108,25 +108,35 @@ def test_chunked_convert_is_torch_cast(tmp_path, monkeypatch, scheme, chunk_byte
     assert verify_checkpoint(tmp_path / "out").ok
 
 
-def test_chunked_shards_equal_the_tensor_path(tmp_path, monkeypatch):
-    """The same tensors cast from a .pth (torch, whole tensors) and from safetensors (numpy, in
-    chunks), into several shards, give the same tensors and self-consistent files."""
+@pytest.mark.parametrize("kind", ["safetensors", "pth-zip", "pth-legacy"])
+def test_chunked_shards_from_every_file_kind(tmp_path, monkeypatch, kind):
+    """safetensors and .pth (zip, mapped; legacy, read whole) inputs cast in chunks into several
+    shards: torch's cast, bit for bit, and self-consistent files; a .pth tensor saved as a
+    strided view is read in C order."""
     monkeypatch.setattr(streamcast, "CHUNK_BYTES", 100)
-    sd = {k: v for k, v in mixed_state_dict().items() if k != "skipped"}
-    torch.save(sd, tmp_path / "in.pth")
-    save_file(sd, str(tmp_path / "in.safetensors"))
-    loaded = {}
-    for kind in ("pth", "safetensors"):
-        out = tmp_path / f"out-{kind}"
-        convert(tmp_path / f"in.{kind}", out, options=ConvertOptions("bf16", max_shard_bytes=4000))
-        shards = sorted(out.glob("*.safetensors"))
-        assert len(shards) > 1 and verify_checkpoint(out).ok
-        loaded[kind] = {k: v for shard in shards for k, v in load_file(str(shard)).items()}
-    a, b = loaded["pth"], loaded["safetensors"]
-    assert sorted(a) == sorted(b) == sorted(sd)
-    for key in a:  # NaN payloads aside (see assert_cast_equal), the data are the same bits
-        nan = torch.isnan(a[key].float()) if a[key].is_floating_point() else torch.zeros(a[key].shape, dtype=torch.bool)
-        assert torch.equal(a[key][~nan].view(torch.uint8), b[key][~nan].view(torch.uint8)), key
+    monkeypatch.setattr("quantkit.sources.torch_source.TorchSource.remap_bytes", 300)  # re-map mid-run
+    sd = {k: v for k, v in mixed_state_dict().items() if k != "skipped" and (kind != "pth-legacy" or v.dtype.itemsize > 1 or not v.is_floating_point())}
+    src = tmp_path / ("in.safetensors" if kind == "safetensors" else "in.pth")
+    if kind == "safetensors":
+        save_file(sd, str(src))
+    else:
+        sd["strided"] = torch.randn(40, 30).t()  # saved as a view of a transposed storage
+        torch.save(sd, src, _use_new_zipfile_serialization=kind == "pth-zip")
+    calls = []
+    real = streamcast.write_cast_checkpoint
+    monkeypatch.setattr(sys.modules["quantkit.convert"], "write_cast_checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "out"
+    convert(src, out, options=ConvertOptions("bf16", max_shard_bytes=4000))
+    assert calls == [1]
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) > 1 and verify_checkpoint(out).ok
+    loaded = {k: v for shard in shards for k, v in load_file(str(shard)).items()}
+    assert sorted(loaded) == sorted(sd)
+    for name, tensor in sd.items():
+        if tensor.is_floating_point():
+            assert_cast_equal(loaded[name], tensor, torch.bfloat16)
+        else:
+            assert torch.equal(loaded[name], tensor), name
 
 
 @pytest.mark.parametrize("kind", ["safetensors-sharded", "hf-folder"])

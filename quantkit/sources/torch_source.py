@@ -137,6 +137,7 @@ class TorchSource(CheckpointSource):
     def __init__(self, path: Path, shards: list[Path], *, format: str, config_dir: Path | None = None):
         self._mmap = format != "torch-legacy"
         self._lock = threading.Lock()
+        self._strided: tuple[str | None, torch.Tensor | None] = (None, None)
         info = SourceInfo(format, list(shards), config_dir=config_dir)
         specs: dict[str, TensorSpec] = {}
         aliases: dict[str, str] = {}
@@ -178,6 +179,25 @@ class TorchSource(CheckpointSource):
     remap_bytes = 256 * 2**20
 
     def get_tensor(self, name: str) -> torch.Tensor:
+        return self._mapped(name, None)
+
+    def read_into(self, name: str, start: int, view: memoryview) -> None:
+        """Fill ``view`` with tensor ``name``'s bytes (C order) from byte ``start`` on; thread-safe."""
+        if not len(view):
+            return
+        tensor = self._mapped(name, len(view))
+        if tensor.is_contiguous():
+            flat = tensor.reshape(-1).view(torch.uint8)
+        else:  # saved as a strided view: made contiguous once, kept while its chunks are read
+            with self._lock:
+                if self._strided[0] != name:
+                    self._strided = (name, tensor.contiguous().reshape(-1).view(torch.uint8))
+                flat = self._strided[1]
+        if start + len(view) > flat.numel():
+            raise ValueError(f"bytes {start}..{start + len(view)} lie beyond tensor {name!r}")
+        torch.frombuffer(view, dtype=torch.uint8).copy_(flat[start : start + len(view)])
+
+    def _mapped(self, name: str, nbytes: int | None) -> torch.Tensor:
         shard = self._shard_of[name]
         with self._lock:
             stale = self._mmap and self._mapped_bytes >= self.remap_bytes
@@ -186,7 +206,7 @@ class TorchSource(CheckpointSource):
                 self._loaded = (shard, self._load_shard(shard, self.info)[1])
                 self._mapped_bytes = 0
             tensor = self._loaded[1][name]
-            self._mapped_bytes += tensor.nbytes
+            self._mapped_bytes += tensor.nbytes if nbytes is None else nbytes
             return tensor
 
     def close(self) -> None:
