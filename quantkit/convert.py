@@ -179,8 +179,8 @@ def convert(
         options: the scheme and its settings.
         force: replace an existing output, only once the new one is complete.
         durable: fsync every shard before the folder is renamed into place.
-        progress: called with the input byte count of each tensor once it is converted
-            (from worker threads; the calls add up to the input's tensor bytes).
+        progress: called with input byte counts as tensors (for casts, chunks of them) are
+            converted, possibly from worker threads; the calls add up to the input's tensor bytes.
 
     Example:
         >>> convert("model.pth", options=ConvertOptions("nf4", double_quant=True))  # doctest: +SKIP

@@ -4,9 +4,11 @@ A cast is element-wise, so a tensor need never be held whole: each task reads a 
 one tensor into a reused buffer (positioned reads), casts them into a reused output buffer
 with numpy (ml_dtypes supplies bfloat16; both round to nearest-even exactly as torch does,
 tested bit for bit) and writes them at their offset in the shard. Two worker threads run the
-tasks; the main thread hashes the written chunks in file order. Nothing here imports torch,
-which alone takes longer to import than a 3 GB model takes to cast, and no buffer is
-allocated per tensor, so memory stays at a few chunks whatever the model or shard size.
+tasks; the main thread hashes the written chunks in file order. Nothing here imports torch
+(a safetensors input is then converted without it: torch alone takes longer to import than a
+3 GB model takes to cast; a ``.pth`` source has imported it to read its pickle), and no
+buffer is allocated per tensor, so memory stays at a few chunks whatever the model or shard
+size.
 
 NaN stays NaN with its sign (torch's CPU kernels disagree among themselves on NaN payloads).
 """
