@@ -133,11 +133,10 @@ class _Converter:
             self.overflow[name] = overflow
         return [(name, out)]
 
-
     def _read_reused(self, name: str):
         """A weight to quantize, read into this thread's reused buffer where the source allows:
         the quantizers never return views of their input, and a fresh buffer per tensor costs
-        a page fault per 4 KiB (~0.3 s of a GPT-2-large conversion here)."""
+        a page fault per 4 KiB of it."""
         if not isinstance(self.source, SafetensorsSource):  # a mapped .pth: the tensor is there already
             return self.source.get_tensor(name)
         import torch

@@ -11,6 +11,7 @@ from .output import ProgressFn, WriteResult, copy_model_files, staged_output, wr
 from .planner import plan_shards
 from .sources import CheckpointSource, opened
 from .sources.safetensors_source import ALIASES_KEY
+from .streamcast import write_cast_checkpoint
 from .writer import OutSpec
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 10**9
@@ -60,7 +61,7 @@ def reshard(
         max_shard_bytes: shard size limit in bytes.
         force: replace an existing output (only once the new one is complete).
         durable: fsync every shard before the folder is renamed into place.
-        progress: called with the byte count of each tensor written.
+        progress: called with byte counts as tensors (or chunks of them) are written.
 
     Returns:
         A ReshardResult describing the files written.
@@ -74,17 +75,22 @@ def reshard(
         plan = plan_shards([(n, s.nbytes) for n, s in source.specs.items()], max_shard_bytes)
         outputs = {n: [OutSpec(n, s.dtype, s.shape)] for n, s in source.specs.items()}
         manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "reshard", "aliases": source.aliases}
-        result = write_checkpoint(
-            staging,
-            plan,
-            outputs,
-            lambda name: [(name, source.get_tensor(name))],
-            metadata=provenance(source),
-            manifest=manifest,
-            progress=progress,
-            durable=durable,
-            workers=2 if source.concurrent_reads else 1,
-        )
+        if hasattr(source, "read_into"):  # copied in chunks into reused buffers (no torch for safetensors)
+            result, _ = write_cast_checkpoint(
+                staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, durable=durable
+            )
+        else:
+            result = write_checkpoint(
+                staging,
+                plan,
+                outputs,
+                lambda name: [(name, source.get_tensor(name))],
+                metadata=provenance(source),
+                manifest=manifest,
+                progress=progress,
+                durable=durable,
+                workers=2 if source.concurrent_reads else 1,
+            )
         copied = copy_model_files(source.info.config_dir, staging, target=target)
         notes = list(source.info.notes)
     return ReshardResult(source.info.format, result.moved_to(target), dict(source.aliases), copied, notes)
