@@ -31,34 +31,49 @@ def int8_outputs(spec: TensorSpec, *, transpose: bool = False) -> list[OutSpec]:
 def quantize_int8(weight: torch.Tensor, *, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise absmax INT8 of a 2-D weight (of its transpose with ``transpose``), exactly as
     bitsandbytes' Int8Params does it: the weight goes to FP16 first, then
-    ``int8_vectorwise_quant`` (threshold 0)."""
+    ``int8_vectorwise_quant`` (threshold 0).
+
+    On the CPU, ~1.3x faster than bitsandbytes' own kernel with the same bytes: each row's
+    absmax with ``amax`` (bitsandbytes' ``max(dim)`` also computes indices), and a transposed
+    weight scaled in its stored layout, only the INT8 result transposed."""
     half = weight.to(torch.float16)
     if weight.device.type != "cpu":
         import bitsandbytes.functional as bnbf
 
         codes, scales, _ = bnbf.int8_vectorwise_quant((half.t() if transpose else half).contiguous())
         return codes, scales
-    fast = _int8_cpu(half, transpose=transpose)
-    if fast is not None:
-        return fast
-    return _int8_rows_cpu(half.t() if transpose else half)
+    absmax = _fast_absmax(half, transpose=transpose) if half.numel() else None
+    if absmax is None:  # NaN (or empty): bitsandbytes' own row max, on the rows as it sees them
+        half, transpose = (half.t() if transpose else half), False
+        absmax = _exact_absmax(half)
+    return _scaled_codes(half, absmax, transpose=transpose), absmax
 
 
-def _int8_cpu(half: torch.Tensor, *, transpose: bool, chunk_elements: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """bitsandbytes' CPU ``int8_vectorwise_quant`` of ``half`` (of its transpose), ~1.3x faster:
-    each row's absmax with ``amax`` (bitsandbytes' ``max(dim)`` also computes indices), and a
-    transposed weight quantized in its stored layout, scaled per column, with only the INT8
-    result transposed. The products and roundings are the same, so are the bytes. None when
-    the weight holds NaN: ``amax`` does not return bitsandbytes' NaN payloads."""
-    if half.dim() != 2 or half.numel() == 0:
-        return None
-    dim = 0 if transpose else 1
-    step = max(1, chunk_elements // max(half.shape[1], 1))
-    parts = [half[i : i + step].abs().amax(dim=dim) for i in range(0, half.shape[0], step)]
+def _step(half: torch.Tensor, chunk_elements: int = 1 << 18) -> int:
+    """Rows of ``half`` a block holds: the float32 intermediates stay in cache."""
+    return max(1, chunk_elements // max(half.shape[1], 1))
+
+
+def _fast_absmax(half: torch.Tensor, *, transpose: bool) -> torch.Tensor | None:
+    """Each output row's largest |value| (a column's, with ``transpose``), as float32; None
+    when it is NaN somewhere: ``amax`` does not return bitsandbytes' NaN payloads."""
+    step = _step(half)
+    parts = [half[i : i + step].abs().amax(dim=0 if transpose else 1) for i in range(0, half.shape[0], step)]
     absmax = torch.stack(parts).amax(dim=0) if transpose else torch.cat(parts)
-    if bool(torch.isnan(absmax).any()):
-        return None
-    absmax = absmax.float()
+    return None if bool(torch.isnan(absmax).any()) else absmax.float()
+
+
+def _exact_absmax(half: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes' row absmax, ``max(abs(A), dim=1)``, a block of rows at a time."""
+    step = _step(half)
+    parts = [torch.max(half[i : i + step].abs(), dim=1).values.float() for i in range(0, half.shape[0], step)]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float32)
+
+
+def _scaled_codes(half: torch.Tensor, absmax: torch.Tensor, *, transpose: bool) -> torch.Tensor:
+    """``round(half * (127 / absmax))`` as INT8, by rows (by columns with ``transpose``, the
+    result then transposed), a block of rows at a time: bitsandbytes' products and rounding."""
+    step = _step(half)
     factor = 127.0 / (absmax if transpose else absmax.unsqueeze(-1))
     codes = torch.empty(half.shape, dtype=torch.int8)
     scratch = torch.empty((min(step, half.shape[0]), half.shape[1]), dtype=torch.float32)
@@ -67,26 +82,7 @@ def _int8_cpu(half: torch.Tensor, *, transpose: bool, chunk_elements: int = 1 <<
         scaled = scratch[: block.shape[0]]
         torch.mul(block, factor if transpose else factor[start : start + step], out=scaled)
         codes[start : start + step].copy_(scaled.round_())
-    return (codes.t().contiguous(), absmax) if transpose else (codes, absmax)
-
-
-def _int8_rows_cpu(half: torch.Tensor, chunk_elements: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
-    """bitsandbytes' CPU ``int8_vectorwise_quant`` (the same operations, so the same bytes), a
-    block of rows at a time: the float32 intermediates stay in cache instead of being
-    allocated for the whole matrix, and a transposed view is read without a full copy."""
-    rows, cols = half.shape
-    codes = torch.empty((rows, cols), dtype=torch.int8)
-    scales = torch.empty(rows, dtype=torch.float32)
-    step = max(1, chunk_elements // max(cols, 1))
-    scratch = torch.empty((min(step, rows), cols), dtype=torch.float32)
-    for start in range(0, rows, step):
-        block = half[start : start + step]
-        row_absmax = torch.max(block.abs(), dim=1).values.float()
-        scales[start : start + step] = row_absmax
-        scaled = scratch[: block.shape[0]]
-        torch.mul(block, 127.0 / row_absmax.unsqueeze(-1), out=scaled)
-        codes[start : start + step].copy_(scaled.round_())
-    return codes, scales
+    return codes.t().contiguous() if transpose else codes
 
 
 def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
