@@ -204,7 +204,7 @@ def convert(
         manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
         with staged_output(target, force=force) as staging:
             metadata = provenance(source, **extra)
-            if not options.quantizing and hasattr(source, "read_into"):
+            if not options.quantizing:
                 # cast chunk by chunk with numpy (for safetensors, torch is never imported)
                 write, overflow = write_cast_checkpoint(
                     staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, durable=durable

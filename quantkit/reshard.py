@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .output import ProgressFn, WriteResult, copy_model_files, staged_output, write_checkpoint
+from .output import ProgressFn, WriteResult, copy_model_files, staged_output
 from .planner import plan_shards
 from .sources import CheckpointSource, opened
 from .sources.safetensors_source import ALIASES_KEY
@@ -75,22 +75,10 @@ def reshard(
         plan = plan_shards([(n, s.nbytes) for n, s in source.specs.items()], max_shard_bytes)
         outputs = {n: [OutSpec(n, s.dtype, s.shape)] for n, s in source.specs.items()}
         manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "reshard", "aliases": source.aliases}
-        if hasattr(source, "read_into"):  # copied in chunks into reused buffers (no torch for safetensors)
-            result, _ = write_cast_checkpoint(
-                staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, durable=durable
-            )
-        else:
-            result = write_checkpoint(
-                staging,
-                plan,
-                outputs,
-                lambda name: [(name, source.get_tensor(name))],
-                metadata=provenance(source),
-                manifest=manifest,
-                progress=progress,
-                durable=durable,
-                workers=2 if source.concurrent_reads else 1,
-            )
+        # copied in chunks into reused buffers (for safetensors, without torch)
+        result, _ = write_cast_checkpoint(
+            staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, durable=durable
+        )
         copied = copy_model_files(source.info.config_dir, staging, target=target)
         notes = list(source.info.notes)
     return ReshardResult(source.info.format, result.moved_to(target), dict(source.aliases), copied, notes)

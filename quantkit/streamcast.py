@@ -1,4 +1,4 @@
-"""BF16 / FP16 casts of safetensors checkpoints, streamed in small chunks, without torch.
+"""BF16 / FP16 casts and plain copies (reshard) of checkpoints, streamed in small chunks.
 
 A cast is element-wise, so a tensor need never be held whole: each task reads a few MB of
 one tensor into a reused buffer (positioned reads), casts them into a reused output buffer
@@ -105,8 +105,8 @@ def write_cast_checkpoint(
     durable: bool = False,
     chunk_bytes: int | None = None,
 ) -> tuple[WriteResult, dict[str, int]]:
-    """Write ``plan``'s shards into ``folder``, each unit a tensor of ``source`` (which must
-    have ``read_into``) cast to its single output's dtype (or copied when the dtype is kept).
+    """Write ``plan``'s shards into ``folder``, each unit a tensor of ``source`` (read with
+    ``read_into``) cast to its single output's dtype (or copied when the dtype is kept).
 
     Returns the write result and, per tensor, how many finite values overflowed to inf.
     ``progress`` is called with input bytes as chunks are written.

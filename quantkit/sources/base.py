@@ -48,6 +48,11 @@ class CheckpointSource(ABC):
     def get_tensor(self, name: str) -> "torch.Tensor":  # noqa: F821
         """Read the named tensor (a kept name, not an alias) into CPU memory."""
 
+    @abstractmethod
+    def read_into(self, name: str, start: int, view: memoryview) -> None:
+        """Fill ``view`` with tensor ``name``'s bytes (C order) from byte ``start`` on, into the
+        caller's buffer: the chunked casts and copies read through this. Thread-safe."""
+
     def close(self) -> None:
         """Release open files and mappings."""
 
