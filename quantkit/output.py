@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .errors import OutputError
 from .planner import ShardPlan
 from .writer import OutSpec, ShardWriter, WrittenShard, os_reason, units_in_file_order
@@ -103,7 +103,7 @@ def write_checkpoint(
     workers: int | None = None,
     window: int = 3,
     ahead_bytes: int = 64 << 20,
-    durable: bool = False,
+    fsync: bool = False,
 ) -> WriteResult:
     """Write ``plan``'s shards into ``folder`` (which must exist), then the index and manifest.
 
@@ -119,7 +119,7 @@ def write_checkpoint(
     then called in order, one call at a time); ``0``: no threads at all.
 
     Within a shard, units are produced in the order their tensors lie in the file, so the file
-    is written front to back and hashed as it goes. ``durable``: fsync each shard before it
+    is written front to back and hashed as it goes. ``fsync``: fsync each shard before it
     counts as written (off by default, as torch.save and save_pretrained; the rename into place
     already guarantees no half-written output after an interrupted run).
     """
@@ -129,12 +129,12 @@ def write_checkpoint(
     ordered = [units_in_file_order(units, outputs) for units in plan.shards]
     jobs = [unit for units in ordered for unit in units]
     if workers <= 0:
-        return _write_sequential(folder, ordered, names, outputs, produce, metadata, manifest, progress, durable)
+        return _write_sequential(folder, ordered, names, outputs, produce, metadata, manifest, progress, fsync)
     shards: list[WrittenShard] = []
     weight_map: dict[str, str] = {}
     job_shard = [i for i, units in enumerate(ordered) for _ in units]
     job_bytes = [sum(spec.nbytes for spec in outputs[unit]) for unit in jobs]
-    writers = _ShardWriters([folder / n for n in names], [[s for u in units for s in outputs[u]] for units in ordered], metadata, durable)
+    writers = _ShardWriters([folder / n for n in names], [[s for u in units for s in outputs[u]] for units in ordered], metadata, fsync)
     ahead: deque[tuple[int, Future]] = deque()
     finishing: list[Future] = []
     next_job = done_jobs = since_trim = 0
@@ -186,8 +186,8 @@ class _ShardWriters:
     """The shards' writers, each opened by whichever thread first needs it: the main thread
     starting the shard, or a worker that produced one of its tensors ahead of time."""
 
-    def __init__(self, paths: list[Path], specs: list[list[OutSpec]], metadata: dict[str, str], durable: bool):
-        self._paths, self._specs, self._metadata, self._durable = paths, specs, metadata, durable
+    def __init__(self, paths: list[Path], specs: list[list[OutSpec]], metadata: dict[str, str], fsync: bool):
+        self._paths, self._specs, self._metadata, self._fsync = paths, specs, metadata, fsync
         self._open: dict[int, ShardWriter] = {}
         self._lock = threading.Lock()
 
@@ -195,7 +195,7 @@ class _ShardWriters:
         with self._lock:
             writer = self._open.get(index)
             if writer is None:
-                writer = self._open[index] = ShardWriter(self._paths[index], self._specs[index], self._metadata, durable=self._durable)
+                writer = self._open[index] = ShardWriter(self._paths[index], self._specs[index], self._metadata, fsync=self._fsync)
             return writer
 
     def pop(self, index: int) -> ShardWriter:
@@ -260,12 +260,12 @@ def _finish(writer: ShardWriter) -> WrittenShard:
         writer.abort()
 
 
-def _write_sequential(folder, ordered, names, outputs, produce, metadata, manifest, progress, durable) -> WriteResult:
+def _write_sequential(folder, ordered, names, outputs, produce, metadata, manifest, progress, fsync) -> WriteResult:
     shards: list[WrittenShard] = []
     weight_map: dict[str, str] = {}
     for file_name, units in zip(names, ordered):
         specs = [spec for unit in units for spec in outputs[unit]]
-        writer = ShardWriter(folder / file_name, specs, metadata, durable=durable)
+        writer = ShardWriter(folder / file_name, specs, metadata, fsync=fsync)
         try:
             for unit in units:
                 for name, tensor in produce(unit):

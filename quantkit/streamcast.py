@@ -102,7 +102,7 @@ def write_cast_checkpoint(
     manifest: dict,
     progress: Callable[[int], None] | None = None,
     workers: int = 2,
-    durable: bool = False,
+    fsync: bool = False,
     chunk_bytes: int | None = None,
 ) -> tuple[WriteResult, dict[str, int]]:
     """Write ``plan``'s shards into ``folder``, each unit a tensor of ``source`` (read with
@@ -119,7 +119,7 @@ def write_cast_checkpoint(
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="quantkit-cast") as pool:
         for file_name, units in zip(names, plan.shards):
             units = units_in_file_order(units, outputs)
-            writer = ShardWriter(folder / file_name, [outputs[u][0] for u in units], metadata, durable=durable)
+            writer = ShardWriter(folder / file_name, [outputs[u][0] for u in units], metadata, fsync=fsync)
             try:
                 pieces = [p for u in units for p in _pieces(u, source.specs[u].dtype, outputs[u][0], chunk_bytes)]
                 _run(pool, pieces, source, writer, buffers, overflow, progress)

@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .output import MANIFEST, WEIGHT_SUFFIXES
-from .sources import ST_INDEX, open_checkpoint
-from .sources.safetensors_source import ALIASES_KEY
+from .layout import ALIASES_KEY, MANIFEST, ST_INDEX, WEIGHT_SUFFIXES, safetensors_in
+from .sources import open_checkpoint
 from .stformat import StHeader, read_header
 from .writer import sha256_of
 
@@ -96,12 +95,10 @@ def verify_checkpoint(path: str | Path) -> VerifyReport:
 def _locate_safetensors(path: Path) -> tuple[Path, Path | None, list[str]] | None:
     """(folder, index or None, shard file names), or None when the checkpoint is not safetensors."""
     if path.is_dir():
-        if (path / ST_INDEX).is_file():
-            return path, path / ST_INDEX, []
-        if (path / "model.safetensors").is_file():
-            return path, None, ["model.safetensors"]
-        singles = sorted(p.name for p in path.glob("*.safetensors"))
-        return (path, None, singles) if len(singles) == 1 else None
+        found = safetensors_in(path)
+        if found is None:
+            return None
+        return (path, found, []) if found.name == ST_INDEX else (path, None, [found.name])
     if path.name.endswith(".safetensors.index.json"):
         return path.parent, path, []
     if path.suffix == ".safetensors":

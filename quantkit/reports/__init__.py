@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from .memory import MemoryEstimate, ModelShape, estimate_memory
+from ..memory import MemoryEstimate, ModelShape, estimate_memory
 
 # The rest measure tensors with torch: imported on first use, so that `quantkit inspect`
 # (which needs only the memory formulas) starts without torch.

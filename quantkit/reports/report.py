@@ -8,12 +8,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import QuantkitError
-from ..inspect import inspect_checkpoint
+from ..anatomy import inspect_checkpoint
 from ..sources import open_checkpoint
 from .accuracy import TensorAccuracy, compare_tensors
-from .memory import MemoryEstimate, ModelShape, estimate_memory, read_config
+from ..memory import MemoryEstimate, ModelShape, estimate_memory, read_config
 from .outputs import OutputComparison, compare_module_outputs
 from .size import SizeComparison, compare_sizes
 
