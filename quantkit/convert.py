@@ -12,13 +12,12 @@ from .devices import check_device, resolve_device
 from .dtypes import short_name
 from .errors import InputError, OutputError, UsageError
 from .layout import CONFIG, SCHEME_KEY, TRANSPOSED_KEY, default_output, provenance
-from .output import ProgressFn, WriteResult, copy_model_files, staged_output, write_checkpoint
 from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .selection import Assignment, Kept, layout_for, select
 from .sources import CheckpointSource, opened
 from .specs import OutSpec
-from .streamcast import write_cast_checkpoint
+from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint, write_checkpoint
 
 REST_DTYPES = ("keep", "bf16", "fp16")  # keep, or a cast scheme for the tensors a quantizer leaves
 
@@ -82,10 +81,8 @@ class ConvertResult:
 class _Converter:
     """Per-tensor outputs (from specs) and the conversion itself (one tensor at a time)."""
 
-    def __init__(self, source: CheckpointSource, assignment: Assignment, settings: SchemeSettings, device: str, progress=None):
+    def __init__(self, source: CheckpointSource, assignment: Assignment, settings: SchemeSettings, device: str):
         self.source, self.assignment, self.settings, self.device = source, assignment, settings, device
-        self.progress = progress
-        self.overflow: dict[str, int] = {}
         self._local = threading.local()
 
     def outputs(self, name: str) -> list[OutSpec]:
@@ -95,24 +92,15 @@ class _Converter:
             return [OutSpec(name, spec.dtype, spec.shape)]
         return SCHEMES[scheme].outputs(spec, transpose=name in self.assignment.transpose, settings=self.settings)
 
+    def quantized(self, name: str) -> bool:
+        """Whether ``name`` is a whole-tensor unit (quantized); the others are copied or cast in chunks."""
+        return isinstance(SCHEMES.get(self.assignment.schemes.get(name, "")), QuantScheme)
+
     def produce(self, name: str) -> list:
-        produced = self._convert(name)
-        if self.progress is not None:
-            self.progress(self.source.specs[name].nbytes)
-        return produced
-
-    def _convert(self, name: str) -> list:
-        scheme = SCHEMES.get(self.assignment.schemes.get(name, ""))
-        if isinstance(scheme, QuantScheme):
-            tensor = self._read_reused(name).to(self.device)
-            return scheme.quantize(name, tensor, transpose=name in self.assignment.transpose, settings=self.settings)
-        from .schemes.cast import cast  # imports torch
-
-        tensor = self.source.get_tensor(name)  # may be written as it is: a buffer of its own
-        out, overflow = cast(tensor, self.outputs(name)[0].dtype)
-        if overflow:
-            self.overflow[name] = overflow
-        return [(name, out)]
+        """The stored tensors of one quantized weight (on a worker thread)."""
+        scheme = SCHEMES[self.assignment.schemes[name]]
+        tensor = self._read_reused(name).to(self.device)
+        return scheme.quantize(name, tensor, transpose=name in self.assignment.transpose, settings=self.settings)
 
     def _read_reused(self, name: str):
         """A weight to quantize, read into this thread's reused buffer where the source copies
@@ -197,7 +185,7 @@ def convert(
         _check_convertible(source)
         assignment = assign(source, options)
         _check_mix(assignment)
-        converter = _Converter(source, assignment, options.settings, device, progress)
+        converter = _Converter(source, assignment, options.settings, device)
         outputs = {name: converter.outputs(name) for name in source.specs}
         with staged_output(target, force=force) as staging:
             write = _write(staging, source, src_path, converter, outputs, options, fsync=fsync, progress=progress)
@@ -213,7 +201,7 @@ def convert(
             num_parameters=sum(s.numel for s in source.specs.values() if s.dtype.is_floating_point),
             quantized=assignment.quantized({options.scheme}),
             kept=dict(assignment.kept),
-            fp16_overflow=dict(converter.overflow),
+            fp16_overflow=dict(write.fp16_overflow),
             input_bytes_by_dtype=bytes_by_dtype(source.specs.values()),
             output_bytes_by_dtype=bytes_by_dtype(spec for shard in write.shards for spec in shard.specs),
             elapsed_s=time.perf_counter() - started,
@@ -229,15 +217,13 @@ def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _
         extra[TRANSPOSED_KEY] = json.dumps(sorted(converter.assignment.transpose))
     metadata = provenance(source, **extra)
     manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
-    if not options.quantizing:
-        # cast chunk by chunk with numpy (for safetensors, torch is never imported)
-        write, overflow = write_cast_checkpoint(
-            staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync
-        )
-        converter.overflow.update(overflow)
-        return write
+    if not options.quantizing:  # every tensor in chunks, with numpy (for safetensors, torch is never imported)
+        return write_cast_checkpoint(staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync)
     workers = 2 if source.concurrent_reads else 1
-    return write_checkpoint(staging, plan, outputs, converter.produce, metadata=metadata, manifest=manifest, fsync=fsync, workers=workers)
+    return write_checkpoint(
+        staging, plan, outputs, converter.produce, source=source, chunked=lambda unit: not converter.quantized(unit),
+        metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, workers=workers,
+    )
 
 
 def _notes(source: CheckpointSource, options: ConvertOptions, assignment: Assignment) -> list[str]:

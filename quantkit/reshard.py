@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .layout import default_output, provenance  # noqa: F401 (default_output re-exported)
-from .output import ProgressFn, WriteResult, copy_model_files, staged_output
 from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .sources import CheckpointSource, opened
-from .streamcast import write_cast_checkpoint
-from .writer import OutSpec
+from .specs import OutSpec
+from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint
 
 
 @dataclass
@@ -55,7 +54,7 @@ def reshard(
         outputs = {n: [OutSpec(n, s.dtype, s.shape)] for n, s in source.specs.items()}
         manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "reshard", "aliases": source.aliases}
         # copied in chunks into reused buffers (for safetensors, without torch)
-        result, _ = write_cast_checkpoint(
+        result = write_cast_checkpoint(
             staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, fsync=fsync
         )
         copied = copy_model_files(source.info.config_dir, staging, target=target)

@@ -17,7 +17,7 @@ from .errors import InputError
 from .layout import ALIASES_KEY, MANIFEST, ST_INDEX, WEIGHT_SUFFIXES, safetensors_in
 from .sources import open_checkpoint
 from .stformat import StHeader, read_header
-from .writer import sha256_of
+from .writing.shard import sha256_of
 
 
 

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from conftest import HF_FILES, assert_bit_equal, assert_same_state, build_checkpoint
 from quantkit.loading import load_state_dict
-from quantkit.output import MANIFEST
+from quantkit.layout import MANIFEST
 from quantkit.reshard import default_output, reshard
 from quantkit.stformat import read_header
 

@@ -1,16 +1,17 @@
-"""Streaming safetensors writer: header planned from specs, tensor bytes written one at a time."""
+"""One safetensors shard, written as planned: header from specs, tensor bytes at their offsets."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dtypes import dtype_of
-from .errors import OutputError, VerificationError
-from .specs import OutSpec, TensorSpec  # noqa: F401 (OutSpec re-exported)
-from .stformat import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
+from ..dtypes import dtype_of
+from ..errors import OutputError, VerificationError
+from ..specs import OutSpec, TensorSpec
+from ..stformat import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,38 @@ class ShardWriter:
     def abort(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.abort()  # closes the file; a finished shard is closed already
+
+
+class ShardWriters:
+    """A plan's shard writers, each opened by whichever thread first needs it: the main thread
+    starting the shard, or a worker that wrote one of its tensors ahead of time."""
+
+    def __init__(self, paths: list[Path], specs: list[list[OutSpec]], metadata: dict[str, str], fsync: bool):
+        self._paths, self._specs, self._metadata, self._fsync = paths, specs, metadata, fsync
+        self._open: dict[int, ShardWriter] = {}
+        self._lock = threading.Lock()
+
+    def get(self, index: int) -> ShardWriter:
+        with self._lock:
+            writer = self._open.get(index)
+            if writer is None:
+                writer = self._open[index] = ShardWriter(self._paths[index], self._specs[index], self._metadata, fsync=self._fsync)
+            return writer
+
+    def pop(self, index: int) -> ShardWriter:
+        with self._lock:
+            return self._open.pop(index)
+
+    def abort_all(self) -> None:
+        with self._lock:
+            for writer in self._open.values():
+                writer.abort()
 
 
 def os_reason(exc: OSError) -> str:
