@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import InputError
 from .layout import ALIASES_KEY, MANIFEST, ST_INDEX, WEIGHT_SUFFIXES, safetensors_in
 from .sources import open_checkpoint
-from .stformat import StHeader, read_header
+from .safetensors_format import SafetensorsHeader, read_header
 from .writing.shard import sha256_of
 
 
@@ -138,8 +138,8 @@ def _read_index(index_path: Path, report: VerifyReport) -> tuple[dict[str, str] 
     return weight_map, metadata if isinstance(metadata, dict) else {}, list(dict.fromkeys(weight_map.values()))
 
 
-def _read_headers(folder: Path, shard_names: list[str], report: VerifyReport) -> dict[str, StHeader]:
-    headers: dict[str, StHeader] = {}
+def _read_headers(folder: Path, shard_names: list[str], report: VerifyReport) -> dict[str, SafetensorsHeader]:
+    headers: dict[str, SafetensorsHeader] = {}
     for shard in shard_names:
         shard_path = folder / shard
         if "/" in shard or "\\" in shard or not shard_path.is_file():
@@ -154,7 +154,7 @@ def _read_headers(folder: Path, shard_names: list[str], report: VerifyReport) ->
     return headers
 
 
-def _check_coverage(where: Path, headers: dict[str, StHeader], weight_map: dict[str, str] | None, report: VerifyReport) -> None:
+def _check_coverage(where: Path, headers: dict[str, SafetensorsHeader], weight_map: dict[str, str] | None, report: VerifyReport) -> None:
     """Every weight_map entry is in its shard, every shard tensor is in the map, no name twice."""
     owner: dict[str, str] = {}
     for shard, header in headers.items():
@@ -172,7 +172,7 @@ def _check_coverage(where: Path, headers: dict[str, StHeader], weight_map: dict[
             report.problems.append(f"{where}: the index maps tensor {name!r} to {shard}, which does not hold it")
 
 
-def _check_aliases(headers: dict[str, StHeader], report: VerifyReport) -> None:
+def _check_aliases(headers: dict[str, SafetensorsHeader], report: VerifyReport) -> None:
     names = {n for h in headers.values() for n in h.entries}
     for header in headers.values():
         raw = header.metadata.get(ALIASES_KEY)

@@ -2,7 +2,7 @@
 
 ``base``: the Scheme interface; ``registry``: every scheme by name; one module per family,
 each declaring its stored tensors from specs alone: ``cast`` (bf16, fp16), ``bnb`` (int8,
-nf4, fp4; kernels in ``int8``, ``fourbit``, ``fast4bit``).
+nf4, fp4; kernels in ``int8``, ``fourbit``, ``fourbit_cpu``).
 """
 
 from __future__ import annotations

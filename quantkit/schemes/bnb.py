@@ -2,7 +2,7 @@
 transformers stores ``Linear8bitLt`` / ``Linear4bit`` layers.
 
 This module declares the schemes and needs no torch (the byte-level facts they share with
-the kernels are in ``bnb_layout``); the kernels (``int8``, ``fourbit``, ``fast4bit``) are
+the kernels are in ``bnb_layout``); the kernels (``int8``, ``fourbit``, ``fourbit_cpu``) are
 imported when a tensor is converted.
 
 INT8, for a linear layer ``P``: ``P.weight`` I8 ``[out, in]``, ``P.SCB`` F32 ``[out]``,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import fast4bit
+from . import fourbit_cpu
 
 
 def apply_fourbit(
@@ -19,8 +19,8 @@ def apply_fourbit(
     """Quantize one weight with ``bitsandbytes.functional.quantize_4bit``; the packed tensors."""
     if transpose:
         weight = weight.t()
-    if weight.device.type == "cpu" and fast4bit.available(quant_type):
-        packed, parts = fast4bit.quantize_4bit(weight, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
+    if weight.device.type == "cpu" and fourbit_cpu.available(quant_type):
+        packed, parts = fourbit_cpu.quantize_4bit(weight, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
     else:
         import bitsandbytes.functional as bnbf
 
@@ -36,7 +36,7 @@ def apply_fourbit(
 def dequantize_fourbit(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     """``parts``: ``weight`` plus the ``absmax``/``quant_map``/``quant_state...`` entries, unprefixed."""
     if parts["weight"].device.type == "cpu":
-        return fast4bit.dequantize_4bit(dict(parts))
+        return fourbit_cpu.dequantize_4bit(dict(parts))
     import bitsandbytes.functional as bnbf
 
     packed = parts.pop("weight")

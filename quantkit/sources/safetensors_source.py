@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..layout import ALIASES_KEY, read_index
-from ..stformat import StHeader, read_header, read_range, read_tensor
+from ..safetensors_format import SafetensorsHeader, read_header, read_range, read_tensor
 from .base import CheckpointSource, SourceInfo
 
 def _aliases_from(metadata: dict[str, str], path: Path) -> dict[str, str]:
@@ -29,9 +29,9 @@ class SafetensorsSource(CheckpointSource):
     concurrent_reads = True  # get_tensor uses positioned reads only
     reads_into_buffer = True
 
-    def __init__(self, path: Path, headers: list[StHeader], *, format: str, config_dir: Path | None = None):
+    def __init__(self, path: Path, headers: list[SafetensorsHeader], *, format: str, config_dir: Path | None = None):
         specs = {}
-        owner: dict[str, StHeader] = {}
+        owner: dict[str, SafetensorsHeader] = {}
         for header in headers:
             for name, entry in header.entries.items():
                 if name in owner:

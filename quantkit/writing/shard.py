@@ -11,7 +11,7 @@ from pathlib import Path
 from ..dtypes import dtype_of
 from ..errors import OutputError, VerificationError
 from ..specs import OutSpec, TensorSpec
-from ..stformat import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
+from ..safetensors_format import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from quantkit.errors import InputError
 from quantkit.specs import TensorSpec
-from quantkit.stformat import build_header, layout_order, read_header, read_tensor, tensor_bytes
+from quantkit.safetensors_format import build_header, layout_order, read_header, read_tensor, tensor_bytes
 from quantkit.specs import OutSpec
 from quantkit.writing import ShardWriter
 

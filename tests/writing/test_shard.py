@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save, save_file
 from conftest import ALL_DTYPES, assert_bit_equal, make_state_dict, random_tensor
 from quantkit.writing import shard as writer_module
 from quantkit.errors import OutputError, VerificationError
-from quantkit.stformat import read_header
+from quantkit.safetensors_format import read_header
 from quantkit.specs import OutSpec
 from quantkit.writing.shard import ShardWriter, sha256_of
 
