@@ -32,8 +32,9 @@ def default_output(src: Path, suffix: str) -> Path:
     return src.parent / f"{stem}-{suffix}"
 
 
-def read_index(index_path: Path) -> dict[str, str]:
-    """The ``weight_map`` of a sharded checkpoint's index, checked for shape."""
+def parse_index(index_path: Path) -> tuple[dict[str, str], dict]:
+    """An index file's ``weight_map`` and ``metadata`` (empty when absent); InputError when
+    it is not JSON or has no ``weight_map`` of names to file names. The one index parser."""
     try:
         index = json.loads(index_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -41,6 +42,13 @@ def read_index(index_path: Path) -> dict[str, str]:
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise InputError(f"{index_path}: index has no 'weight_map' mapping tensor names to shard files")
+    metadata = index.get("metadata")
+    return weight_map, metadata if isinstance(metadata, dict) else {}
+
+
+def read_index(index_path: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded checkpoint's index, its shards checked to lie beside it."""
+    weight_map, _ = parse_index(index_path)
     for shard in set(weight_map.values()):
         if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
             raise InputError(f"{index_path}: shard name {shard!r} must be a file name beside the index")

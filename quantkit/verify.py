@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .layout import ALIASES_KEY, MANIFEST, ST_INDEX, WEIGHT_SUFFIXES, safetensors_in
+from .layout import ALIASES_KEY, MANIFEST, ST_INDEX, WEIGHT_SUFFIXES, parse_index, safetensors_in
 from .sources import open_checkpoint
 from .safetensors_format import SafetensorsHeader, read_header
 from .writing.shard import sha256_of
@@ -126,16 +126,11 @@ def _verify_other(path: Path) -> VerifyReport:
 
 def _read_index(index_path: Path, report: VerifyReport) -> tuple[dict[str, str] | None, dict, list[str]]:
     try:
-        index = json.loads(index_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        report.problems.append(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})")
+        weight_map, metadata = parse_index(index_path)
+    except InputError as exc:
+        report.problems.append(str(exc))
         return None, {}, []
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        report.problems.append(f"{index_path}: index has no 'weight_map' mapping tensor names to shard files")
-        return None, {}, []
-    metadata = index.get("metadata")
-    return weight_map, metadata if isinstance(metadata, dict) else {}, list(dict.fromkeys(weight_map.values()))
+    return weight_map, metadata, list(dict.fromkeys(weight_map.values()))
 
 
 def _read_headers(folder: Path, shard_names: list[str], report: VerifyReport) -> dict[str, SafetensorsHeader]:

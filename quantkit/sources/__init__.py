@@ -6,7 +6,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from ..errors import InputError
-from ..layout import BIN_INDEX, ST_INDEX, TORCH_FILES, safetensors_in
+from ..layout import BIN_INDEX, ST_INDEX, TORCH_FILES, parse_index, safetensors_in
 from .base import CheckpointSource, SourceInfo, detect_torch_format
 from .safetensors_source import open_safetensors_file, open_safetensors_index
 
@@ -79,13 +79,8 @@ def _open_file(path: Path, config_dir: Path | None = None) -> CheckpointSource:
 
 
 def _first_shard_suffix(index_path: Path) -> str:
-    import json
-
-    try:
-        weight_map = json.loads(index_path.read_text()).get("weight_map") or {}
-        first = next(iter(weight_map.values()), "")
-    except (ValueError, AttributeError, RecursionError):
-        raise InputError(f"{index_path}: index is not valid JSON with a 'weight_map'") from None
+    weight_map, _ = parse_index(index_path)
+    first = next(iter(weight_map.values()), "")
     return ".safetensors" if str(first).endswith(".safetensors") else ".bin"
 
 
