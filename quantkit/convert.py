@@ -19,7 +19,6 @@ from .sources import CheckpointSource, opened
 from .specs import OutSpec
 from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint, write_checkpoint
 
-REST_DTYPES = ("keep", "bf16", "fp16")  # keep, or a cast scheme for the tensors a quantizer leaves
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,9 @@ class ConvertOptions:
 
     def __post_init__(self):
         get_scheme(self.scheme)  # UsageError naming the choices
-        if self.rest_dtype not in REST_DTYPES:
-            raise UsageError(f"unknown --rest-dtype {self.rest_dtype!r}: choose keep, bf16 or fp16")
+        rest = rest_choices()
+        if self.rest_dtype not in rest:
+            raise UsageError(f"unknown --rest-dtype {self.rest_dtype!r}: choose {', '.join(rest[:-1])} or {rest[-1]}")
         if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
             raise UsageError(f"--blocksize {self.blocksize} is not one bitsandbytes supports (32, 64, ..., 4096)")
         check_device(self.device)
@@ -50,6 +50,11 @@ class ConvertOptions:
     @property
     def settings(self) -> SchemeSettings:
         return SchemeSettings(blocksize=self.blocksize, double_quant=self.double_quant)
+
+
+def rest_choices() -> list[str]:
+    """``--rest-dtype``: keep, or a registered cast scheme for the tensors a quantizer leaves."""
+    return ["keep", *(s.name for s in SCHEMES.values() if not s.quantizes)]
 
 
 @dataclass
