@@ -97,7 +97,8 @@ def build_checkpoint(size: str) -> Path:
 
     sys.path.insert(0, str(ROOT))
     from quantkit.planner import plan_shards
-    from quantkit.writer import OutSpec, ShardWriter
+    from quantkit.specs import OutSpec
+    from quantkit.writing import ShardWriter
 
     with torch.device("meta"):
         model = GPT2LMHeadModel(config)

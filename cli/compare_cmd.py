@@ -53,7 +53,7 @@ def compare_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Compare a converted checkpoint with its original: size, per-tensor error, output accuracy, memory."""
-    from quantkit.reports import build_report, render_json, render_text, write_report  # imports torch: only when run
+    from quantkit.reports import ReportOptions, build_report, render_json, render_text, write_report  # imports torch: only when run
     if text is not None and not text.is_file():
         raise UsageError(f"--text {text}: no such file")
     if inputs is not None and model is None:
@@ -62,10 +62,11 @@ def compare_cmd(
     with open_checkpoint(original) as probe:
         total = probe.total_bytes
     with byte_progress(total, "compare", quiet=quiet or json_out) as progress:
-        report = build_report(
-            original, converted, model_outputs=outputs, text=text, model=model, inputs=inputs, device=device,
-            max_tokens=max_tokens, top=top, gpu_gb=gpu_gb, batch_size=batch_size, seq_len=seq_len, shape=shape, progress=progress,
+        options = ReportOptions(
+            model_outputs=outputs, text=text, model=model, inputs=inputs, device=device,
+            max_tokens=max_tokens, top=top, gpu_gb=gpu_gb, batch_size=batch_size, seq_len=seq_len, shape=shape,
         )
+        report = build_report(original, converted, options, progress=progress)
     written = [write_report(report, path) for path in (markdown, html) if path is not None]
     if json_out:
         typer.echo(render_json(report))

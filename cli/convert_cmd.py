@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from quantkit.convert import ConvertOptions, ConvertResult, convert
-from quantkit.reshard import DEFAULT_MAX_SHARD_BYTES
+from quantkit.schemes.registry import SCHEMES, schemes_help
+from quantkit.planner import DEFAULT_MAX_SHARD_BYTES
 from quantkit.sizes import format_bytes, parse_size
 from quantkit.sources import open_checkpoint
 
@@ -20,22 +21,22 @@ from .main import SIZE_HELP, Force, Fsync, Quiet, Src, app
 @guarded
 def convert_cmd(
     src: Src,
-    to: Annotated[str, typer.Option("--to", help="Target: bf16, fp16 (cast), int8 (LLM.int8 row-wise), nf4 or fp4 (4-bit blockwise).")],
+    to: Annotated[str, typer.Option("--to", help=f"Target, one of {', '.join(SCHEMES)}. {schemes_help()}.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-<to> beside SRC).")] = None,
     max_size: Annotated[str, typer.Option("--max-size", help=SIZE_HELP)] = str(DEFAULT_MAX_SHARD_BYTES),
     blocksize: Annotated[int, typer.Option("--blocksize", help="4-bit block size (32..4096).")] = 64,
     double_quant: Annotated[bool, typer.Option("--double-quant", help="4-bit: quantize the block absmax values too.")] = False,
-    rest_dtype: Annotated[str, typer.Option("--rest-dtype", help="int8/nf4/fp4: dtype of tensors left unquantized: keep, bf16 or fp16.")] = "keep",
+    rest_dtype: Annotated[str, typer.Option("--rest-dtype", help="Quantizers: dtype of tensors left unquantized: keep, bf16 or fp16.")] = "keep",
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Regex of tensor names to leave as they are (repeatable).")] = None,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Regex: convert only matching tensors (repeatable).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write a comparison report (.json, .md or .html).")] = None,
     force: Force = False,
     fsync: Fsync = False,
     quiet: Quiet = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Convert a checkpoint to BF16/FP16/INT8/NF4/FP4 safetensors shards that transformers loads unchanged.
+    """Convert a checkpoint to safetensors shards (a cast or a quantization) that transformers loads unchanged.
 
     Linear-layer weights are quantized as transformers + bitsandbytes do; embeddings, norms,
     biases, the output head and tied weights stay as they are (see --skip/--only/--rest-dtype).
@@ -45,7 +46,7 @@ def convert_cmd(
         skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
     )
     with open_checkpoint(src) as source, byte_progress(source.total_bytes, f"convert to {to}", quiet=quiet or json_out) as progress:
-        result = convert(source, output, options=options, force=force, durable=fsync, progress=progress)
+        result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress)
     if report is not None:
         from quantkit.reports import build_report, write_report
 
@@ -102,7 +103,7 @@ def summary_text(r: ConvertResult) -> str:
         + (" (" + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])) + ")" if reasons else ""),
         f"time: {r.elapsed_s:.2f} s ({format_bytes(s['throughput_bytes_per_s'] or 0)}/s of input)",
     ]
-    weights_kept = [f"{n} ({why})" for n, why in r.kept.items() if why not in ("bias or norm", "scalar", "not floating point")]
+    weights_kept = [f"{n} ({why})" for n, why in r.kept.items() if not why.routine]
     if r.quantized and weights_kept:
         shown = ", ".join(weights_kept[:8]) + (f", ... ({len(weights_kept) - 8} more, see --json)" if len(weights_kept) > 8 else "")
         lines.append(f"weights kept unquantized: {shown}")

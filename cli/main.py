@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 import quantkit
-from quantkit.inspect import inspect_checkpoint
-from quantkit.reshard import DEFAULT_MAX_SHARD_BYTES, reshard
+from quantkit.anatomy import inspect_checkpoint
+from quantkit.planner import DEFAULT_MAX_SHARD_BYTES
+from quantkit.reshard import reshard
 from quantkit.sizes import format_bytes, parse_size
 from quantkit.sources import open_checkpoint
 
@@ -58,7 +59,7 @@ def reshard_cmd(
     """Rewrite any checkpoint as safetensors shards plus index, bit-exact (the layout transformers loads)."""
     max_bytes = parse_size(max_size)
     with open_checkpoint(src) as source, byte_progress(source.total_bytes, "reshard", quiet=quiet or json_out) as progress:
-        result = reshard(source, output, max_shard_bytes=max_bytes, force=force, durable=fsync, progress=progress)
+        result = reshard(source, output, max_shard_bytes=max_bytes, force=force, fsync=fsync, progress=progress)
     w = result.write
     if json_out:
         print_json({"output": str(w.folder), "files": w.manifest["files"], "total_size": w.total_bytes, "tied": result.aliases, "notes": result.notes})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quantkit.inspect import Anatomy
+from quantkit.anatomy import Anatomy
 from quantkit.sizes import format_bytes
 
 
@@ -32,7 +32,7 @@ def anatomy_text(a: Anatomy) -> str:
 
 
 def memory_lines(m: dict | None) -> list[str]:
-    """The memory estimate of ``Anatomy.memory`` (keys of quantkit.reports.memory.MemoryEstimate)."""
+    """The memory estimate of ``Anatomy.memory`` (keys of quantkit.memory.MemoryEstimate)."""
     if not m:
         return []
     t = m["training"]

@@ -6,13 +6,12 @@ checkpoints never need it); the loaders and quantizers import it when used.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .convert import ConvertOptions, convert  # noqa: E402
-from .errors import QuantkitError  # noqa: E402
-from .inspect import inspect_checkpoint  # noqa: E402
-from .reshard import reshard  # noqa: E402
-from .sources import open_checkpoint  # noqa: E402
+from .anatomy import inspect_checkpoint
+from .convert import ConvertOptions, convert
+from .errors import QuantkitError
+from .reshard import reshard
+from .sources import open_checkpoint
+from .version import __version__
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Convert a checkpoint to BF16 / FP16 / INT8 / NF4 / FP4, streamed tensor by tensor."""
+"""Convert a checkpoint to any registered scheme (BF16 / FP16 / INT8 / NF4 / FP4, ...), streamed tensor by tensor."""
 
 from __future__ import annotations
 
@@ -8,25 +8,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .devices import resolve_device
-from .dtypes import BFLOAT16, FLOAT16, short_name
+from .devices import check_device, resolve_device
+from .dtypes import short_name
 from .errors import InputError, OutputError, UsageError
-from .output import ProgressFn, WriteResult, copy_model_files, staged_output, write_checkpoint
-from .planner import plan_shards
-from .reshard import DEFAULT_MAX_SHARD_BYTES, default_output, provenance
-from .schemes import CAST_DTYPES, SCHEMES, TRANSPOSED_KEY
-from .schemes.policy import Selection, layout_for, select
-from .sources import CheckpointSource, open_checkpoint, opened
-from .sources.safetensors_source import SafetensorsSource
-from .streamcast import write_cast_checkpoint
-from .writer import OutSpec
+from .layout import CONFIG, SCHEME_KEY, TRANSPOSED_KEY, default_output, provenance
+from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
+from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
+from .selection import Assignment, Kept, layout_for, select
+from .sources import CheckpointSource, opened
+from .specs import OutSpec
+from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint, write_checkpoint
 
-REST_DTYPES = {"keep": None, "bf16": BFLOAT16, "fp16": FLOAT16}
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """How to convert. ``scheme`` is one of bf16, fp16, int8, nf4, fp4."""
+    """How to convert. ``scheme``: a registered scheme name (bf16, fp16, int8, nf4, fp4, ...)."""
 
     scheme: str
     blocksize: int = 64
@@ -38,18 +35,26 @@ class ConvertOptions:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
 
     def __post_init__(self):
-        if self.scheme not in SCHEMES:
-            raise UsageError(f"unknown scheme {self.scheme!r}: choose one of {', '.join(SCHEMES)}")
-        if self.rest_dtype not in REST_DTYPES:
-            raise UsageError(f"unknown --rest-dtype {self.rest_dtype!r}: choose keep, bf16 or fp16")
+        get_scheme(self.scheme)  # UsageError naming the choices
+        rest = rest_choices()
+        if self.rest_dtype not in rest:
+            raise UsageError(f"unknown --rest-dtype {self.rest_dtype!r}: choose {', '.join(rest[:-1])} or {rest[-1]}")
         if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
             raise UsageError(f"--blocksize {self.blocksize} is not one bitsandbytes supports (32, 64, ..., 4096)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UsageError(f"unknown --device {self.device!r}: choose auto, cpu or cuda")
+        check_device(self.device)
 
     @property
     def quantizing(self) -> bool:
-        return self.scheme in ("int8", "nf4", "fp4")
+        return get_scheme(self.scheme).quantizes
+
+    @property
+    def settings(self) -> SchemeSettings:
+        return SchemeSettings(blocksize=self.blocksize, double_quant=self.double_quant)
+
+
+def rest_choices() -> list[str]:
+    """``--rest-dtype``: keep, or a registered cast scheme for the tensors a quantizer leaves."""
+    return ["keep", *(s.name for s in SCHEMES.values() if not s.quantizes)]
 
 
 @dataclass
@@ -61,7 +66,7 @@ class ConvertResult:
     input_bytes: int
     num_parameters: int
     quantized: list[str]
-    kept: dict[str, str]
+    kept: dict[str, Kept]
     fp16_overflow: dict[str, int] = field(default_factory=dict)
     input_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
     output_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
@@ -81,63 +86,32 @@ class ConvertResult:
 class _Converter:
     """Per-tensor outputs (from specs) and the conversion itself (one tensor at a time)."""
 
-    def __init__(self, source: CheckpointSource, options: ConvertOptions, selection: Selection, device: str, progress=None):
-        self.source, self.options, self.selection, self.device = source, options, selection, device
-        self.progress = progress
-        self.rest = CAST_DTYPES.get(options.scheme) if not options.quantizing else REST_DTYPES[options.rest_dtype]
-        self.overflow: dict[str, int] = {}
+    def __init__(self, source: CheckpointSource, assignment: Assignment, settings: SchemeSettings, device: str):
+        self.source, self.assignment, self.settings, self.device = source, assignment, settings, device
         self._local = threading.local()
-        # --skip / --only exclusions stay exactly as they are, even from --rest-dtype
-        self._cast_exempt = {n for n, why in selection.kept.items() if why in ("--skip", "not matched by --only")}
 
     def outputs(self, name: str) -> list[OutSpec]:
         spec = self.source.specs[name]
-        if name in self.selection.quantize:
-            transpose = self.selection.quantize[name]
-            if self.options.scheme == "int8":
-                from .schemes.int8 import int8_outputs
+        scheme = self.assignment.schemes.get(name)
+        if scheme is None:
+            return [OutSpec(name, spec.dtype, spec.shape)]
+        return SCHEMES[scheme].outputs(spec, transpose=name in self.assignment.transpose, settings=self.settings)
 
-                return int8_outputs(spec, transpose=transpose)
-            from .schemes.fourbit import fourbit_outputs
-
-            o = self.options
-            return fourbit_outputs(spec, quant_type=o.scheme, blocksize=o.blocksize, double_quant=o.double_quant, transpose=transpose)
-        dtype = self.rest if (self.rest is not None and spec.dtype.is_floating_point and name not in self._cast_exempt) else spec.dtype
-        return [OutSpec(name, dtype, spec.shape)]
+    def quantized(self, name: str) -> bool:
+        """Whether ``name`` is a whole-tensor unit (quantized); the others are copied or cast in chunks."""
+        return isinstance(SCHEMES.get(self.assignment.schemes.get(name, "")), QuantScheme)
 
     def produce(self, name: str) -> list:
-        produced = self._convert(name)
-        if self.progress is not None:
-            self.progress(self.source.specs[name].nbytes)
-        return produced
-
-    def _convert(self, name: str) -> list:
-        from .schemes.cast import cast  # these import torch
-
-        if name in self.selection.quantize:
-            tensor = self._read_reused(name)
-            transpose = self.selection.quantize[name]
-            tensor = tensor.to(self.device)
-            if self.options.scheme == "int8":
-                from .schemes.int8 import apply_int8
-
-                return apply_int8(name, tensor, transpose=transpose)
-            from .schemes.fourbit import apply_fourbit
-
-            o = self.options
-            return apply_fourbit(name, tensor, quant_type=o.scheme, blocksize=o.blocksize, double_quant=o.double_quant, transpose=transpose)
-        tensor = self.source.get_tensor(name)  # may be written as it is: a buffer of its own
-        target = self.outputs(name)[0].dtype
-        out, overflow = cast(tensor, target)
-        if overflow:
-            self.overflow[name] = overflow
-        return [(name, out)]
+        """The stored tensors of one quantized weight (on a worker thread)."""
+        scheme = SCHEMES[self.assignment.schemes[name]]
+        tensor = self._read_reused(name).to(self.device)
+        return scheme.quantize(name, tensor, transpose=name in self.assignment.transpose, settings=self.settings)
 
     def _read_reused(self, name: str):
-        """A weight to quantize, read into this thread's reused buffer where the source allows:
-        the quantizers never return views of their input, and a fresh buffer per tensor costs
-        a page fault per 4 KiB of it."""
-        if not isinstance(self.source, SafetensorsSource):  # a mapped .pth: the tensor is there already
+        """A weight to quantize, read into this thread's reused buffer where the source copies
+        on reading: the quantizers never return views of their input, and a fresh buffer per
+        tensor costs a page fault per 4 KiB of it."""
+        if not self.source.reads_into_buffer:  # a mapped .pth: the tensor is there already
             return self.source.get_tensor(name)
         import torch
 
@@ -151,13 +125,34 @@ class _Converter:
         return data.view(spec.dtype.torch).reshape(spec.shape)
 
 
-def _selection_for(source: CheckpointSource, options: ConvertOptions) -> Selection:
-    if options.quantizing:
-        return select(source, skip=options.skip, only=options.only, layout=layout_for(source.info.config_dir))
-    selection = select(source, skip=options.skip, only=options.only, layout=None)
-    # Cast schemes touch every floating-point tensor not excluded by --skip/--only.
-    kept = {n: why for n, why in selection.kept.items() if why in ("--skip", "not matched by --only", "not floating point")}
-    return Selection(quantize={}, kept=kept, structure=selection.structure)
+def assign(source: CheckpointSource, options: ConvertOptions) -> Assignment:
+    """Which scheme each tensor goes through, from specs alone.
+
+    A cast scheme takes every floating-point tensor not excluded by --skip / --only; a
+    quantizer takes the linear weights ``select`` picks, and the rest are cast to
+    ``--rest-dtype`` (except those --skip / --only exclude) or written as stored."""
+    scheme = get_scheme(options.scheme)
+    if not scheme.quantizes:
+        selection = select(source, skip=options.skip, only=options.only, layout=None)
+        kept = {n: why for n, why in selection.kept.items() if why.by_user or why is Kept.NOT_FLOATING}
+        schemes = {n: scheme.name for n in source.specs if n not in kept}
+        return Assignment(schemes, frozenset(), kept, selection.structure)
+    selection = select(source, skip=options.skip, only=options.only, layout=layout_for(source.info.config_dir))
+    schemes = dict.fromkeys(selection.quantize, scheme.name)
+    if options.rest_dtype != "keep":
+        rest = {n: options.rest_dtype for n, why in selection.kept.items() if not why.by_user and source.specs[n].dtype.is_floating_point}
+        schemes.update(rest)
+    transpose = frozenset(n for n, t in selection.quantize.items() if t)
+    return Assignment(schemes, transpose, dict(selection.kept), selection.structure)
+
+
+def _check_mix(assignment: Assignment) -> None:
+    """Refuse quantizers a stored format cannot mix (bitsandbytes: one method per model)."""
+    used = [SCHEMES[s] for s in sorted(set(assignment.schemes.values())) if SCHEMES[s].quantizes]
+    for scheme in used:
+        others = [o.name for o in used if o.family == scheme.family and o is not scheme]
+        if others and not scheme.mixes_within_family:
+            raise UsageError(f"{scheme.name} cannot be mixed with {', '.join(others)} in one {scheme.family} checkpoint")
 
 
 def convert(
@@ -166,7 +161,7 @@ def convert(
     *,
     options: ConvertOptions,
     force: bool = False,
-    durable: bool = False,
+    fsync: bool = False,
     progress: ProgressFn | None = None,
 ) -> ConvertResult:
     """Convert ``src`` into a folder of safetensors shards in the layout transformers loads.
@@ -177,7 +172,7 @@ def convert(
         output: folder to create (default ``<src stem>-<scheme>`` beside ``src``).
         options: the scheme and its settings.
         force: replace an existing output, only once the new one is complete.
-        durable: fsync every shard before the folder is renamed into place.
+        fsync: flush every shard to disk before the folder is renamed into place.
         progress: called with input byte counts as tensors (for casts, chunks of them) are
             converted, possibly from worker threads; the calls add up to the input's tensor bytes.
 
@@ -193,53 +188,54 @@ def convert(
         raise OutputError(f"{target}: already exists; choose another output or pass --force to replace it")
     with opened(src) as source:
         _check_convertible(source)
-        selection = _selection_for(source, options)
-        converter = _Converter(source, options, selection, device, progress)
+        assignment = assign(source, options)
+        _check_mix(assignment)
+        converter = _Converter(source, assignment, options.settings, device)
         outputs = {name: converter.outputs(name) for name in source.specs}
-        plan = plan_shards([(n, sum(o.nbytes for o in outs)) for n, outs in outputs.items()], options.max_shard_bytes)
-        extra = {"quantkit.scheme": options.scheme}
-        transposed = sorted(n for n, t in selection.quantize.items() if t)
-        if transposed:
-            extra[TRANSPOSED_KEY] = json.dumps(transposed)
-        manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
         with staged_output(target, force=force) as staging:
-            metadata = provenance(source, **extra)
-            if not options.quantizing:
-                # cast chunk by chunk with numpy (for safetensors, torch is never imported)
-                write, overflow = write_cast_checkpoint(
-                    staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, durable=durable
-                )
-                converter.overflow.update(overflow)
-            else:
-                write = write_checkpoint(
-                    staging, plan, outputs, converter.produce, metadata=metadata, manifest=manifest,
-                    durable=durable, workers=2 if source.concurrent_reads else 1,
-                )
+            write = _write(staging, source, src_path, converter, outputs, options, fsync=fsync, progress=progress)
             copied = copy_model_files(source.info.config_dir, staging, target=target)
-            if source.info.config_dir is not None and (staging / "config.json").is_file():
-                update_hf_config(staging / "config.json", options, selection)
-            with open_checkpoint(staging) as written:
-                output_by_dtype = bytes_by_dtype(written.specs.values())
-        write = write.moved_to(target)
-        notes = list(source.info.notes)
-        if options.quantizing and not selection.quantize:
-            notes.append("no tensor matched the quantization rules: every tensor was kept (see the kept list)")
+            if source.info.config_dir is not None and (staging / CONFIG).is_file():
+                update_hf_config(staging / CONFIG, options, assignment)
         return ConvertResult(
             scheme=options.scheme,
             source_format=source.info.format,
             device=device,
-            write=write,
+            write=write.moved_to(target),
             input_bytes=source.total_bytes,
             num_parameters=sum(s.numel for s in source.specs.values() if s.dtype.is_floating_point),
-            quantized=sorted(selection.quantize),
-            kept=dict(selection.kept),
-            fp16_overflow=dict(converter.overflow),
+            quantized=assignment.quantized({options.scheme}),
+            kept=dict(assignment.kept),
+            fp16_overflow=dict(write.fp16_overflow),
             input_bytes_by_dtype=bytes_by_dtype(source.specs.values()),
-            output_bytes_by_dtype=output_by_dtype,
+            output_bytes_by_dtype=bytes_by_dtype(spec for shard in write.shards for spec in shard.specs),
             elapsed_s=time.perf_counter() - started,
-            notes=notes,
+            notes=_notes(source, options, assignment),
             copied_files=copied,
         )
+
+
+def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _Converter, outputs, options: ConvertOptions, *, fsync, progress) -> WriteResult:
+    plan = plan_shards([(n, sum(o.nbytes for o in outs)) for n, outs in outputs.items()], options.max_shard_bytes)
+    extra = {SCHEME_KEY: options.scheme}
+    if converter.assignment.transpose:
+        extra[TRANSPOSED_KEY] = json.dumps(sorted(converter.assignment.transpose))
+    metadata = provenance(source, **extra)
+    manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
+    if not options.quantizing:  # every tensor in chunks, with numpy (for safetensors, torch is never imported)
+        return write_cast_checkpoint(staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync)
+    workers = 2 if source.concurrent_reads else 1
+    return write_checkpoint(
+        staging, plan, outputs, converter.produce, source=source, chunked=lambda unit: not converter.quantized(unit),
+        metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, workers=workers,
+    )
+
+
+def _notes(source: CheckpointSource, options: ConvertOptions, assignment: Assignment) -> list[str]:
+    notes = list(source.info.notes)
+    if options.quantizing and not assignment.quantized({options.scheme}):
+        notes.append("no tensor matched the quantization rules: every tensor was kept (see the kept list)")
+    return notes
 
 
 def bytes_by_dtype(specs) -> dict[str, int]:
@@ -257,34 +253,9 @@ def _check_convertible(source: CheckpointSource) -> None:
         raise InputError(f"{source.path}: no floating-point tensors to convert (all {len(source.specs)} are integer or bool)")
 
 
-def quantization_config(options: ConvertOptions, selection: Selection) -> dict:
-    """The ``quantization_config`` block transformers writes for the same settings."""
-    eight = options.scheme == "int8"
-    return {
-        "_load_in_4bit": not eight,
-        "_load_in_8bit": eight,
-        "bnb_4bit_compute_dtype": "float32",
-        "bnb_4bit_quant_storage": "uint8",
-        "bnb_4bit_quant_type": options.scheme if not eight else "fp4",
-        "bnb_4bit_use_double_quant": options.double_quant and not eight,
-        "llm_int8_enable_fp32_cpu_offload": False,
-        "llm_int8_has_fp16_weight": False,
-        "llm_int8_skip_modules": selection.kept_modules() or None,
-        "llm_int8_threshold": 6.0,
-        "load_in_4bit": not eight,
-        "load_in_8bit": eight,
-        "quant_method": "bitsandbytes",
-    }
-
-
-def update_hf_config(path: Path, options: ConvertOptions, selection: Selection) -> None:
-    """Record the conversion in a copied config.json the way transformers would."""
+def update_hf_config(path: Path, options: ConvertOptions, assignment: Assignment) -> None:
+    """Record the conversion in a copied config.json the way transformers would: the scheme
+    asked for (``--to``) writes it."""
     config = json.loads(path.read_text())
-    if options.quantizing:
-        config["quantization_config"] = quantization_config(options, selection)
-    else:
-        dtype = {"bf16": "bfloat16", "fp16": "float16"}[options.scheme]
-        keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["dtype"]
-        for key in keys:
-            config[key] = dtype
+    get_scheme(options.scheme).update_hf_config(config, assignment, options.settings)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

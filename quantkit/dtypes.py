@@ -75,7 +75,7 @@ _TABLE = [
 BY_ST: dict[str, DType] = {st: DType(st, name, size, fp, rank) for rank, (st, name, size, fp) in enumerate(_TABLE)}
 _BY_NAME: dict[str, DType] = {d.name: d for d in BY_ST.values()}
 
-INT8, FLOAT16, BFLOAT16 = BY_ST["I8"], BY_ST["F16"], BY_ST["BF16"]
+INT8, UINT8, FLOAT16, BFLOAT16, FLOAT32 = BY_ST["I8"], BY_ST["U8"], BY_ST["F16"], BY_ST["BF16"], BY_ST["F32"]
 
 
 def _is_torch_dtype(value: object) -> bool:

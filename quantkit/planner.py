@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+DEFAULT_MAX_SHARD_BYTES = 2 * 10**9
+
 
 @dataclass(frozen=True)
 class ShardPlan:

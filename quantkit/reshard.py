@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .output import ProgressFn, WriteResult, copy_model_files, staged_output
-from .planner import plan_shards
+from .layout import default_output, provenance  # noqa: F401 (default_output re-exported)
+from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .sources import CheckpointSource, opened
-from .sources.safetensors_source import ALIASES_KEY
-from .streamcast import write_cast_checkpoint
-from .writer import OutSpec
-
-DEFAULT_MAX_SHARD_BYTES = 2 * 10**9
+from .specs import OutSpec
+from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint
 
 
 @dataclass
@@ -26,30 +21,13 @@ class ReshardResult:
     notes: list[str]
 
 
-def default_output(src: Path, suffix: str) -> Path:
-    """``model.pth`` -> ``model-<suffix>`` beside it; a folder ``m/`` -> ``m-<suffix>``."""
-    src = Path(src)
-    stem = src.name
-    for ext in (".index.json", ".safetensors", ".pth", ".pt", ".bin"):
-        stem = stem.removesuffix(ext)
-    return src.parent / f"{stem}-{suffix}"
-
-
-def provenance(source: CheckpointSource, **extra: str) -> dict[str, str]:
-    """safetensors ``__metadata__``: ``format: pt`` (required by loaders) plus quantkit provenance."""
-    metadata = {"format": "pt", "quantkit.version": __version__, "quantkit.source": source.path.name, **extra}
-    if source.aliases:
-        metadata[ALIASES_KEY] = json.dumps(source.aliases, sort_keys=True)
-    return metadata
-
-
 def reshard(
     src: str | Path | CheckpointSource,
     output: str | Path | None = None,
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     force: bool = False,
-    durable: bool = False,
+    fsync: bool = False,
     progress: ProgressFn | None = None,
 ) -> ReshardResult:
     """Rewrite ``src`` (any supported format) as safetensors shards with an index, bit-exact.
@@ -60,7 +38,7 @@ def reshard(
         output: folder to create (default: ``<src stem>-safetensors`` beside ``src``).
         max_shard_bytes: shard size limit in bytes.
         force: replace an existing output (only once the new one is complete).
-        durable: fsync every shard before the folder is renamed into place.
+        fsync: fsync every shard before the folder is renamed into place.
         progress: called with byte counts as tensors (or chunks of them) are written.
 
     Returns:
@@ -76,8 +54,8 @@ def reshard(
         outputs = {n: [OutSpec(n, s.dtype, s.shape)] for n, s in source.specs.items()}
         manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "reshard", "aliases": source.aliases}
         # copied in chunks into reused buffers (for safetensors, without torch)
-        result, _ = write_cast_checkpoint(
-            staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, durable=durable
+        result = write_cast_checkpoint(
+            staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, fsync=fsync
         )
         copied = copy_model_files(source.info.config_dir, staging, target=target)
         notes = list(source.info.notes)

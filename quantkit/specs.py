@@ -35,3 +35,11 @@ class TensorSpec:
     def of(cls, name: str, tensor) -> "TensorSpec":
         """The spec of a torch tensor or numpy array."""
         return cls(name, dtype_of(tensor.dtype), tuple(tensor.shape))
+
+
+@dataclass(frozen=True)
+class OutSpec(TensorSpec):
+    """A tensor to write. ``variable`` marks a small U8 tensor whose length is only known once
+    computed (a 4-bit quant state's JSON); its ``shape`` is then an upper bound."""
+
+    variable: bool = False

@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .output import MANIFEST, WEIGHT_SUFFIXES
-from .sources import ST_INDEX, open_checkpoint
-from .sources.safetensors_source import ALIASES_KEY
-from .stformat import StHeader, read_header
-from .writer import sha256_of
+from .layout import ALIASES_KEY, MANIFEST, ST_INDEX, WEIGHT_SUFFIXES, parse_index, safetensors_in
+from .sources import open_checkpoint
+from .safetensors_format import SafetensorsHeader, read_header
+from .writing.shard import sha256_of
 
 
 
@@ -96,12 +95,10 @@ def verify_checkpoint(path: str | Path) -> VerifyReport:
 def _locate_safetensors(path: Path) -> tuple[Path, Path | None, list[str]] | None:
     """(folder, index or None, shard file names), or None when the checkpoint is not safetensors."""
     if path.is_dir():
-        if (path / ST_INDEX).is_file():
-            return path, path / ST_INDEX, []
-        if (path / "model.safetensors").is_file():
-            return path, None, ["model.safetensors"]
-        singles = sorted(p.name for p in path.glob("*.safetensors"))
-        return (path, None, singles) if len(singles) == 1 else None
+        found = safetensors_in(path)
+        if found is None:
+            return None
+        return (path, found, []) if found.name == ST_INDEX else (path, None, [found.name])
     if path.name.endswith(".safetensors.index.json"):
         return path.parent, path, []
     if path.suffix == ".safetensors":
@@ -129,20 +126,15 @@ def _verify_other(path: Path) -> VerifyReport:
 
 def _read_index(index_path: Path, report: VerifyReport) -> tuple[dict[str, str] | None, dict, list[str]]:
     try:
-        index = json.loads(index_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        report.problems.append(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})")
+        weight_map, metadata = parse_index(index_path)
+    except InputError as exc:
+        report.problems.append(str(exc))
         return None, {}, []
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        report.problems.append(f"{index_path}: index has no 'weight_map' mapping tensor names to shard files")
-        return None, {}, []
-    metadata = index.get("metadata")
-    return weight_map, metadata if isinstance(metadata, dict) else {}, list(dict.fromkeys(weight_map.values()))
+    return weight_map, metadata, list(dict.fromkeys(weight_map.values()))
 
 
-def _read_headers(folder: Path, shard_names: list[str], report: VerifyReport) -> dict[str, StHeader]:
-    headers: dict[str, StHeader] = {}
+def _read_headers(folder: Path, shard_names: list[str], report: VerifyReport) -> dict[str, SafetensorsHeader]:
+    headers: dict[str, SafetensorsHeader] = {}
     for shard in shard_names:
         shard_path = folder / shard
         if "/" in shard or "\\" in shard or not shard_path.is_file():
@@ -157,7 +149,7 @@ def _read_headers(folder: Path, shard_names: list[str], report: VerifyReport) ->
     return headers
 
 
-def _check_coverage(where: Path, headers: dict[str, StHeader], weight_map: dict[str, str] | None, report: VerifyReport) -> None:
+def _check_coverage(where: Path, headers: dict[str, SafetensorsHeader], weight_map: dict[str, str] | None, report: VerifyReport) -> None:
     """Every weight_map entry is in its shard, every shard tensor is in the map, no name twice."""
     owner: dict[str, str] = {}
     for shard, header in headers.items():
@@ -175,7 +167,7 @@ def _check_coverage(where: Path, headers: dict[str, StHeader], weight_map: dict[
             report.problems.append(f"{where}: the index maps tensor {name!r} to {shard}, which does not hold it")
 
 
-def _check_aliases(headers: dict[str, StHeader], report: VerifyReport) -> None:
+def _check_aliases(headers: dict[str, SafetensorsHeader], report: VerifyReport) -> None:
     names = {n for h in headers.values() for n in h.entries}
     for header in headers.values():
         raw = header.metadata.get(ALIASES_KEY)

@@ -188,3 +188,10 @@ def test_cli_convert_writes_a_report(tiny_pth, tmp_path, suffix):
         assert text.startswith("#") and "fc1.weight" in text
     else:
         assert text.lstrip().lower().startswith("<!doctype html") and "<svg" in text
+
+
+def test_options_accept_every_device_resolve_device_accepts():
+    assert ConvertOptions("int8", device="cuda:1").device == "cuda:1"
+    for bad in ("cuda:", "cuda:x", "gpu"):
+        with pytest.raises(UsageError, match="choose auto, cpu, cuda or cuda:N"):
+            ConvertOptions("int8", device=bad)

@@ -10,9 +10,9 @@ from safetensors import safe_open
 
 from conftest import HF_FILES, assert_bit_equal, assert_same_state, build_checkpoint
 from quantkit.loading import load_state_dict
-from quantkit.output import MANIFEST
+from quantkit.layout import MANIFEST
 from quantkit.reshard import default_output, reshard
-from quantkit.stformat import read_header
+from quantkit.safetensors_format import read_header
 
 
 def test_round_trip_is_bit_exact(checkpoint, tmp_path):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import importlib
 
-from .memory import MemoryEstimate, ModelShape, estimate_memory
+from ..memory import MemoryEstimate, ModelShape, estimate_memory
 
 # The rest measure tensors with torch: imported on first use, so that `quantkit inspect`
 # (which needs only the memory formulas) starts without torch.
 _LAZY = {
     "render_html": "html", "render_json": "render", "render_markdown": "render", "render_text": "render",
-    "write_report": "render", "ComparisonReport": "report", "build_report": "report",
+    "write_report": "render", "ComparisonReport": "report", "ReportOptions": "report", "build_report": "report",
 }
 
 
@@ -29,6 +29,7 @@ __all__ = [
     "ComparisonReport",
     "MemoryEstimate",
     "ModelShape",
+    "ReportOptions",
     "build_report",
     "estimate_memory",
     "render_html",

@@ -6,7 +6,7 @@ import math
 from html import escape
 
 from ..sizes import format_bytes
-from .render import OUTPUT_LABELS, fmt_cos, fmt_db, fmt_num, ratio_text, sample_count
+from .formatting import OUTPUT_LABELS, fmt_cos, fmt_db, fmt_num, ratio_text, sample_count
 from .report import ComparisonReport
 from .svg import bar_chart, line_chart
 

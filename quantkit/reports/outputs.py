@@ -73,7 +73,17 @@ def params_on_meta() -> Iterator[None]:
 
     Buffers such as position ids or rotary frequencies are not saved in checkpoints (they
     are computed in ``__init__``), so they must be real; parameters come from the checkpoint.
+    accelerate's ``init_empty_weights`` (the ``hf`` extra) does exactly this; without
+    accelerate, the same patch of ``register_parameter`` is applied here, for the block only.
     """
+    try:
+        from accelerate import init_empty_weights
+    except ImportError:
+        init_empty_weights = None
+    if init_empty_weights is not None:
+        with init_empty_weights(include_buffers=False):
+            yield
+        return
     register = torch.nn.Module.register_parameter
 
     def on_meta(module, name, param):

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import __version__
+from ..anatomy import inspect_checkpoint
 from ..errors import QuantkitError
-from ..inspect import inspect_checkpoint
+from ..memory import MemoryEstimate, ModelShape, estimate_memory, read_config
 from ..sources import open_checkpoint
+from ..version import __version__
 from .accuracy import TensorAccuracy, compare_tensors
-from .memory import MemoryEstimate, ModelShape, estimate_memory, read_config
 from .outputs import OutputComparison, compare_module_outputs
 from .size import SizeComparison, compare_sizes
 
@@ -39,67 +39,74 @@ class ComparisonReport:
         return _json_safe(asdict(self))
 
 
+@dataclass(frozen=True)
+class ReportOptions:
+    """What a comparison report measures. ``model_outputs``: also run both models on sample
+    inputs (Hugging Face folders with transformers installed, or ``model``); failures there
+    become notes. ``text``: sample text (a ``Path`` is read as UTF-8); default: a built-in
+    paragraph. ``model``, ``inputs``: ``"module:factory"`` building the ``nn.Module`` of a bare
+    checkpoint, and ``"module:function"`` returning its inputs. ``device``: where the models
+    run. ``top``: how many largest and worst tensors to list. ``gpu_gb`` (GiB), ``batch_size``,
+    ``seq_len``, ``shape``: memory-estimate options (``estimate_memory``); ``shape`` defaults
+    to the original's config.json."""
+
+    model_outputs: bool = True
+    text: str | Path | None = None
+    model: str | None = None
+    inputs: str | None = None
+    device: str = "auto"
+    max_tokens: int = 1024
+    top: int = 10
+    gpu_gb: float | None = None
+    batch_size: int = 1
+    seq_len: int | None = None
+    shape: ModelShape | None = None
+
+
 def build_report(
     original: str | Path,
     converted: str | Path,
+    options: ReportOptions | None = None,
     *,
-    model_outputs: bool = True,
-    text: str | Path | None = None,
-    model: str | None = None,
-    inputs: str | None = None,
-    device: str = "auto",
-    max_tokens: int = 1024,
-    top: int = 10,
-    gpu_gb: float | None = None,
-    batch_size: int = 1,
-    seq_len: int | None = None,
-    shape: ModelShape | None = None,
     progress: Callable[[int], None] | None = None,
+    **option_values,
 ) -> ComparisonReport:
     """Compare a converted checkpoint with its original: sizes, per-tensor error, outputs, memory.
 
     Args:
         original, converted: checkpoint files, indexes or folders (any format quantkit reads).
-        model_outputs: also run both models on sample inputs (Hugging Face folders with
-            transformers installed, or ``model``); failures there become notes.
-        text: sample text (a ``Path`` is read as UTF-8); default: a built-in paragraph.
-        model, inputs: ``"module:factory"`` building the ``nn.Module`` of a bare checkpoint,
-            and ``"module:function"`` returning its inputs (tensor, tuple or dict).
-        device: where the models run: auto, cpu or cuda.
-        top: how many largest and worst tensors to list.
-        gpu_gb, batch_size, seq_len, shape: memory-estimate options (``estimate_memory``);
-            ``shape`` defaults to the original's config.json.
+        options: what to measure (``ReportOptions``), or its fields as keywords
+            (``model_outputs=False``, ``top=5``, ...).
         progress: called with the bytes of each original tensor compared.
 
     Example:
         >>> report = build_report("gpt2", "gpt2-nf4")  # doctest: +SKIP
         >>> write_report(report, "gpt2-nf4.html")  # doctest: +SKIP
     """
+    o = options or ReportOptions(**option_values)
     original, converted = Path(original), Path(converted)
     with open_checkpoint(original) as before, open_checkpoint(converted) as after:
-        accuracy = compare_tensors(before, after, top=top, progress=progress)
+        accuracy = compare_tensors(before, after, top=o.top, progress=progress)
         config_dir = before.info.config_dir
     anatomies = [inspect_checkpoint(p, top=0) for p in (original, converted)]
-    size = compare_sizes(anatomies[0], anatomies[1], accuracy.tensors, top=top)
+    size = compare_sizes(anatomies[0], anatomies[1], accuracy.tensors, top=o.top)
     notes = _accuracy_notes(accuracy)
-    outputs = None
-    if model_outputs:
-        sample = text.read_text(encoding="utf-8") if isinstance(text, Path) else text
-        outputs = _outputs(original, converted, config_dir, model, inputs, sample, device, max_tokens, notes)
-    config = read_config(config_dir)
+    outputs = _outputs(original, converted, config_dir, o, notes) if o.model_outputs else None
     memory = estimate_memory(
         size.original.num_parameters,
-        shape=shape or ModelShape.from_config(config),
-        batch_size=batch_size,
-        seq_len=seq_len,
-        gpu_gb=gpu_gb,
+        shape=o.shape or ModelShape.from_config(read_config(config_dir)),
+        batch_size=o.batch_size,
+        seq_len=o.seq_len,
+        gpu_gb=o.gpu_gb,
         stored_bytes=size.converted.tensor_bytes,
     )
     return ComparisonReport(str(original), str(converted), size, accuracy, outputs, memory, notes)
 
 
-def _outputs(original, converted, config_dir, model, inputs, text, device, max_tokens, notes) -> OutputComparison | None:
+def _outputs(original, converted, config_dir, o: ReportOptions, notes) -> OutputComparison | None:
+    model, device = o.model, o.device
     if model is not None:
+        inputs = o.inputs
         if inputs is None:
             raise QuantkitError("--model needs --inputs module:function returning the model's sample inputs")
         try:
@@ -116,8 +123,9 @@ def _outputs(original, converted, config_dir, model, inputs, text, device, max_t
         return None
     from .hf_outputs import compare_hf_outputs
 
+    text = o.text.read_text(encoding="utf-8") if isinstance(o.text, Path) else o.text
     try:
-        return compare_hf_outputs(config_dir, converted, text=text, device=device, max_tokens=max_tokens)
+        return compare_hf_outputs(config_dir, converted, text=text, device=device, max_tokens=o.max_tokens)
     except (QuantkitError, RuntimeError, ValueError, KeyError, AttributeError, TypeError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         notes.append(f"model outputs not compared: {exc.__class__.__name__}: {reason[:300]}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..inspect import Anatomy
+from ..anatomy import Anatomy
 from .accuracy import TensorComparison
 
 

@@ -1,4 +1,4 @@
-"""LLM.int8 row-wise absmax quantization, stored as transformers stores a Linear8bitLt.
+"""LLM.int8 row-wise absmax quantization kernels (the stored layout is declared in ``bnb``).
 
 For a linear layer ``P``: ``P.weight`` I8 ``[out, in]``, ``P.SCB`` F32 ``[out]`` (each row's
 absmax), ``P.weight_format`` U8 scalar 0 ("row"). Dequantize: ``weight * SCB[:, None] / 127``.
@@ -8,24 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from ..specs import TensorSpec
-from ..writer import OutSpec
-
-ROW_FORMAT = 0  # bitsandbytes' code for the row-major layout, the only one it still writes
+from .bnb_layout import ROW_FORMAT
 
 
 def prefix_of(weight_name: str) -> str:
     return weight_name.removesuffix(".weight")
-
-
-def int8_outputs(spec: TensorSpec, *, transpose: bool = False) -> list[OutSpec]:
-    rows, cols = (spec.shape[1], spec.shape[0]) if transpose else spec.shape
-    p = prefix_of(spec.name)
-    return [
-        OutSpec(f"{p}.weight", torch.int8, (rows, cols)),
-        OutSpec(f"{p}.SCB", torch.float32, (rows,)),
-        OutSpec(f"{p}.weight_format", torch.uint8, ()),
-    ]
 
 
 def quantize_int8(weight: torch.Tensor, *, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

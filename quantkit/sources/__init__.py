@@ -6,13 +6,12 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from ..errors import InputError
+from ..layout import BIN_INDEX, ST_INDEX, TORCH_FILES, parse_index, safetensors_in
 from .base import CheckpointSource, SourceInfo, detect_torch_format
 from .safetensors_source import open_safetensors_file, open_safetensors_index
 
 __all__ = ["CheckpointSource", "SourceInfo", "open_checkpoint", "opened"]
 
-ST_INDEX = "model.safetensors.index.json"
-BIN_INDEX = "pytorch_model.bin.index.json"
 
 
 def opened(src: "str | Path | CheckpointSource") -> "AbstractContextManager[CheckpointSource]":
@@ -80,30 +79,24 @@ def _open_file(path: Path, config_dir: Path | None = None) -> CheckpointSource:
 
 
 def _first_shard_suffix(index_path: Path) -> str:
-    import json
-
-    try:
-        weight_map = json.loads(index_path.read_text()).get("weight_map") or {}
-        first = next(iter(weight_map.values()), "")
-    except (ValueError, AttributeError, RecursionError):
-        raise InputError(f"{index_path}: index is not valid JSON with a 'weight_map'") from None
+    weight_map, _ = parse_index(index_path)
+    first = next(iter(weight_map.values()), "")
     return ".safetensors" if str(first).endswith(".safetensors") else ".bin"
 
 
 def _open_folder(folder: Path) -> CheckpointSource:
     config_dir = folder if (folder / "config.json").is_file() else None
-    if (folder / ST_INDEX).is_file():
-        return open_safetensors_index(folder / ST_INDEX, config_dir=config_dir)
+    found = safetensors_in(folder)
+    if found is not None and found.name == ST_INDEX:
+        return open_safetensors_index(found, config_dir=config_dir)
+    if found is not None:
+        return open_safetensors_file(found, config_dir=config_dir)
     singles = sorted(folder.glob("*.safetensors"))
-    if (folder / "model.safetensors").is_file():
-        return open_safetensors_file(folder / "model.safetensors", config_dir=config_dir)
-    if len(singles) == 1:
-        return open_safetensors_file(singles[0], config_dir=config_dir)
     if (folder / BIN_INDEX).is_file():
         from .torch_source import open_torch_index
 
         return open_torch_index(folder / BIN_INDEX, config_dir=config_dir)
-    for name in ("pytorch_model.bin", "model.pth", "model.pt"):
+    for name in TORCH_FILES:
         if (folder / name).is_file():
             return _open_file(folder / name, config_dir)
     torch_files = sorted([*folder.glob("*.pth"), *folder.glob("*.pt"), *folder.glob("*.bin")])

@@ -37,6 +37,9 @@ class CheckpointSource(ABC):
     """
 
     concurrent_reads = False  # True where get_tensor may be called from several threads at once
+    # True where reading copies bytes from disk (get_tensor allocates), so that reading into a
+    # reused buffer (read_into) saves a fresh allocation per tensor; False where get_tensor maps.
+    reads_into_buffer = False
 
     def __init__(self, path: Path, info: SourceInfo, specs: dict[str, TensorSpec], aliases: dict[str, str]):
         self.path = path

@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..stformat import StHeader, read_header, read_range, read_tensor
+from ..layout import ALIASES_KEY, read_index
+from ..safetensors_format import SafetensorsHeader, read_header, read_range, read_tensor
 from .base import CheckpointSource, SourceInfo
-
-ALIASES_KEY = "quantkit.aliases"
-
 
 def _aliases_from(metadata: dict[str, str], path: Path) -> dict[str, str]:
     raw = metadata.get(ALIASES_KEY)
@@ -29,10 +27,11 @@ class SafetensorsSource(CheckpointSource):
     """One or more safetensors files; a file is open only while a tensor is read from it."""
 
     concurrent_reads = True  # get_tensor uses positioned reads only
+    reads_into_buffer = True
 
-    def __init__(self, path: Path, headers: list[StHeader], *, format: str, config_dir: Path | None = None):
+    def __init__(self, path: Path, headers: list[SafetensorsHeader], *, format: str, config_dir: Path | None = None):
         specs = {}
-        owner: dict[str, StHeader] = {}
+        owner: dict[str, SafetensorsHeader] = {}
         for header in headers:
             for name, entry in header.entries.items():
                 if name in owner:
@@ -64,23 +63,6 @@ class SafetensorsSource(CheckpointSource):
 
 def open_safetensors_file(path: Path, *, config_dir: Path | None = None) -> SafetensorsSource:
     return SafetensorsSource(path, [read_header(path)], format="safetensors", config_dir=config_dir)
-
-
-def read_index(index_path: Path) -> dict[str, str]:
-    """The ``weight_map`` of a sharded checkpoint's index, checked for shape."""
-    try:
-        index = json.loads(index_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InputError(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise InputError(f"{index_path}: index has no 'weight_map' mapping tensor names to shard files")
-    for shard in set(weight_map.values()):
-        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
-            raise InputError(f"{index_path}: shard name {shard!r} must be a file name beside the index")
-        if not (index_path.parent / shard).is_file():
-            raise InputError(f"{index_path}: shard {shard!r} named by the index is missing")
-    return weight_map
 
 
 def open_safetensors_index(index_path: Path, *, config_dir: Path | None = None) -> SafetensorsSource:

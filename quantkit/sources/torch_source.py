@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
+from ..dtypes import dtype_of
 from ..errors import InputError, UnsafeCheckpointError
 from ..sizes import format_bytes
 from ..specs import TensorSpec
 from .base import CheckpointSource, SourceInfo, choose_kept_name, detect_torch_format  # noqa: F401 (re-exported)
-from .safetensors_source import read_index
+from ..layout import read_index
 
 # Keys under which training scripts commonly nest the model's weights.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params", "ema")
@@ -105,6 +106,18 @@ def describe(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _check_dtypes(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """InputError naming the first tensor whose dtype safetensors cannot store (complex, qint8, ...)."""
+    for name, tensor in tensors.items():
+        try:
+            dtype_of(tensor.dtype)
+        except ValueError:
+            raise InputError(
+                f"{path}: tensor {name!r} is {tensor.dtype}, which safetensors cannot store; "
+                "convert it to a real dtype (or drop it) and save the checkpoint again"
+            ) from None
+
+
 def dedupe_shared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, TensorSpec], dict[str, str]]:
     """Specs of the distinct tensors, and dropped alias -> kept name for tensors saved once.
 
@@ -146,6 +159,7 @@ class TorchSource(CheckpointSource):
         self._mapped_bytes = 0  # bytes handed out from the current mapping
         for shard in shards:
             where, tensors, rest = self._load_shard(shard, info)
+            _check_dtypes(shard, tensors)
             shard_specs, shard_aliases = dedupe_shared(tensors)
             for name in shard_specs:
                 if name in specs:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bad_files import BAD_INPUTS, build, marker_of
-from quantkit import writer as writer_module
+from quantkit.writing import shard as writer_module
 from quantkit.loading import load_state_dict
 
 

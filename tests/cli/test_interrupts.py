@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parents[2]
 SLOW_MAIN = """
 import runpy, sys, time
-from quantkit import writer
+from quantkit.writing import shard as writer
 _write = writer.ShardWriter.write
 def slow_write(self, name, tensor):
     time.sleep(0.05)

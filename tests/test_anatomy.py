@@ -6,7 +6,7 @@ import doctest
 
 from quantkit import groups
 from quantkit.groups import group_of
-from quantkit.inspect import inspect_checkpoint
+from quantkit.anatomy import inspect_checkpoint
 
 
 def test_counts_tied_tensors_once(make_checkpoint):

@@ -25,7 +25,7 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
 
 @dataclass(frozen=True)
-class StEntry:
+class TensorEntry:
     """One tensor of a safetensors file: its spec and where its bytes lie in the data buffer."""
 
     spec: TensorSpec
@@ -34,10 +34,10 @@ class StEntry:
 
 
 @dataclass(frozen=True)
-class StHeader:
+class SafetensorsHeader:
     path: Path
     header_bytes: int  # length of the JSON header, padding included
-    entries: dict[str, StEntry]  # in file order
+    entries: dict[str, TensorEntry]  # in file order
     metadata: dict[str, str]
 
     @property
@@ -45,7 +45,7 @@ class StHeader:
         return HEADER_LENGTH_BYTES + self.header_bytes
 
 
-def read_header(path: Path) -> StHeader:
+def read_header(path: Path) -> SafetensorsHeader:
     """Read and fully validate the header of a safetensors file.
 
     Raises InputError naming the file and what is wrong: too short, a header length beyond
@@ -76,7 +76,7 @@ def read_header(path: Path) -> StHeader:
     entries = [_parse_entry(path, name, value) for name, value in header.items()]
     entries.sort(key=lambda e: (e.begin, e.end))
     _check_coverage(path, entries, file_bytes - HEADER_LENGTH_BYTES - header_bytes)
-    return StHeader(path, header_bytes, {e.spec.name: e for e in entries}, metadata)
+    return SafetensorsHeader(path, header_bytes, {e.spec.name: e for e in entries}, metadata)
 
 
 def _check_metadata(path: Path, metadata: object) -> dict[str, str]:
@@ -85,7 +85,7 @@ def _check_metadata(path: Path, metadata: object) -> dict[str, str]:
     return metadata
 
 
-def _parse_entry(path: Path, name: str, value: object) -> StEntry:
+def _parse_entry(path: Path, name: str, value: object) -> TensorEntry:
     if not isinstance(value, dict):
         raise InputError(f"{path}: entry {name!r} is not an object")
     dtype_name = value.get("dtype")
@@ -108,14 +108,14 @@ def _parse_entry(path: Path, name: str, value: object) -> StEntry:
             f"{path}: tensor {name!r} spans {offsets[1] - offsets[0]} bytes but its shape {shape} "
             f"and dtype {dtype_name} need {spec.nbytes}"
         )
-    return StEntry(spec, offsets[0], offsets[1])
+    return TensorEntry(spec, offsets[0], offsets[1])
 
 
 def _is_count(value: object) -> bool:
     return type(value) is int and value >= 0  # JSON true/false are bools, which isinstance(_, int) accepts
 
 
-def _check_coverage(path: Path, entries: list[StEntry], buffer_bytes: int) -> None:
+def _check_coverage(path: Path, entries: list[TensorEntry], buffer_bytes: int) -> None:
     position = 0
     for entry in entries:
         if entry.begin < position:
@@ -152,7 +152,7 @@ def build_header(entries: list[tuple[TensorSpec, int, int]], metadata: dict[str,
     return raw + b" " * (padded - len(raw))
 
 
-def read_tensor(f, header: StHeader, name: str):
+def read_tensor(f, header: SafetensorsHeader, name: str):
     """Read one tensor (a torch tensor) from an open file (object or descriptor) with
     positioned reads (no mmap, one copy).
 
@@ -168,7 +168,7 @@ def read_tensor(f, header: StHeader, name: str):
     return buffer.view(entry.spec.dtype.torch).reshape(entry.spec.shape)
 
 
-def read_range(f, header: StHeader, name: str, start: int, view: memoryview) -> None:
+def read_range(f, header: SafetensorsHeader, name: str, start: int, view: memoryview) -> None:
     """Fill ``view`` with tensor ``name``'s bytes from byte ``start`` on (positioned reads)."""
     entry = header.entries[name]
     if start + len(view) > entry.end - entry.begin:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from quantkit.errors import QuantkitError, UsageError
 from quantkit.reports import build_report, render_html, render_json, render_markdown, render_text, write_report
 from quantkit_cli.main import app
-from test_reports_support import HIDDEN, cast_floats, save, tiny_state_dict, with_noise
+from report_helpers import HIDDEN, cast_floats, save, tiny_state_dict, with_noise
 
 NOISY = "model.layers.1.mlp.up_proj.weight"
 TOP_KEYS = {"original", "converted", "size", "tensors", "outputs", "memory", "notes", "report_version", "quantkit_version"}

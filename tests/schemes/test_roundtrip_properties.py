@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantkit.schemes.cast import cast
-from quantkit.schemes.fast4bit import code_table
+from quantkit.schemes.fourbit_cpu import code_table
 from quantkit.schemes.fourbit import apply_fourbit, dequantize_fourbit
 from quantkit.schemes.int8 import apply_int8, dequantize_int8
 

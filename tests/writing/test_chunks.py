@@ -14,13 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from quantkit import streamcast
+from quantkit.writing import chunks as streamcast
+from quantkit.writing import pipeline
 from quantkit.convert import ConvertOptions, convert
 from quantkit.dtypes import BY_ST, dtype_of
 from quantkit.errors import VerificationError
 from quantkit.schemes.cast import cast
 from quantkit.verify import verify_checkpoint
-from quantkit.writer import OutSpec, ShardWriter, sha256_of
+from quantkit.specs import OutSpec
+from quantkit.writing.shard import ShardWriter, sha256_of
 
 from conftest import build_checkpoint
 
@@ -123,7 +125,7 @@ def test_chunked_shards_from_every_file_kind(tmp_path, monkeypatch, kind):
         sd["strided"] = torch.randn(40, 30).t()  # saved as a view of a transposed storage
         torch.save(sd, src, _use_new_zipfile_serialization=kind == "pth-zip")
     calls = []
-    real = streamcast.write_cast_checkpoint
+    real = pipeline.write_cast_checkpoint
     monkeypatch.setattr(sys.modules["quantkit.convert"], "write_cast_checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     out = tmp_path / "out"
     convert(src, out, options=ConvertOptions("bf16", max_shard_bytes=4000))
@@ -143,7 +145,7 @@ def test_chunked_shards_from_every_file_kind(tmp_path, monkeypatch, kind):
 def test_every_safetensors_kind_casts_in_chunks(tmp_path, monkeypatch, kind):
     monkeypatch.setattr(streamcast, "CHUNK_BYTES", 16)
     calls = []
-    real = streamcast.write_cast_checkpoint
+    real = pipeline.write_cast_checkpoint
     monkeypatch.setattr(sys.modules["quantkit.convert"], "write_cast_checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     ckpt = build_checkpoint(kind, tmp_path / "src")
     convert(ckpt.path, tmp_path / "out", options=ConvertOptions("bf16"))

@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 
 from quantkit.errors import InputError
 from quantkit.specs import TensorSpec
-from quantkit.stformat import build_header, layout_order, read_header, read_tensor, tensor_bytes
-from quantkit.writer import OutSpec, ShardWriter
+from quantkit.safetensors_format import build_header, layout_order, read_header, read_tensor, tensor_bytes
+from quantkit.specs import OutSpec
+from quantkit.writing import ShardWriter
 
 # Written by hand from the format: u64 LE header length (0x90 = 144), the JSON header with
 # __metadata__ first and tensors in data order (F32 before I8: wider dtypes first), padded

@@ -10,7 +10,7 @@ import torch
 from quantkit.reports import metrics
 from quantkit.reports.accuracy import layer_of
 from quantkit.reports.metrics import ErrorMoments, error_moments
-from test_reports_support import with_noise
+from report_helpers import with_noise
 
 
 def test_identical_tensors_are_exact():

@@ -1,4 +1,4 @@
-"""Which tensors a 4/8-bit scheme quantizes, and why the others are kept.
+"""What becomes of each tensor: which weights a quantizer takes, and why the others are kept.
 
 The default is transformers' own: the 2-D weights of linear layers (GPT-2's ``Conv1D``
 included, transposed to ``[out, in]``), never embeddings, norms, biases, the output head or
@@ -12,25 +12,76 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-from ..groups import group_of
-from ..sources import CheckpointSource
+from .groups import group_of
+from .sources import CheckpointSource
 
 # GPT-2-style Conv1D modules store their weight [in, out].
 _CONV1D_NAME = re.compile(r"(^|\.)c_(attn|proj|fc)\.weight$")
 
 
+class Kept(StrEnum):
+    """Why a tensor is not quantized (the value is what reports and ``--json`` show)."""
+
+    NOT_FLOATING = "not floating point"
+    SKIP = "--skip"
+    NOT_ONLY = "not matched by --only"
+    OTHER_SHAPE = "convolution kernel or other shape"
+    BIAS_OR_NORM = "bias or norm"
+    SCALAR = "scalar"
+    NOT_LAYER_WEIGHT = "not a layer weight"
+    TIED = "tied weights"
+    NOT_LINEAR = "not a linear layer"
+    EMBEDDINGS = "embeddings"
+    NORMS = "norms"
+    OUTPUT_HEAD = "output head"
+    KEPT_BY_TRANSFORMERS = "output head / kept by transformers"
+
+    @property
+    def by_user(self) -> bool:
+        """Excluded by --skip / --only: left exactly as stored, even by --rest-dtype."""
+        return self in (Kept.SKIP, Kept.NOT_ONLY)
+
+    @property
+    def deliberate(self) -> bool:
+        """A linear layer left unquantized on purpose (``llm_int8_skip_modules``)."""
+        return self.by_user or self in (Kept.OUTPUT_HEAD, Kept.KEPT_BY_TRANSFORMERS, Kept.TIED)
+
+    @property
+    def routine(self) -> bool:
+        """Never a candidate for quantization: not worth listing in a summary."""
+        return self in (Kept.BIAS_OR_NORM, Kept.SCALAR, Kept.NOT_FLOATING)
+
+
 @dataclass
 class Selection:
     quantize: dict[str, bool] = field(default_factory=dict)  # weight name -> transpose first
-    kept: dict[str, str] = field(default_factory=dict)  # name -> why it stays unquantized
+    kept: dict[str, Kept] = field(default_factory=dict)  # name -> why it stays unquantized
     structure: str = "names"  # "transformers" when the model was introspected
 
     def kept_modules(self) -> list[str]:
         """Linear layers deliberately left unquantized, for ``llm_int8_skip_modules``."""
-        deliberate = ("--skip", "not matched by --only", "output head", "output head / kept by transformers", "tied weights")
-        return sorted({n.removesuffix(".weight") for n, why in self.kept.items() if n.endswith(".weight") and why in deliberate})
+        return sorted({n.removesuffix(".weight") for n, why in self.kept.items() if n.endswith(".weight") and why.deliberate})
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Per tensor, the scheme it goes through (by registry name; absent: written as stored),
+    whether a weight is transposed first, and why tensors are not quantized."""
+
+    schemes: dict[str, str]
+    transpose: frozenset[str]
+    kept: dict[str, Kept]
+    structure: str = "names"
+
+    def quantized(self, quantizing: set[str]) -> list[str]:
+        """Names assigned to one of the ``quantizing`` schemes, sorted."""
+        return sorted(n for n, s in self.schemes.items() if s in quantizing)
+
+    def kept_modules(self) -> list[str]:
+        return Selection(kept=self.kept).kept_modules()
 
 
 @dataclass(frozen=True)
@@ -41,7 +92,7 @@ class LinearLayout:
 
 
 # Model types whose name-and-shape rules select exactly what transformers quantizes
-# (tests/test_policy.py checks each against transformers itself). For these the model need
+# (tests/test_selection.py checks each against transformers itself). For these the model need
 # not be built: importing transformers' modeling code alone takes seconds.
 NAME_RULES_MATCH_TRANSFORMERS = frozenset({
     "bert", "bloom", "distilbert", "gemma", "gpt2", "gpt_neox", "gptj", "llama", "mistral", "mpt", "opt", "phi", "qwen2", "roberta",
@@ -113,29 +164,29 @@ def select(
     return selection
 
 
-def _keep_reason(name, spec, skip, only, layout, tied_targets) -> str | None:
+def _keep_reason(name, spec, skip, only, layout, tied_targets) -> Kept | None:
     if not spec.dtype.is_floating_point:
-        return "not floating point"
+        return Kept.NOT_FLOATING
     if any(re.search(p, name) for p in skip):
-        return "--skip"
+        return Kept.SKIP
     if only and not any(re.search(p, name) for p in only):
-        return "not matched by --only"
+        return Kept.NOT_ONLY
     if len(spec.shape) != 2:
-        return "convolution kernel or other shape" if len(spec.shape) > 2 else ("bias or norm" if spec.shape else "scalar")
+        return Kept.OTHER_SHAPE if len(spec.shape) > 2 else (Kept.BIAS_OR_NORM if spec.shape else Kept.SCALAR)
     if not name.endswith(".weight"):
-        return "not a layer weight"
+        return Kept.NOT_LAYER_WEIGHT
     if name in tied_targets:
-        return "tied weights"
+        return Kept.TIED
     module = name.removesuffix(".weight")
+    part = group_of(name, spec.shape)
     if layout is not None:
         if module not in layout.linear and module not in layout.conv1d:
-            return group_of(name, spec.shape) if group_of(name, spec.shape) in ("embeddings", "norms") else "not a linear layer"
+            return Kept(part) if part in ("embeddings", "norms") else Kept.NOT_LINEAR
         if _excluded_by_transformers(module, layout.not_convert):
-            return "output head / kept by transformers"
+            return Kept.KEPT_BY_TRANSFORMERS
         return None
-    group = group_of(name, spec.shape)
-    if group in ("embeddings", "norms"):
-        return group
-    if group == "output_head":
-        return "output head"
+    if part in ("embeddings", "norms"):
+        return Kept(part)
+    if part == "output_head":
+        return Kept.OUTPUT_HEAD
     return None

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save, save_file
 
 from conftest import ALL_DTYPES, assert_bit_equal, make_state_dict, random_tensor
-from quantkit import writer as writer_module
+from quantkit.writing import shard as writer_module
 from quantkit.errors import OutputError, VerificationError
-from quantkit.stformat import read_header
-from quantkit.writer import OutSpec, ShardWriter, sha256_of
+from quantkit.safetensors_format import read_header
+from quantkit.specs import OutSpec
+from quantkit.writing.shard import ShardWriter, sha256_of
 
 
 def write_all(path, tensors, metadata, order=None):

@@ -44,7 +44,7 @@ class Anatomy:
     metadata: dict[str, str]
     notes: list[str] = field(default_factory=list)
     quantization: dict | None = None
-    memory: dict | None = None  # quantkit.reports.memory.MemoryEstimate as a dict
+    memory: dict | None = None  # quantkit.memory.MemoryEstimate as a dict
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,9 +57,9 @@ def inspect_checkpoint(path: str | Path, *, top: int = 10, memory_options: dict 
     quantized weight counts its original elements). Groups are embeddings, attention, mlp,
     norms, output_head, convolution and other. ``memory`` holds memory estimates for that
     parameter count; ``memory_options`` (gpu_gb, batch_size, seq_len) go to
-    ``quantkit.reports.memory.estimate_memory``.
+    ``quantkit.memory.estimate_memory``.
     """
-    from .reports.memory import ModelShape, estimate_memory, read_config
+    from .memory import ModelShape, estimate_memory, read_config
     from .schemes import describe_quantization
 
     with open_checkpoint(path) as source:

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantkit.schemes import fast4bit
+from quantkit.schemes import fourbit_cpu
 
 
 def special_values(shape, kind: str, seed: int) -> torch.Tensor:
@@ -38,7 +38,7 @@ def special_values(shape, kind: str, seed: int) -> torch.Tensor:
 
 def assert_same(a: torch.Tensor, quant_type: str, blocksize: int, double_quant: bool = False):
     ref_packed, ref_state = bnbf.quantize_4bit(a, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant)
-    packed, ours = fast4bit.quantize_4bit(a, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
+    packed, ours = fourbit_cpu.quantize_4bit(a, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
     assert torch.equal(packed, ref_packed)
     ref = ref_state.as_dict(packed=True)
     assert ref.keys() == ours.keys()
@@ -74,7 +74,7 @@ def test_matches_bitsandbytes_on_random_floats(numel, blocksize, quant_type, dat
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 def test_code_tables_are_bitsandbytes(quant_type):
-    ours, theirs = fast4bit.code_table(quant_type), bnbf.get_4bit_type(quant_type, device="cpu")
+    ours, theirs = fourbit_cpu.code_table(quant_type), bnbf.get_4bit_type(quant_type, device="cpu")
     assert torch.equal(ours.view(torch.int32), theirs.float().view(torch.int32))
 
 
@@ -91,7 +91,7 @@ def test_cpu_path_does_not_import_bitsandbytes():
 
 
 def test_tables_hold_at_most_one_midpoint_per_prefix():
-    assert fast4bit.available("nf4") and fast4bit.available("fp4")
+    assert fourbit_cpu.available("nf4") and fourbit_cpu.available("fp4")
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
@@ -103,7 +103,7 @@ def test_chunk_boundaries_and_transposed_views(quant_type, shape, transposed):
     for blocksize in (32, 64, 128):
         ref_packed, ref_state = bnbf.quantize_4bit(a.contiguous(), blocksize=blocksize, quant_type=quant_type)
         for chunk_elements in (1, 64, 200, 1 << 18):
-            packed, absmax = fast4bit.quantize_4bit_codes(a, blocksize, quant_type, chunk_elements=chunk_elements)
+            packed, absmax = fourbit_cpu.quantize_4bit_codes(a, blocksize, quant_type, chunk_elements=chunk_elements)
             assert torch.equal(packed, ref_packed), (blocksize, chunk_elements)
             assert torch.equal(absmax.view(torch.int32), ref_state.absmax.view(torch.int32))
 
@@ -120,7 +120,7 @@ def _packed_parts(w: torch.Tensor, quant_type: str, blocksize: int, dq: bool) ->
 def test_dequantize_equals_bitsandbytes(shape, blocksize, quant_type, dq, dtype):
     w = (torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3).to(dtype)
     parts, packed, state = _packed_parts(w, quant_type, blocksize, dq)
-    ours = fast4bit.dequantize_4bit(parts)
+    ours = fourbit_cpu.dequantize_4bit(parts)
     assert ours.dtype == dtype and ours.shape == shape
     assert torch.equal(ours, bnbf.dequantize_4bit(packed, state))  # values equal (FP4's zero code may be -0 there)
 
@@ -133,7 +133,7 @@ def test_dequantize_is_right_where_bitsandbytes_cpu_is_not(shape, blocksize, qua
     w = torch.zeros(shape)
     w.view(-1)[blocksize - 1 :: blocksize] = 1.0
     parts, _, _ = _packed_parts(w, quant_type, blocksize, False)
-    assert torch.equal(fast4bit.dequantize_4bit(parts), w)
+    assert torch.equal(fourbit_cpu.dequantize_4bit(parts), w)
 
 
 @pytest.mark.parametrize("kind", ["normal", "zeros", "zero_block", "specials", "subnormal", "heavy_tail", "on_midpoints"])
@@ -143,14 +143,14 @@ def test_transposed_layout_path_matches_bitsandbytes(monkeypatch, kind, dtype, q
     """Conv1D-style weights ``W [in, out]`` quantized as ``W.t()`` with ``in`` a multiple of the
     block size take the stored-layout path (unless they hold NaN); bytes as bitsandbytes'."""
     taken = []
-    real = fast4bit._quantize_transposed
-    monkeypatch.setattr(fast4bit, "_quantize_transposed", lambda *a: taken.append(r := real(*a)) or r)
+    real = fourbit_cpu._quantize_transposed
+    monkeypatch.setattr(fourbit_cpu, "_quantize_transposed", lambda *a: taken.append(r := real(*a)) or r)
     for shape in [(128, 96), (256, 7), (64, 1), (192, 33)]:
         w = special_values(shape, kind, seed=shape[1]).to(dtype)
         for blocksize in (32, 64):
             ref_packed, ref_state = bnbf.quantize_4bit(w.t().contiguous(), blocksize=blocksize, quant_type=quant_type)
             for chunk_elements in (1, 500, 1 << 18):
-                packed, absmax = fast4bit.quantize_4bit_codes(w.t(), blocksize, quant_type, chunk_elements=chunk_elements)
+                packed, absmax = fourbit_cpu.quantize_4bit_codes(w.t(), blocksize, quant_type, chunk_elements=chunk_elements)
                 assert torch.equal(packed, ref_packed), (shape, blocksize, chunk_elements)
                 assert torch.equal(absmax.view(torch.int32), ref_state.absmax.view(torch.int32)), (shape, blocksize)
     has_nan = kind == "specials"

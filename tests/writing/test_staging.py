@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from quantkit import output
+from quantkit.writing import folder
+from quantkit.writing import staging as staging_module
 from quantkit.errors import OutputError
-from quantkit.output import staged_output
+from quantkit.writing import staged_output
 
 
 def _entries(folder):
@@ -91,7 +92,7 @@ def test_failure_between_the_renames_puts_the_old_output_back(tmp_path, monkeypa
             raise KeyboardInterrupt
         return real_replace(src, dst)
 
-    monkeypatch.setattr(output.os, "replace", flaky_replace)
+    monkeypatch.setattr(staging_module.os, "replace", flaky_replace)
     with pytest.raises(KeyboardInterrupt):
         with staged_output(target, force=True) as staging:
             (staging / "f").write_text("new")
@@ -111,6 +112,6 @@ def test_copy_model_files_skips_weights_and_an_output_inside_the_model_folder(tm
     (model / "sub" / "w.bin").write_bytes(b"x")
     staging = tmp_path / "staging"
     staging.mkdir()
-    copied = output.copy_model_files(model, staging, target=model / "old-out")
+    copied = folder.copy_model_files(model, staging, target=model / "old-out")
     assert copied == ["config.json", "sub", "tokenizer.json"]
     assert sorted(p.name for p in (staging / "sub").iterdir()) == ["x.txt"]

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import save_file
 
 from quantkit.convert import ConvertOptions, convert
-from quantkit.output import write_checkpoint
+from quantkit.writing import write_checkpoint
 from quantkit.planner import plan_shards
 from quantkit.sources import open_checkpoint
-from quantkit.writer import OutSpec
+from quantkit.specs import OutSpec
 
 METADATA = {"format": "pt"}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from quantkit.schemes.policy import NAME_RULES_MATCH_TRANSFORMERS, hf_linear_layout, layout_for, select
+from quantkit.selection import NAME_RULES_MATCH_TRANSFORMERS, hf_linear_layout, layout_for, select
 from quantkit.sources import open_checkpoint
 
 transformers = pytest.importorskip("transformers")

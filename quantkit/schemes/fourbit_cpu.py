@@ -19,12 +19,13 @@ import math
 
 import torch
 
+from .bnb_layout import NESTED_BLOCKSIZE, state_json
+
 _KEYS = 1 << 16
-NESTED_BLOCKSIZE = 256  # bitsandbytes quantizes the absmax values in blocks of 256
 
 # bitsandbytes' 4-bit code tables (``get_4bit_type``), as float32 bit patterns, so that the
 # CPU path need not import bitsandbytes (which takes ~2 s: it loads torch's compiler stack).
-# tests/test_fast4bit.py checks them against bitsandbytes bit for bit.
+# tests/schemes/test_fast4bit.py checks them against bitsandbytes bit for bit.
 _CODE_BITS = {
     "nf4": [
         -0x40800000, -0x40CDC64F, -0x40F994D0, -0x4135CD60, -0x416E5DB3, -0x41C2CAC1, -0x4245878F, 0x0,
@@ -156,14 +157,6 @@ def _quantize_transposed(W: torch.Tensor, blocksize: int, quant_type: str, chunk
     ordered = codes.t().contiguous().view(-1)  # W.t()'s row-major order
     packed = torch.bitwise_or(ordered[::2] << 4, ordered[1::2])
     return packed.unsqueeze(1), absmax.view(-1)
-
-
-def state_json(quant_type: str, blocksize: int, dtype: torch.dtype, shape, nested_offset: float | None) -> bytes:
-    """The non-tensor quant state fields, as bitsandbytes' ``pack_dict_to_tensor`` writes them."""
-    fields = {"quant_type": quant_type, "blocksize": blocksize, "dtype": str(dtype).removeprefix("torch."), "shape": list(shape)}
-    if nested_offset is not None:
-        fields.update({"nested_blocksize": NESTED_BLOCKSIZE, "nested_dtype": "float32", "nested_offset": nested_offset})
-    return json.dumps(fields).encode()
 
 
 def quantize_4bit(A: torch.Tensor, *, blocksize: int, quant_type: str, double_quant: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from quantkit.inspect import inspect_checkpoint
-from quantkit.reports.memory import ModelShape, activation_bytes, estimate_memory
+from quantkit.anatomy import inspect_checkpoint
+from quantkit.memory import ModelShape, activation_bytes, estimate_memory
 from quantkit_cli.main import app
-from test_reports_support import save, tiny_state_dict
+from report_helpers import save, tiny_state_dict
 
 GIB = 2**30
 

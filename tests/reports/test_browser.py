@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from quantkit.reports import build_report, write_report
-from test_reports_support import cast_floats, save, tiny_state_dict
+from report_helpers import cast_floats, save, tiny_state_dict
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: install Debian's `chromium` (apt-get install -y chromium)")

@@ -1,24 +1,17 @@
-"""Streaming safetensors writer: header planned from specs, tensor bytes written one at a time."""
+"""One safetensors shard, written as planned: header from specs, tensor bytes at their offsets."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dtypes import dtype_of
-from .errors import OutputError, VerificationError
-from .specs import TensorSpec
-from .stformat import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
-
-
-@dataclass(frozen=True)
-class OutSpec(TensorSpec):
-    """A tensor to write. ``variable`` marks a small U8 tensor whose length is only known once
-    computed (a 4-bit quant state's JSON); its ``shape`` is then an upper bound."""
-
-    variable: bool = False
+from ..dtypes import dtype_of
+from ..errors import OutputError, VerificationError
+from ..specs import OutSpec, TensorSpec
+from ..safetensors_format import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -28,6 +21,7 @@ class WrittenShard:
     tensor_bytes: int
     sha256: str
     names: tuple[str, ...]
+    specs: tuple[TensorSpec, ...] = ()  # as written (a variable-size tensor at its final length)
 
 
 class ShardWriter:
@@ -41,10 +35,10 @@ class ShardWriter:
     spaces, is written last.
     """
 
-    def __init__(self, path: Path, specs: list[OutSpec], metadata: dict[str, str], *, durable: bool = False):
+    def __init__(self, path: Path, specs: list[OutSpec], metadata: dict[str, str], *, fsync: bool = False):
         self.path = path
         self._metadata = metadata
-        self._durable = durable
+        self._fsync = fsync
         self._fixed = layout_order([s for s in specs if not s.variable])
         self._variable = sorted((s for s in specs if s.variable), key=lambda s: s.name)
         self._offsets: dict[str, tuple[int, int]] = {}
@@ -176,7 +170,7 @@ class ShardWriter:
             raise VerificationError(f"{self.path}: header differs from the one written first")  # a bug, never user input
         try:
             self._file.truncate(self._data_start + position)
-            if self._durable:
+            if self._fsync:
                 os.fsync(self._file.fileno())
         except OSError as exc:
             raise OutputError(f"{self.path}: write failed: {os_reason(exc)}") from None
@@ -193,11 +187,43 @@ class ShardWriter:
         if read_back != {(s.name, s.dtype, s.shape) for s in specs}:
             raise VerificationError(f"{self.path}: header read back differs from the plan")
         digest = self._hasher.finish(self._data_start + data_bytes) if self._hasher is not None else sha256_of(self.path)
-        return WrittenShard(self.path, self._data_start + data_bytes, data_bytes, digest, tuple(s.name for s in specs))
+        return WrittenShard(self.path, self._data_start + data_bytes, data_bytes, digest, tuple(s.name for s in specs), tuple(specs))
 
     def abort(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.abort()  # closes the file; a finished shard is closed already
+
+
+class ShardWriters:
+    """A plan's shard writers, each opened by whichever thread first needs it: the main thread
+    starting the shard, or a worker that wrote one of its tensors ahead of time."""
+
+    def __init__(self, paths: list[Path], specs: list[list[OutSpec]], metadata: dict[str, str], fsync: bool):
+        self._paths, self._specs, self._metadata, self._fsync = paths, specs, metadata, fsync
+        self._open: dict[int, ShardWriter] = {}
+        self._lock = threading.Lock()
+
+    def get(self, index: int) -> ShardWriter:
+        with self._lock:
+            writer = self._open.get(index)
+            if writer is None:
+                writer = self._open[index] = ShardWriter(self._paths[index], self._specs[index], self._metadata, fsync=self._fsync)
+            return writer
+
+    def pop(self, index: int) -> ShardWriter:
+        with self._lock:
+            return self._open.pop(index)
+
+    def abort_all(self) -> None:
+        with self._lock:
+            for writer in self._open.values():
+                writer.abort()
 
 
 def os_reason(exc: OSError) -> str:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from quantkit.reports import build_report, render_html, render_markdown, render_text
 from quantkit_cli.main import app
-from test_reports_support import cast_floats, copy_folder_with, minilm_folder, save, tiny_causal_lm, tiny_state_dict, with_noise
+from report_helpers import cast_floats, copy_folder_with, minilm_folder, save, tiny_causal_lm, tiny_state_dict, with_noise
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'quantkit[hf]')")
 pytestmark = pytest.mark.hf

@@ -1,0 +1,77 @@
+"""The names and keys of a checkpoint folder: one place for what readers, writer, verify,
+convert and reshard agree on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import InputError
+from .version import __version__
+
+MANIFEST = "quantkit.json"  # what quantkit wrote: source, operation, per-file sizes and SHA-256
+ST_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+SINGLE_SHARD = "model.safetensors"
+CONFIG = "config.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".index.json")
+TORCH_FILES = ("pytorch_model.bin", "model.pth", "model.pt")
+
+# safetensors __metadata__ keys
+ALIASES_KEY = "quantkit.aliases"  # dropped tied name -> kept name, JSON
+TRANSPOSED_KEY = "quantkit.transposed"  # weights quantized transposed (GPT-2 Conv1D), JSON list
+SCHEME_KEY = "quantkit.scheme"
+
+
+def default_output(src: Path, suffix: str) -> Path:
+    """``model.pth`` -> ``model-<suffix>`` beside it; a folder ``m/`` -> ``m-<suffix>``."""
+    src = Path(src)
+    stem = src.name
+    for ext in (".index.json", ".safetensors", ".pth", ".pt", ".bin"):
+        stem = stem.removesuffix(ext)
+    return src.parent / f"{stem}-{suffix}"
+
+
+def parse_index(index_path: Path) -> tuple[dict[str, str], dict]:
+    """An index file's ``weight_map`` and ``metadata`` (empty when absent); InputError when
+    it is not JSON or has no ``weight_map`` of names to file names. The one index parser."""
+    try:
+        index = json.loads(index_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{index_path}: index has no 'weight_map' mapping tensor names to shard files")
+    metadata = index.get("metadata")
+    return weight_map, metadata if isinstance(metadata, dict) else {}
+
+
+def read_index(index_path: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded checkpoint's index, its shards checked to lie beside it."""
+    weight_map, _ = parse_index(index_path)
+    for shard in set(weight_map.values()):
+        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+            raise InputError(f"{index_path}: shard name {shard!r} must be a file name beside the index")
+        if not (index_path.parent / shard).is_file():
+            raise InputError(f"{index_path}: shard {shard!r} named by the index is missing")
+    return weight_map
+
+
+def safetensors_in(folder: Path) -> Path | None:
+    """The safetensors entry point of a folder (its index, ``model.safetensors`` or its only
+    ``.safetensors`` file), or None."""
+    if (folder / ST_INDEX).is_file():
+        return folder / ST_INDEX
+    if (folder / SINGLE_SHARD).is_file():
+        return folder / SINGLE_SHARD
+    singles = sorted(folder.glob("*.safetensors"))
+    return singles[0] if len(singles) == 1 else None
+
+
+def provenance(source, **extra: str) -> dict[str, str]:
+    """safetensors ``__metadata__`` for what is written from ``source`` (a ``CheckpointSource``):
+    ``format: pt`` (required by loaders) plus quantkit provenance."""
+    metadata = {"format": "pt", "quantkit.version": __version__, "quantkit.source": source.path.name, **extra}
+    if source.aliases:
+        metadata[ALIASES_KEY] = json.dumps(source.aliases, sort_keys=True)
+    return metadata

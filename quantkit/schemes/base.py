@@ -1,0 +1,99 @@
+"""What every scheme is: a frozen declaration the converter, the readers and the reports ask.
+
+A scheme turns one tensor into the tensors it stores, known from the tensor's spec alone
+(``outputs``), and back (``dequantize``). Casts (``CastScheme``) are element-wise and written
+in chunks by the pipeline; quantizers (``QuantScheme``) take one whole tensor at a time and
+recognize their own stored tensors when a checkpoint is read back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from ..dtypes import DType
+from ..specs import OutSpec, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..selection import Assignment
+
+
+@dataclass(frozen=True)
+class SchemeSettings:
+    """The settings a quantizer may use (each scheme reads those it knows)."""
+
+    blocksize: int = 64
+    double_quant: bool = False
+
+
+@dataclass(frozen=True)
+class StoredWeight:
+    """One original weight as a quantizer stored it: several tensors behind one name."""
+
+    scheme: str  # the registry name of the scheme that wrote it
+    weight: str  # the original weight's name
+    parts: tuple[str, ...]  # stored names, the weight's first
+
+
+@dataclass(frozen=True)
+class Scheme(ABC):
+    """A conversion target. ``family``: the stored format it belongs to; schemes of a family
+    that cannot express mixes (bitsandbytes: one method per model) are not mixed in one output."""
+
+    name: str
+    summary: str  # one line for --help
+    family: ClassVar[str]
+    quantizes: ClassVar[bool]
+    mixes_within_family: ClassVar[bool] = True
+
+    @abstractmethod
+    def outputs(self, spec: TensorSpec, *, transpose: bool = False, settings: SchemeSettings = SchemeSettings()) -> list[OutSpec]:
+        """The tensors ``spec`` becomes, from the spec alone."""
+
+    def update_hf_config(self, config: dict, assignment: Assignment, settings: SchemeSettings) -> None:
+        """Record the conversion in a copied ``config.json`` (a dict) as transformers would."""
+
+
+@dataclass(frozen=True)
+class CastScheme(Scheme):
+    """An element-wise cast of every floating-point tensor, written in chunks."""
+
+    dtype: DType = None  # type: ignore[assignment]
+    config_dtype: str = ""  # its name in config.json
+    family: ClassVar[str] = "cast"
+    quantizes: ClassVar[bool] = False
+
+    def outputs(self, spec, *, transpose=False, settings=SchemeSettings()):
+        return [OutSpec(spec.name, self.dtype if spec.dtype.is_floating_point else spec.dtype, spec.shape)]
+
+    def update_hf_config(self, config, assignment, settings):
+        for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["dtype"]:
+            config[key] = self.config_dtype
+
+
+@dataclass(frozen=True)
+class QuantScheme(Scheme):
+    """A quantizer of 2-D linear weights: one whole tensor in, its stored tensors out."""
+
+    quantizes: ClassVar[bool] = True
+
+    @abstractmethod
+    def quantize(
+        self, name: str, tensor: torch.Tensor, *, transpose: bool = False, settings: SchemeSettings = SchemeSettings()
+    ) -> list[tuple[str, torch.Tensor]]:
+        """The stored tensors of one weight (of its transpose with ``transpose``), on the CPU."""
+
+    @abstractmethod
+    def stored_weights(self, specs: dict[str, TensorSpec]) -> dict[str, StoredWeight]:
+        """The weights this scheme stored among ``specs``, keyed by original weight name."""
+
+    @abstractmethod
+    def dequantize(self, stored: StoredWeight, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The floating-point weight behind ``stored`` (``parts`` by stored name)."""
+
+    @abstractmethod
+    def logical_numel(self, stored: StoredWeight, specs: dict[str, TensorSpec]) -> int:
+        """How many values the original weight held, from the stored specs."""

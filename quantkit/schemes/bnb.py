@@ -1,0 +1,134 @@
+"""bitsandbytes: LLM.int8 (``int8``) and blockwise 4-bit (``nf4``, ``fp4``), stored as
+transformers stores ``Linear8bitLt`` / ``Linear4bit`` layers.
+
+This module declares the schemes and needs no torch (the byte-level facts they share with
+the kernels are in ``bnb_layout``); the kernels (``int8``, ``fourbit``, ``fourbit_cpu``) are
+imported when a tensor is converted.
+
+INT8, for a linear layer ``P``: ``P.weight`` I8 ``[out, in]``, ``P.SCB`` F32 ``[out]``,
+``P.weight_format`` U8 scalar. 4-bit: ``P.weight`` U8 ``[ceil(numel/2), 1]`` and under
+``P.weight.``: ``absmax``, ``quant_map``, with double quantization ``nested_absmax`` and
+``nested_quant_map``, and ``quant_state.bitsandbytes__<type>`` (JSON bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..dtypes import FLOAT32, INT8 as I8, UINT8
+from ..specs import OutSpec
+from .base import QuantScheme, SchemeSettings, StoredWeight
+from .bnb_layout import FOURBIT_PARTS, FOURBIT_STATE, LONGEST_FLOAT, NESTED_BLOCKSIZE, state_json
+
+@dataclass(frozen=True)
+class BitsAndBytesScheme(QuantScheme):
+    family: ClassVar[str] = "bitsandbytes"
+    mixes_within_family: ClassVar[bool] = False  # one load_in_8bit / load_in_4bit method per model
+
+    def update_hf_config(self, config, assignment, settings):
+        eight = self.name == "int8"
+        config["quantization_config"] = {
+            "_load_in_4bit": not eight,
+            "_load_in_8bit": eight,
+            "bnb_4bit_compute_dtype": "float32",
+            "bnb_4bit_quant_storage": "uint8",
+            "bnb_4bit_quant_type": self.name if not eight else "fp4",
+            "bnb_4bit_use_double_quant": settings.double_quant and not eight,
+            "llm_int8_enable_fp32_cpu_offload": False,
+            "llm_int8_has_fp16_weight": False,
+            "llm_int8_skip_modules": assignment.kept_modules() or None,
+            "llm_int8_threshold": 6.0,
+            "load_in_4bit": not eight,
+            "load_in_8bit": eight,
+            "quant_method": "bitsandbytes",
+        }
+
+
+@dataclass(frozen=True)
+class Int8Scheme(BitsAndBytesScheme):
+    """LLM.int8 row-wise absmax."""
+
+    def outputs(self, spec, *, transpose=False, settings=SchemeSettings()):
+        rows, cols = (spec.shape[1], spec.shape[0]) if transpose else spec.shape
+        p = spec.name.removesuffix(".weight")
+        return [OutSpec(f"{p}.weight", I8, (rows, cols)), OutSpec(f"{p}.SCB", FLOAT32, (rows,)), OutSpec(f"{p}.weight_format", UINT8, ())]
+
+    def quantize(self, name, tensor, *, transpose=False, settings=SchemeSettings()):
+        from .int8 import apply_int8
+
+        return apply_int8(name, tensor, transpose=transpose)
+
+    def stored_weights(self, specs):
+        found = {}
+        for name in specs:
+            p = name.removesuffix(".SCB")
+            if name.endswith(".SCB") and specs.get(f"{p}.weight") is not None and specs[f"{p}.weight"].dtype == I8:
+                parts = [f"{p}.weight", name] + ([f"{p}.weight_format"] if f"{p}.weight_format" in specs else [])
+                found[f"{p}.weight"] = StoredWeight(self.name, f"{p}.weight", tuple(parts))
+        return found
+
+    def dequantize(self, stored, parts):
+        from .int8 import dequantize_int8
+
+        return dequantize_int8(parts[stored.parts[0]], parts[stored.parts[1]])
+
+    def logical_numel(self, stored, specs):
+        return specs[stored.parts[0]].numel
+
+
+@dataclass(frozen=True)
+class FourBitScheme(BitsAndBytesScheme):
+    """Blockwise 4-bit with a 16-value code table (NF4 or FP4)."""
+
+    def outputs(self, spec, *, transpose=False, settings=SchemeSettings()):
+        """With double quantization the quant state's JSON holds a data-dependent float, so its
+        length is declared variable, bounded by the longest a float can print."""
+        shape = (spec.shape[1], spec.shape[0]) if transpose else spec.shape
+        n_blocks = math.ceil(spec.numel / settings.blocksize)
+        w, double = spec.name, settings.double_quant
+        outs = [OutSpec(w, UINT8, ((spec.numel + 1) // 2, 1)), OutSpec(f"{w}.quant_map", FLOAT32, (16,))]
+        state = state_json(self.name, settings.blocksize, spec.dtype, shape, LONGEST_FLOAT if double else None)
+        if double:
+            outs += [
+                OutSpec(f"{w}.absmax", UINT8, (n_blocks,)),
+                OutSpec(f"{w}.nested_absmax", FLOAT32, (math.ceil(n_blocks / NESTED_BLOCKSIZE),)),
+                OutSpec(f"{w}.nested_quant_map", FLOAT32, (256,)),
+            ]
+        else:
+            outs.append(OutSpec(f"{w}.absmax", FLOAT32, (n_blocks,)))
+        outs.append(OutSpec(f"{w}.quant_state.bitsandbytes__{self.name}", UINT8, (len(state),), variable=double))
+        return outs
+
+    def quantize(self, name, tensor, *, transpose=False, settings=SchemeSettings()):
+        from .fourbit import apply_fourbit
+
+        return apply_fourbit(
+            name, tensor, quant_type=self.name, blocksize=settings.blocksize, double_quant=settings.double_quant, transpose=transpose
+        )
+
+    def stored_weights(self, specs):
+        found = {}
+        for name in specs:
+            if (m := FOURBIT_STATE.match(name)) and m["type"] == self.name:
+                w = m["weight"]
+                parts = [w] + [f"{w}.{k}" for k in FOURBIT_PARTS if f"{w}.{k}" in specs] + [name]
+                found[w] = StoredWeight(self.name, w, tuple(parts))
+        return found
+
+    def dequantize(self, stored, parts):
+        from .fourbit import dequantize_fourbit
+
+        prefix = stored.weight + "."
+        unprefixed = {"weight": parts[stored.weight]}
+        unprefixed.update({k.removeprefix(prefix): v for k, v in parts.items() if k != stored.weight})
+        return dequantize_fourbit(unprefixed)
+
+    def logical_numel(self, stored, specs):
+        return specs[stored.parts[0]].shape[0] * 2
+
+
+INT8 = Int8Scheme("int8", "LLM.int8 row-wise, as transformers' load_in_8bit")
+NF4 = FourBitScheme("nf4", "4-bit NormalFloat blockwise, as load_in_4bit")
+FP4 = FourBitScheme("fp4", "4-bit float blockwise, as load_in_4bit")

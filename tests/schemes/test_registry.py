@@ -1,0 +1,67 @@
+"""Adding a scheme is its module plus one registry line: a toy scheme converts and loads back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from quantkit import inspect_checkpoint, load_state_dict
+from quantkit.convert import ConvertOptions, convert
+from quantkit.errors import UsageError
+from quantkit.schemes import SCHEMES, get_scheme, register
+from quantkit.schemes.registry import schemes_help
+
+from toy_scheme import TOY
+
+
+@pytest.fixture
+def toy_registered():
+    register(TOY)  # the one line a new scheme adds to quantkit/schemes/registry.py
+    yield TOY
+    SCHEMES.pop(TOY.name)
+
+
+def _model(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    sd = {"layer.0.fc.weight": torch.randn(16, 8, generator=gen), "layer.0.fc.bias": torch.randn(16, generator=gen),
+          "layer.0.norm.weight": torch.ones(8)}
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file(sd, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "float32"}))
+    return folder, sd
+
+
+def test_builtin_schemes_are_registered():
+    assert list(SCHEMES) == ["bf16", "fp16", "int8", "nf4", "fp4"]
+    assert {s.family for s in SCHEMES.values()} == {"cast", "bitsandbytes"}
+    assert all(name in schemes_help() for name in SCHEMES)
+    with pytest.raises(UsageError, match="choose one of bf16, fp16, int8, nf4, fp4"):
+        get_scheme("fp8")
+
+
+def test_a_registered_scheme_converts_and_loads_back(tmp_path, toy_registered):
+    folder, sd = _model(tmp_path)
+    result = convert(folder, tmp_path / "out", options=ConvertOptions("toy-int8"))
+    assert result.quantized == ["layer.0.fc.weight"]
+    assert result.kept["layer.0.fc.bias"] == "bias or norm"
+    assert result.output_bytes_by_dtype == {"float32": 16 * 4 + 8 * 4 + 4, "int8": 16 * 8}
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["quantization_config"] == {"quant_method": "toy-int8"}
+    loaded = load_state_dict(tmp_path / "out")
+    assert sorted(loaded) == sorted(sd)
+    weight = sd["layer.0.fc.weight"]
+    assert (loaded["layer.0.fc.weight"] - weight).abs().max() <= weight.abs().max() / 127
+    assert torch.equal(loaded["layer.0.fc.bias"], sd["layer.0.fc.bias"])
+    anatomy = inspect_checkpoint(tmp_path / "out")
+    assert anatomy.quantization["scheme"] == "toy-int8"
+
+
+def test_the_cli_offers_registered_schemes(cli):
+    result = cli("convert", "--help")
+    assert result.exit_code == 0
+    for name in SCHEMES:
+        assert name in result.stdout
