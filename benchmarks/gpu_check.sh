@@ -72,7 +72,7 @@ fi
 
 echo "== conversion on $DEVICE against the CPU output and transformers + bitsandbytes"
 schemes=${GPU_CHECK_SCHEMES:-$($PY -c "
-from quantkit.schemes import REGISTRY
+from quantkit.schemes import SCHEMES as REGISTRY
 print(','.join(n for n in ('int8', 'nf4', 'fp8') if n in REGISTRY))" 2>/dev/null || echo int8,nf4)}
 $PY benchmarks/bench_gpu.py --size "$SIZE" --schemes "$schemes" --device "$DEVICE" --repeat "${GPU_CHECK_REPEAT:-2}" --json "$OUT/bench_gpu.json"
 echo "results: $OUT"
