@@ -23,6 +23,9 @@ class SourceInfo:
     format: str
     files: list[Path]
     extras: dict[str, str] = field(default_factory=dict)  # non-tensor content, described
+    # the non-tensor entries that are plain JSON (a vocabulary, the epoch, metrics), as they are:
+    # a converter keeps them (quantkit.json); the others are only described in ``extras``
+    extras_json: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # things the user should know (e.g. read whole)
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__ of the first file
     config_dir: Path | None = None  # the Hugging Face folder, when the source is one

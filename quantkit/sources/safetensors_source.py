@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .. import jsonio
 from ..errors import InputError
 from ..stformat import StHeader, read_header, read_range, read_tensor
 from .base import CheckpointSource, SourceInfo
@@ -17,12 +17,20 @@ def _aliases_from(metadata: dict[str, str], path: Path) -> dict[str, str]:
     if not raw:
         return {}
     try:
-        aliases = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
+        aliases = jsonio.loads(raw)
+    except jsonio.BadJson:
         raise InputError(f"{path}: metadata {ALIASES_KEY!r} is not JSON") from None
     if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise InputError(f"{path}: metadata {ALIASES_KEY!r} must map dropped names to kept names")
     return dict(aliases)
+
+
+def _check_aliases(path: Path, aliases: dict[str, str], specs: dict) -> None:
+    for alias, kept in aliases.items():
+        if kept not in specs:
+            raise InputError(f"{path}: metadata {ALIASES_KEY!r} ties {alias!r} to {kept!r}, which no file holds (damaged metadata)")
+        if alias in specs:
+            raise InputError(f"{path}: metadata {ALIASES_KEY!r} ties {alias!r} to {kept!r}, but {alias!r} is stored too (damaged metadata)")
 
 
 class SafetensorsSource(CheckpointSource):
@@ -46,6 +54,7 @@ class SafetensorsSource(CheckpointSource):
         aliases = {}
         for header in headers:
             aliases.update(_aliases_from(header.metadata, header.path))
+        _check_aliases(path, aliases, specs)
         super().__init__(path, info, specs, aliases)
         self._owner = owner
 
@@ -68,10 +77,7 @@ def open_safetensors_file(path: Path, *, config_dir: Path | None = None) -> Safe
 
 def read_index(index_path: Path) -> dict[str, str]:
     """The ``weight_map`` of a sharded checkpoint's index, checked for shape."""
-    try:
-        index = json.loads(index_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InputError(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})") from None
+    index = jsonio.read_json(index_path, what="index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise InputError(f"{index_path}: index has no 'weight_map' mapping tensor names to shard files")
