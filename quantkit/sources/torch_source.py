@@ -234,8 +234,8 @@ def _storage_key(tensor: torch.Tensor) -> int:
     return storage._checkpoint_offset if tensor.is_meta else storage.data_ptr()
 
 
-def check_tensor(path: Path, name: str, tensor: torch.Tensor, file_bytes: int, record: Record | None) -> None:
-    """Refuse a tensor quantkit cannot convert or whose claims do not fit what is stored."""
+def check_kind(path: Path, name: str, tensor: torch.Tensor) -> None:
+    """Refuse a tensor quantkit cannot convert: sparse, quantized, or a dtype safetensors lacks."""
     if tensor.layout != torch.strided or tensor.is_quantized:
         raise InputError(f"{path}: tensor {name!r} is {tensor.layout if tensor.layout != torch.strided else tensor.dtype}, "
                          "which quantkit does not convert: save it as a dense tensor (t.to_dense() / t.dequantize())")
@@ -244,6 +244,10 @@ def check_tensor(path: Path, name: str, tensor: torch.Tensor, file_bytes: int, r
     except ValueError:
         raise InputError(f"{path}: tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot hold: "
                          "convert it (e.g. to float32) and save again") from None
+
+
+def check_extent(path: Path, name: str, tensor: torch.Tensor, file_bytes: int, record: Record | None) -> None:
+    """Refuse a tensor whose claims do not fit the bytes stored for it."""
     storage_bytes = tensor.untyped_storage().nbytes()
     if record is not None and storage_bytes != record.size:
         raise InputError(f"{path}: tensor {name!r} claims a storage of {storage_bytes} bytes but its record "
@@ -338,8 +342,9 @@ class TorchSource(CheckpointSource):
         found = self._locate(shard, obj)
         for name, tensor in found.tensors.items():
             _check_name(shard, name)
+            check_kind(shard, name, tensor)
             record = self._record_of(shard, records, name, tensor) if records else None
-            check_tensor(shard, name, tensor, file_bytes, record)
+            check_extent(shard, name, tensor, file_bytes, record)
             start = tensor.storage_offset() * tensor.element_size()
             self._plans[name] = _Plan(record, (start, start + tensor.nbytes), tensor.is_contiguous())
         if not self._mmap:
