@@ -9,14 +9,16 @@ are checked by opening them as quantkit would read them (pickle metadata, index 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import jsonio
 from .errors import InputError
+from .jsonio import read_json
 from .output import MANIFEST, WEIGHT_SUFFIXES
 from .sources import ST_INDEX, open_checkpoint
 from .sources.base import detect_torch_format
+from .sources.hfconfig import check_config
 from .sources.safetensors_source import ALIASES_KEY
 from .sources.ziprecords import check_all_crcs
 from .stformat import StHeader, read_header
@@ -78,6 +80,11 @@ def verify_checkpoint(path: str | Path) -> VerifyReport:
         report.files = list(shard_names)
         for stray in sorted(set(p.name for p in folder.glob("*.safetensors")) - set(shard_names)):
             report.notes.append(f"{folder / stray}: not named by the index (its tensors are not part of this checkpoint)")
+    if path.is_dir() and (folder / "config.json").is_file():  # as open_checkpoint checks a folder's config
+        try:
+            check_config(folder / "config.json")
+        except InputError as exc:
+            report.problems.append(str(exc))
     headers = _read_headers(folder, shard_names, report)
     _check_coverage(index_path or folder, headers, weight_map, report)
     _check_aliases(headers, report)
@@ -141,9 +148,9 @@ def _verify_other(path: Path) -> VerifyReport:
 
 def _read_index(index_path: Path, report: VerifyReport) -> tuple[dict[str, str] | None, dict, list[str]]:
     try:
-        index = json.loads(index_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        report.problems.append(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})")
+        index = read_json(index_path, what="index")
+    except InputError as exc:
+        report.problems.append(str(exc))
         return None, {}, []
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -194,8 +201,8 @@ def _check_aliases(headers: dict[str, StHeader], report: VerifyReport) -> None:
         if not raw:
             continue
         try:
-            aliases = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
+            aliases = jsonio.loads(raw)
+        except jsonio.BadJson:
             report.problems.append(f"{header.path}: metadata {ALIASES_KEY!r} is not JSON")
             continue
         if not isinstance(aliases, dict):
@@ -211,9 +218,9 @@ def _read_manifest(folder: Path, report: VerifyReport) -> dict:
     if not manifest_path.is_file():
         return {}
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        report.problems.append(f"{manifest_path}: not valid JSON ({exc.__class__.__name__})")
+        manifest = jsonio.loads(manifest_path.read_bytes())
+    except jsonio.BadJson as exc:
+        report.problems.append(f"{manifest_path}: not valid JSON ({exc.kind})")
         return {}
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
         report.problems.append(f"{manifest_path}: 'files' must map file names to their bytes and sha256")

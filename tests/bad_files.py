@@ -167,6 +167,17 @@ def _pickle_bomb(folder: Path) -> Path:
     return folder / "model.pth"
 
 
+def _short_record(folder: Path) -> Path:
+    """A zip rebuilt with a tensor's record cut to half the bytes its pickle claims (CRCs all valid)."""
+    src = _save(folder, {"w": torch.ones(4)}, "orig.pth")
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(folder / "model.pth", "w") as new:
+        for info in old.infolist():
+            data = old.read(info.filename)
+            new.writestr(info.filename, data[: len(data) // 2] if info.filename.endswith("/data/0") else data)
+    src.unlink()
+    return folder / "model.pth"
+
+
 def flip_data_byte(path: Path) -> Path:
     """Flip one byte inside the largest tensor record of a .pth (its CRC-32 then fails)."""
     with zipfile.ZipFile(path) as archive:
@@ -284,6 +295,7 @@ BAD_INPUTS: list[Bad] = [
     Bad("pth-float8-e4m3fnuz", lambda f: _save(f, {"w": torch.zeros(2, dtype=torch.float8_e4m3fnuz)}),
         "tensor 'w' has dtype torch.float8_e4m3fnuz, which safetensors cannot hold", 3),
     Bad("pth-stride-0-64-gib", lambda f: _save(f, {"w": torch.ones(1).expand(2**34)}), "tensor 'w' expands 4 stored bytes to", 3),
+    Bad("pth-record-shorter-than-claimed", _short_record, "tensor 'w' claims a storage of 16 bytes but its record 'orig/data/0' holds 8", 3),
     Bad("pth-tensor-named-metadata", lambda f: _save(f, {"__metadata__": torch.ones(2), "w": torch.ones(2)}),
         "a tensor is named '__metadata__', which is the name of safetensors' metadata block", 3),
     Bad("lightning-pathlib-hparams", _lightning_with_path,

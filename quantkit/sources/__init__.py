@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import jsonio
 from ..errors import InputError, UsageError
 from .base import CheckpointSource, SourceInfo, detect_torch_format
-from .hfconfig import check_config
+from .hfconfig import check_config, too_large_to_build
 from .renamed import renamed, suggest_prefix as _suggest_prefix
 from .safetensors_source import open_safetensors_file, open_safetensors_index
 
@@ -124,9 +124,19 @@ def _first_shard_suffix(index_path: Path) -> str:
 
 
 def _open_folder(folder: Path, options: dict) -> CheckpointSource:
-    config_dir = folder if (folder / "config.json").is_file() else None
-    if config_dir is not None:
-        check_config(folder / "config.json")
+    config = check_config(folder / "config.json") if (folder / "config.json").is_file() else None
+    source = _open_folder_weights(folder, options, folder if config is not None else None)
+    if config is not None:
+        too_large = too_large_to_build(config)
+        if too_large:
+            source.info.notes.append(
+                f"config.json describes a model of {too_large}: quantkit does not build it to look at its layers; "
+                "4/8-bit schemes choose the layers to quantize by name rules"
+            )
+    return source
+
+
+def _open_folder_weights(folder: Path, options: dict, config_dir: Path | None) -> CheckpointSource:
     singles = sorted(folder.glob("*.safetensors"))
     if (folder / ST_INDEX).is_file() or (folder / "model.safetensors").is_file() or len(singles) == 1:
         _no_torch_options(folder, options)

@@ -84,7 +84,10 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # p
 
 def detect_torch_format(path: Path) -> str | None:
     """``"torch-zip"``, ``"torch-legacy"`` or None when the file is neither."""
-    if zipfile.is_zipfile(path):
+    try:
+        if zipfile.is_zipfile(path):
+            return "torch-zip"
+    except zipfile.BadZipFile:  # is_zipfile itself raises on some damaged end records
         return "torch-zip"
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_MAGIC))

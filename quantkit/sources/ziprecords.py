@@ -82,6 +82,8 @@ def read_zip_records(path: Path) -> ZipRecords:
 
 
 def _record(path: Path, f, info: zipfile.ZipInfo, file_bytes: int) -> Record:
+    if not 0 <= info.header_offset <= file_bytes - _LOCAL_HEADER.size:
+        raise InputError(f"{path}: zip member {info.filename!r} starts outside the file (truncated or damaged?)")
     head = os.pread(f.fileno(), _LOCAL_HEADER.size, info.header_offset)
     if len(head) < _LOCAL_HEADER.size or head[:4] != _LOCAL_MAGIC:
         raise InputError(f"{path}: zip member {info.filename!r} has no local header where the directory says (damaged?)")

@@ -153,3 +153,12 @@ def test_huge_config_skips_the_model_build(tmp_path):
     start = time.monotonic()
     assert layout_for(tmp_path) is None
     assert time.monotonic() - start < 1
+
+
+def test_huge_config_is_noted_on_the_source(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(1)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "custom-thing", "num_hidden_layers": 200_000}))
+    with open_checkpoint(tmp_path) as source:
+        assert any("200000 layers (more than 1024)" in n and "by name rules" in n for n in source.info.notes)
