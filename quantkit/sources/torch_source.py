@@ -12,24 +12,21 @@ import pickle
 import re
 import threading
 import zlib
-from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..dtypes import dtype_of
 from ..errors import InputError, UnsafeCheckpointError, UsageError
 from ..sizes import format_bytes
-from ..dtypes import dtype_of
 from ..specs import TensorSpec
 from .base import CheckpointSource, SourceInfo, choose_kept_name, detect_torch_format  # noqa: F401 (re-exported)
 from .safetensors_source import read_index
-from .tree import as_json, flatten_tensors, looks_like_optimizer, short_repr
+from .tree import as_json, looks_like_optimizer
+from .weights import WRAPPER_KEYS, Found, describe, find_weights, locate_weights  # noqa: F401 (re-exported)
 from .ziprecords import CrcLedger, Record, ZipRecords, crc_of_range, read_zip_records
-
-# Keys under which training scripts commonly nest the model's weights.
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params", "ema")
 
 # Globals a checkpoint may hold beside its weights that are plain values to rebuild (no code
 # of the file's choosing runs): opted into by name with ``allow_globals``. Lightning stores
@@ -40,6 +37,7 @@ HARMLESS_GLOBALS: dict[str, object] = {
     "pathlib.PureWindowsPath": pathlib.PureWindowsPath,
     "argparse.Namespace": argparse.Namespace,
 }
+_SMALL_RECORD_BYTES = 1 << 20
 _GLOBAL_NAMED = re.compile(r"GLOBAL ([\w.]+)")
 
 
@@ -99,111 +97,6 @@ def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
         f"{path}: refused: this pickle cannot be loaded as plain weights ({reason}). "
         "quantkit never runs code from a checkpoint; re-save the state_dict with torch.save from a trusted environment"
     )
-
-
-@dataclass
-class Found:
-    """Where the weights of an unpickled checkpoint are, and what else it holds."""
-
-    where: str
-    tensors: dict[str, torch.Tensor]
-    rest: dict[object, object]
-    notes: list[str] = field(default_factory=list)
-
-
-def find_weights(obj: object, *, key: str | None = None) -> tuple[str, dict[str, torch.Tensor], dict[str, object]]:
-    """Locate the state dict inside what ``torch.load`` returned.
-
-    Returns (where it was found, tensors by name, the other top-level entries).
-    A bare state dict is found at ``""``; ``{"model_state_dict": ..., "epoch": 3}`` at
-    ``"model_state_dict"`` with ``{"epoch": 3}`` as the rest.
-    """
-    found = locate_weights(obj, key=key)
-    return found.where, found.tensors, found.rest
-
-
-def locate_weights(obj: object, *, key: str | None = None) -> Found:
-    """find_weights, with notes saying which of several candidate dicts was taken.
-
-    ``key`` names the top-level entry holding the weights (a training checkpoint may hold
-    several: ``state_dict``, ``ema``...); without it the rules of find_weights choose.
-    """
-    if isinstance(obj, torch.Tensor):
-        if key is not None:
-            raise InputError(f"key={key!r}: the checkpoint is a single tensor, not a dict")
-        return Found("", {"tensor": obj}, {})
-    if not isinstance(obj, Mapping):
-        raise InputError(f"the checkpoint holds a {type(obj).__name__}, not a dict of tensors")
-    if key is not None:
-        return _at_key(obj, key)
-    if _looks_like_optimizer(obj):
-        return Found("", {}, {"optimizer": obj})
-    counts = {k: _flatten_tensors(v) for k, v in obj.items() if isinstance(v, Mapping) and not _looks_like_optimizer(v)}
-    candidates = [(k, v) for k, v in counts.items() if v]
-    direct = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
-    if direct and len(direct) >= max((len(v) for _, v in candidates), default=0):
-        rest = {k: v for k, v in obj.items() if not isinstance(v, (torch.Tensor, Mapping)) or _looks_like_optimizer(v)}
-        return Found("", _flatten_tensors(obj), rest)
-    pool = [kv for kv in candidates if kv[0] in WRAPPER_KEYS] or candidates
-    if not pool:
-        return Found("", {}, dict(obj))
-    chosen, tensors = max(pool, key=lambda kv: sum(t.nbytes for t in kv[1].values()))
-    found = Found(str(chosen), tensors, {k: v for k, v in obj.items() if k != chosen})
-    others = [f"{k!r} ({len(v)} tensors)" for k, v in candidates if k != chosen]
-    if others:
-        found.notes.append(
-            f"weights taken from {chosen!r} ({len(tensors)} tensors); other entries holding tensors: {', '.join(others)}; "
-            "choose one with key=NAME (CLI: --key NAME)"
-        )
-    return found
-
-
-def _at_key(obj: Mapping, key: str) -> Found:
-    matches = [k for k in obj if str(k) == key]
-    holders = [repr(k) for k, v in obj.items() if isinstance(v, (Mapping, torch.Tensor))]
-    if not matches:
-        raise InputError(f"key={key!r} is not in the checkpoint; entries holding tensors: {', '.join(holders) or 'none'}")
-    value = obj[matches[0]]
-    if isinstance(value, torch.Tensor):
-        tensors = {key: value}
-    elif isinstance(value, Mapping):
-        tensors = _flatten_tensors(value)
-    else:
-        raise InputError(f"key={key!r} holds a {type(value).__name__}, not a dict of tensors")
-    return Found(key, tensors, {k: v for k, v in obj.items() if k != matches[0]})
-
-
-def _flatten_tensors(mapping: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
-    return flatten_tensors(mapping, prefix)
-
-
-_looks_like_optimizer = looks_like_optimizer
-
-
-def describe(value: object) -> str:
-    """A one-line description of a non-weight entry (optimizer state, epoch, config...)."""
-    if _looks_like_optimizer(value):
-        states = value["state"] if isinstance(value["state"], Mapping) else {}
-        tensors = [t for s in list(states.values())[:MAX_DESCRIBED] if isinstance(s, Mapping) for t in list(s.values())[:64] if isinstance(t, torch.Tensor)]
-        groups = value["param_groups"] if isinstance(value["param_groups"], list) else []
-        lrs = sorted({g.get("lr") for g in groups[:MAX_DESCRIBED] if isinstance(g, Mapping) and type(g.get("lr")) is float})
-        lr = f", lr={lrs[0]}" if len(lrs) == 1 else ""
-        return (
-            f"optimizer state for {len(states)} parameters ({len(tensors)} tensors, "
-            f"{format_bytes(sum(t.nbytes for t in tensors))}), {len(groups)} param group(s){lr}"
-        )
-    if isinstance(value, torch.Tensor):
-        return f"tensor {str(value.dtype).removeprefix('torch.')} {list(value.shape)}"
-    if isinstance(value, Mapping):
-        keys = ", ".join(short_repr(k).strip("'") for k in list(value)[:8]) + (", ..." if len(value) > 8 else "")
-        return f"dict with {len(value)} keys ({keys})"
-    if isinstance(value, (list, tuple)):
-        return f"{type(value).__name__} of {len(value)} items"
-    text = short_repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-MAX_DESCRIBED = 100_000
 
 
 def dedupe_shared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, TensorSpec], dict[str, str]]:
@@ -352,20 +245,22 @@ class TorchSource(CheckpointSource):
         return found
 
     def _check_small_records(self, shard: Path, records: ZipRecords) -> None:
-        """The pickle and the small records beside it are CRC-checked before torch reads them."""
+        """The records torch reads at open (the pickle, the small ones beside it) are CRC-checked
+        first; tensor records as they are read; any others only by ``verify``."""
         ledger = self._ledgers[shard]
         with open(shard, "rb", buffering=0) as f:
             for record in records.by_name.values():
-                if "/data/" not in record.name[len(records.prefix) - 1 :]:
+                tensor_data = record.name.startswith(f"{records.prefix}data/")
+                if record.name == records.pickle_name() or (not tensor_data and record.size <= _SMALL_RECORD_BYTES):
                     ledger.mark(record, crc_of_range(f.fileno(), shard, record.data_offset, record.size))
         byteorder = records.by_name.get(f"{records.prefix}byteorder")
-        if byteorder is not None and os_read(shard, byteorder) != b"little":
+        if byteorder is not None and _read_record(shard, byteorder) != b"little":
             raise InputError(f"{shard}: a big-endian checkpoint: quantkit reads little-endian ones; re-save it on a little-endian machine")
 
     @staticmethod
     def _record_of(shard: Path, records: ZipRecords, name: str, tensor: torch.Tensor) -> Record:
         record = records.by_offset.get(tensor.untyped_storage()._checkpoint_offset)
-        if record is None or "/data/" not in record.name:
+        if record is None or not record.name.startswith(f"{records.prefix}data/"):
             raise InputError(f"{shard}: tensor {name!r} has no data record in the zip (damaged?)")
         return record
 
@@ -466,7 +361,7 @@ class TorchSource(CheckpointSource):
         self._loaded = None
 
 
-def os_read(path: Path, record: Record) -> bytes:
+def _read_record(path: Path, record: Record) -> bytes:
     with open(path, "rb", buffering=0) as f:
         f.seek(record.data_offset)
         return f.read(record.size)
