@@ -85,7 +85,9 @@ def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
     # torch's first line is generic advice (retry with weights_only=False); the line naming
     # the refused global is the one worth showing
     specific = [line for line in lines if "GLOBAL" in line or "nsupported" in line]
-    reason = (specific or lines or [exc.__class__.__name__])[0].rstrip(".")
+    reason = (specific or lines or [exc.__class__.__name__])[0]
+    # what follows is torch's advice to call its own API, which a quantkit user cannot follow
+    reason = reason.split(". Please use", 1)[0].rstrip(".")
     named = _GLOBAL_NAMED.search(reason)
     if named and named.group(1) in HARMLESS_GLOBALS:
         name = named.group(1)
@@ -129,9 +131,10 @@ def _storage_key(tensor: torch.Tensor) -> int:
 
 def check_kind(path: Path, name: str, tensor: torch.Tensor) -> None:
     """Refuse a tensor quantkit cannot convert: sparse, quantized, or a dtype safetensors lacks."""
-    if tensor.layout != torch.strided or tensor.is_quantized:
-        raise InputError(f"{path}: tensor {name!r} is {tensor.layout if tensor.layout != torch.strided else tensor.dtype}, "
-                         "which quantkit does not convert: save it as a dense tensor (t.to_dense() / t.dequantize())")
+    if tensor.layout != torch.strided:
+        raise InputError(f"{path}: tensor {name!r} is {tensor.layout}, which quantkit does not convert: save t.to_dense() instead")
+    if tensor.is_quantized:  # (torch fails earlier on the meta device; a legacy file gets here)
+        raise InputError(f"{path}: tensor {name!r} is quantized ({tensor.dtype}), which quantkit does not convert: save t.dequantize() instead")
     try:
         dtype_of(tensor.dtype)
     except ValueError:

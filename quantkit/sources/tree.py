@@ -57,18 +57,23 @@ def flatten_tensors(mapping: Mapping, prefix: str = "") -> dict[str, "torch.Tens
         if isinstance(value, torch.Tensor):
             if name in out:
                 raise InputError(
-                    f"entries {paths[name]} and {path} both give the tensor name {name!r}: "
+                    f"entries {shown(paths[name])} and {shown(path)} both give the tensor name {name!r}: "
                     "rename one of them and save the checkpoint again"
                 )
             out[name], paths[name] = value, path
         elif _nested_module(value):
             if id(value) in on_path:
-                raise InputError(f"entry {path} contains itself (a reference cycle): not a state dict")
+                raise InputError(f"entry {shown(path)} contains itself (a reference cycle): not a state dict")
             if len(stack) >= MAX_DEPTH:
-                raise InputError(f"entry {path} is nested more than {MAX_DEPTH} levels deep: not a state dict")
+                raise InputError(f"entry {shown(path)} is nested more than {MAX_DEPTH} levels deep: not a state dict")
             stack.append((iter(value.items()), name + ".", path, id(value)))
             on_path.add(id(value))
     return out
+
+
+def shown(path: str, limit: int = 80) -> str:
+    """A key path short enough for a one-line message."""
+    return path if len(path) <= limit else f"{path[: limit // 2]}...{path[-limit // 4 :]}"
 
 
 def as_json(value: object) -> tuple[bool, object]:
