@@ -162,3 +162,20 @@ def test_huge_config_is_noted_on_the_source(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "custom-thing", "num_hidden_layers": 200_000}))
     with open_checkpoint(tmp_path) as source:
         assert any("200000 layers (more than 1024)" in n and "by name rules" in n for n in source.info.notes)
+
+
+def test_an_empty_tensor_read_first_does_not_upset_the_mapping_check(tmp_path):
+    torch.save({"a_empty": torch.empty(0), "b": torch.arange(6.0), "c": torch.ones(3)}, tmp_path / "m.pth")
+    with open_checkpoint(tmp_path / "m.pth") as source:
+        assert [source.get_tensor(n).tolist() for n in ("a_empty", "b", "c")] == [[], list(range(6)), [1.0] * 3]
+
+
+@pytest.mark.parametrize("obj, fragment", [
+    ({1: torch.ones(1), "1": torch.zeros(1)}, "entries [1] and ['1'] both give the tensor name '1'"),
+    ({"w": torch.ones(1).expand(2**34)}, "tensor 'w' expands 4 stored bytes to"),
+    ({"w": torch.ones(2, dtype=torch.complex64)}, "has dtype torch.complex64, which safetensors cannot hold"),
+])
+def test_legacy_format_gets_the_same_checks(tmp_path, obj, fragment):
+    torch.save(obj, tmp_path / "m.pth", _use_new_zipfile_serialization=False)
+    with pytest.raises(InputError, match=fragment.replace("[", r"\[").replace("(", r"\(")):
+        open_checkpoint(tmp_path / "m.pth")
