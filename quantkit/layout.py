@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .errors import InputError
+from .jsonio import read_json
 from .version import __version__
 
 MANIFEST = "quantkit.json"  # what quantkit wrote: source, operation, per-file sizes and SHA-256
@@ -35,10 +36,7 @@ def default_output(src: Path, suffix: str) -> Path:
 def parse_index(index_path: Path) -> tuple[dict[str, str], dict]:
     """An index file's ``weight_map`` and ``metadata`` (empty when absent); InputError when
     it is not JSON or has no ``weight_map`` of names to file names. The one index parser."""
-    try:
-        index = json.loads(index_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InputError(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})") from None
+    index = read_json(index_path, what="index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise InputError(f"{index_path}: index has no 'weight_map' mapping tensor names to shard files")

@@ -16,12 +16,14 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import jsonio
 from .dtypes import BY_ST, st_name
 from .errors import InputError
 from .specs import TensorSpec
 
 HEADER_LENGTH_BYTES = 8
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+MAX_COUNT = 2**62  # past this no dimension, element count or offset is real (and int64 overflows)
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,9 @@ def read_header(path: Path) -> SafetensorsHeader:
             raise InputError(f"{path}: header length {header_bytes} exceeds the safetensors limit of {MAX_HEADER_BYTES}")
         raw = f.read(header_bytes)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
-        raise InputError(f"{path}: header is not valid JSON ({exc.__class__.__name__}): not a safetensors file, or damaged") from None
+        header = jsonio.loads(raw)
+    except jsonio.BadJson as exc:
+        raise InputError(f"{path}: header is not valid JSON ({exc.kind}): not a safetensors file, or damaged") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: header is JSON but not an object")
     metadata = _check_metadata(path, header.pop("__metadata__", {}))
@@ -102,6 +104,8 @@ def _parse_entry(path: Path, name: str, value: object) -> TensorEntry:
         or offsets[1] < offsets[0]
     ):
         raise InputError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+    if any(d >= MAX_COUNT for d in (*shape, *offsets)) or math.prod(max(d, 1) for d in shape) >= MAX_COUNT:
+        raise InputError(f"{path}: tensor {name!r} has an impossible shape {shape} or data_offsets {offsets} (beyond 2**62)")
     spec = TensorSpec(name, BY_ST[dtype_name], tuple(shape))
     if offsets[1] - offsets[0] != spec.nbytes:
         raise InputError(

@@ -9,14 +9,16 @@ the same rules are applied by shape and name.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from .groups import group_of
+from .errors import InputError
+from .jsonio import read_json_object
 from .sources import CheckpointSource
+from .sources.hfconfig import too_large_to_build
 
 # GPT-2-style Conv1D modules store their weight [in, out].
 _CONV1D_NAME = re.compile(r"(^|\.)c_(attn|proj|fc)\.weight$")
@@ -104,11 +106,11 @@ def layout_for(config_dir: Path | None) -> LinearLayout | None:
     if config_dir is None:
         return None
     try:
-        model_type = json.loads((config_dir / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
+        config = read_json_object(config_dir / "config.json", what="config.json")
+    except (OSError, InputError):
         return None
-    if model_type in NAME_RULES_MATCH_TRANSFORMERS:
-        return None
+    if config.get("model_type") in NAME_RULES_MATCH_TRANSFORMERS or too_large_to_build(config):
+        return None  # a model too large to build on the meta device quickly falls back to the name rules
     return hf_linear_layout(config_dir)
 
 

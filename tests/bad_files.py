@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import pickle
 import struct
+import sys
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +141,106 @@ def _not_a_dir(folder: Path) -> Path:
     return folder / "empty_dir"
 
 
+def _save(folder: Path, obj: object, name: str = "model.pth") -> Path:
+    torch.save(obj, folder / name)
+    return folder / name
+
+
+def _repacked(folder: Path, method: int = zipfile.ZIP_DEFLATED) -> Path:
+    """A .pth re-packed by a zip tool: every member deflated."""
+    src = _save(folder, _tensors(), "orig.pth")
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(folder / "model.pth", "w", method) as new:
+        for info in old.infolist():
+            new.writestr(info.filename, old.read(info.filename))
+    src.unlink()
+    return folder / "model.pth"
+
+
+def _pickle_bomb(folder: Path) -> Path:
+    """A small zip whose data.pkl inflates to 20 MB (one long string beside the weights)."""
+    src = _save(folder, {"w": torch.ones(2), "pad": "x" * 20_000_000}, "orig.pth")
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(folder / "model.pth", "w") as new:
+        for info in old.infolist():
+            method = zipfile.ZIP_DEFLATED if info.filename.endswith("data.pkl") else zipfile.ZIP_STORED
+            new.writestr(info.filename, old.read(info.filename), compress_type=method)
+    src.unlink()
+    return folder / "model.pth"
+
+
+def _short_record(folder: Path) -> Path:
+    """A zip rebuilt with a tensor's record cut to half the bytes its pickle claims (CRCs all valid)."""
+    src = _save(folder, {"w": torch.ones(4)}, "orig.pth")
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(folder / "model.pth", "w") as new:
+        for info in old.infolist():
+            data = old.read(info.filename)
+            new.writestr(info.filename, data[: len(data) // 2] if info.filename.endswith("/data/0") else data)
+    src.unlink()
+    return folder / "model.pth"
+
+
+def flip_data_byte(path: Path) -> Path:
+    """Flip one byte inside the largest tensor record of a .pth (its CRC-32 then fails)."""
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _deep(folder: Path, depth: int = 5000) -> Path:
+    root = node = {}
+    for _ in range(depth):
+        node["x"] = {}
+        node = node["x"]
+    node["w"] = torch.ones(2)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth * 4 + 1000)
+    try:
+        return _save(folder, root)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _self_referencing(folder: Path) -> Path:
+    sd: dict = {"w": torch.ones(2)}
+    sd["again"] = sd
+    return _save(folder, sd)
+
+
+def _dag(folder: Path, levels: int = 40) -> Path:
+    node: dict = {"w": torch.ones(1)}
+    for _ in range(levels):
+        node = {"a": node, "b": node}
+    return _save(folder, node)
+
+
+def _quantized(folder: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.qint8)
+    return _save(folder, {"w": torch.ones(2), "q": q})
+
+
+def _lightning_with_path(folder: Path) -> Path:
+    return _save(folder, {"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"data_dir": pathlib.PosixPath("/data")}}, "model.ckpt")
+
+
+def _hf_folder(folder: Path, config: bytes) -> Path:
+    _valid_st(folder)
+    (folder / "config.json").write_bytes(config)
+    return folder
+
+
+def _st_with_aliases(folder: Path, aliases: dict) -> Path:
+    save_file(_tensors(), str(folder / "model.safetensors"), metadata={"format": "pt", "quantkit.aliases": json.dumps(aliases)})
+    return folder / "model.safetensors"
+
+
+BIG_INT = "1" * 5001
+
+
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89" + b"\x00" * 40
 
 BAD_INPUTS: list[Bad] = [
@@ -174,7 +278,49 @@ BAD_INPUTS: list[Bad] = [
     Bad("legacy-float8-unreadable", _legacy_float8, "cannot read this PyTorch checkpoint", 3),
     # nothing to convert
     Bad("zero-tensors-safetensors", lambda f: (save_file({}, str(f / "model.safetensors")), f / "model.safetensors")[1], "the checkpoint holds no tensors", 3),
+    # issue 11: pickles and zips that used to give wrong data, a traceback or a hang
+    Bad("pth-deflated-records", _repacked, "zip member 'orig/data.pkl' is compressed (method 8)", 3),
+    Bad("pth-data-pkl-inflate-bomb", _pickle_bomb, "zip member 'orig/data.pkl' is compressed (method 8)", 3),
+    Bad("pth-int-and-str-key-one-name", lambda f: _save(f, {1: torch.ones(2), "1": torch.zeros(2)}),
+        "entries [1] and ['1'] both give the tensor name '1'", 3),
+    Bad("pth-nested-and-dotted-one-name", lambda f: _save(f, {"a": {"b": torch.ones(2)}, "a.b": torch.zeros(2)}),
+        "entries ['a']['b'] and ['a.b'] both give the tensor name 'a.b'", 3),
+    Bad("pth-5000-deep", _deep, "is nested more than 100 levels deep", 3),
+    Bad("pth-self-referencing-dict", _self_referencing, "entry ['again'] contains itself (a reference cycle)", 3),
+    Bad("pth-dag-2-to-the-40-paths", _dag, "entries to walk (shared sub-dicts?): refused", 3),
+    Bad("pth-complex-tensor", lambda f: _save(f, {"w": torch.ones(2, dtype=torch.complex64)}),
+        "tensor 'w' has dtype torch.complex64, which safetensors cannot hold", 3),
+    Bad("pth-sparse-tensor", lambda f: _save(f, {"w": torch.ones(2, 2).to_sparse()}), "tensor 'w' is torch.sparse_coo, which quantkit does not convert", 3),
+    Bad("pth-quantized-tensor", _quantized, "holds quantized tensors (torch.qint8 / quint8 / qint32)", 3),
+    Bad("pth-float8-e4m3fnuz", lambda f: _save(f, {"w": torch.zeros(2, dtype=torch.float8_e4m3fnuz)}),
+        "tensor 'w' has dtype torch.float8_e4m3fnuz, which safetensors cannot hold", 3),
+    Bad("pth-stride-0-64-gib", lambda f: _save(f, {"w": torch.ones(1).expand(2**34)}), "tensor 'w' expands 4 stored bytes to", 3),
+    Bad("pth-record-shorter-than-claimed", _short_record, "tensor 'w' claims a storage of 16 bytes but its record 'orig/data/0' holds 8", 3),
+    Bad("pth-tensor-named-metadata", lambda f: _save(f, {"__metadata__": torch.ones(2), "w": torch.ones(2)}),
+        "a tensor is named '__metadata__', which is the name of safetensors' metadata block", 3),
+    Bad("lightning-pathlib-hparams", _lightning_with_path,
+        "pass allow_globals=('pathlib.PosixPath',) (CLI: --allow-global pathlib.PosixPath)", 4),
+    # issue 11: JSON anywhere, absurd shapes, dangling tied names
+    Bad("st-5001-digit-integer", lambda f: _st_header(f, b'{"a": {"dtype": "F32", "shape": [' + BIG_INT.encode() + b'], "data_offsets": [0, 4]}}', b"\0" * 4),
+        "header is not valid JSON (ValueError: a number with too many digits)", 3),
+    Bad("index-5001-digit-integer", lambda f: _write(f, "model.safetensors.index.json", b'{"metadata": {"total_size": ' + BIG_INT.encode() + b'}, "weight_map": {}}'),
+        "index is not valid JSON (ValueError: a number with too many digits)", 3),
+    Bad("st-shape-0-by-2-to-the-70", lambda f: _st_header(f, {"a": {"dtype": "F32", "shape": [0, 2**70], "data_offsets": [0, 0]}}, b""),
+        "tensor 'a' has an impossible shape [0, 1180591620717411303424]", 3),
+    Bad("config-not-json", lambda f: _hf_folder(f, b"{not json"), "config.json is not valid JSON (JSONDecodeError)", 3, "config.json"),
+    Bad("config-is-a-list", lambda f: _hf_folder(f, b"[1, 2]"), "config.json must be a JSON object, not a list", 3, "config.json"),
+    Bad("config-5001-digit-integer", lambda f: _hf_folder(f, b'{"vocab_size": ' + BIG_INT.encode() + b"}"),
+        "config.json is not valid JSON (ValueError: a number with too many digits)", 3, "config.json"),
+    Bad("config-hidden-size-a-list", lambda f: _hf_folder(f, b'{"hidden_size": [1]}'), "hidden_size must be a non-negative integer, not '[1]'", 3, "config.json"),
+    Bad("st-aliases-to-missing-name", lambda f: _st_with_aliases(f, {"lm_head.weight": "nope.weight"}),
+        "ties 'lm_head.weight' to 'nope.weight', which no file holds", 3),
     Bad("zero-tensors-pth", lambda f: (torch.save({"epoch": 3, "step": 10}, f / "model.pth"), f / "model.pth")[1], "the checkpoint holds no tensors (it holds: epoch, step)", 3),
+]
+
+
+# Damage found only as the data is read (convert, reshard, verify), not by `inspect`.
+BAD_DATA: list[Bad] = [
+    Bad("pth-flipped-data-byte", lambda f: flip_data_byte(_save(f, _tensors())), "fails its CRC-32 check: the file is damaged", 3),
 ]
 
 

@@ -25,7 +25,7 @@ _KEYS = 1 << 16
 
 # bitsandbytes' 4-bit code tables (``get_4bit_type``), as float32 bit patterns, so that the
 # CPU path need not import bitsandbytes (which takes ~2 s: it loads torch's compiler stack).
-# tests/schemes/test_fast4bit.py checks them against bitsandbytes bit for bit.
+# tests/schemes/test_fourbit_cpu.py checks them against bitsandbytes bit for bit.
 _CODE_BITS = {
     "nf4": [
         -0x40800000, -0x40CDC64F, -0x40F994D0, -0x4135CD60, -0x416E5DB3, -0x41C2CAC1, -0x4245878F, 0x0,

@@ -23,6 +23,9 @@ class SourceInfo:
     format: str
     files: list[Path]
     extras: dict[str, str] = field(default_factory=dict)  # non-tensor content, described
+    # the non-tensor entries that are plain JSON (a vocabulary, the epoch, metrics), as they are:
+    # a converter keeps them (quantkit.json); the others are only described in ``extras``
+    extras_json: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # things the user should know (e.g. read whole)
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__ of the first file
     config_dir: Path | None = None  # the Hugging Face folder, when the source is one
@@ -84,7 +87,10 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # p
 
 def detect_torch_format(path: Path) -> str | None:
     """``"torch-zip"``, ``"torch-legacy"`` or None when the file is neither."""
-    if zipfile.is_zipfile(path):
+    try:
+        if zipfile.is_zipfile(path):
+            return "torch-zip"
+    except zipfile.BadZipFile:  # is_zipfile itself raises on some damaged end records
         return "torch-zip"
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_MAGIC))

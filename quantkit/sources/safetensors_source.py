@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .. import jsonio
 from ..errors import InputError
 from ..layout import ALIASES_KEY, read_index
 from ..safetensors_format import SafetensorsHeader, read_header, read_range, read_tensor
@@ -15,12 +15,20 @@ def _aliases_from(metadata: dict[str, str], path: Path) -> dict[str, str]:
     if not raw:
         return {}
     try:
-        aliases = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
+        aliases = jsonio.loads(raw)
+    except jsonio.BadJson:
         raise InputError(f"{path}: metadata {ALIASES_KEY!r} is not JSON") from None
     if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise InputError(f"{path}: metadata {ALIASES_KEY!r} must map dropped names to kept names")
     return dict(aliases)
+
+
+def _check_aliases(path: Path, aliases: dict[str, str], specs: dict) -> None:
+    for alias, kept in aliases.items():
+        if kept not in specs:
+            raise InputError(f"{path}: metadata {ALIASES_KEY!r} ties {alias!r} to {kept!r}, which no file holds (damaged metadata)")
+        if alias in specs:
+            raise InputError(f"{path}: metadata {ALIASES_KEY!r} ties {alias!r} to {kept!r}, but {alias!r} is stored too (damaged metadata)")
 
 
 class SafetensorsSource(CheckpointSource):
@@ -45,6 +53,7 @@ class SafetensorsSource(CheckpointSource):
         aliases = {}
         for header in headers:
             aliases.update(_aliases_from(header.metadata, header.path))
+        _check_aliases(path, aliases, specs)
         super().__init__(path, info, specs, aliases)
         self._owner = owner
 

@@ -17,7 +17,7 @@ def complex_pth(tmp_path):
 
 
 def test_opening_names_the_file_and_tensor(complex_pth):
-    with pytest.raises(InputError, match=r"complex\.pth: tensor 'freqs_cis' is torch\.complex64"):
+    with pytest.raises(InputError, match=r"complex\.pth: tensor 'freqs_cis' has dtype torch\.complex64"):
         open_checkpoint(complex_pth)
 
 
@@ -26,4 +26,4 @@ def test_cli_exits_3(cli, complex_pth, command):
     result = cli(*command[:1], str(complex_pth), *command[1:])
     assert result.exit_code == 3
     assert "internal error" not in result.stderr
-    assert f"{complex_pth}: tensor 'freqs_cis' is torch.complex64" in result.stderr
+    assert f"{complex_pth}: tensor 'freqs_cis' has dtype torch.complex64" in result.stderr
