@@ -156,14 +156,37 @@ def dequantize(stored: Mapping[str, np.ndarray], scheme: str, *, name: str = "we
     """
     if scheme not in SCHEMES:
         raise UsageError(f"{name}: unknown compressed-tensors scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-    missing = [t for t in _suffixes(scheme) if t not in stored]
-    if missing:
-        raise InputError(f"{name}: stored {scheme} tensors lack {', '.join(missing)}; the checkpoint is incomplete")
+    _check_stored(stored, scheme, name)
     if scheme == "fp8":
         return dequantize_fp8(stored["weight"], stored["weight_scale"])
     if scheme == "fp8-block":
         return dequantize_fp8(stored["weight"], stored["weight_scale"], block=FP8_BLOCK)
     return dequantize_int_group(stored["weight_packed"], stored["weight_scale"], stored["weight_shape"], bits=_INT_BITS[scheme], name=name)
+
+
+def _check_stored(stored: Mapping[str, np.ndarray], scheme: str, name: str) -> None:
+    """The stored tensors are those ``quantize`` writes for some weight: names, dtypes, shapes."""
+    missing = [t for t in _suffixes(scheme) if t not in stored]
+    if missing:
+        raise InputError(f"{name}: stored {scheme} tensors lack {', '.join(missing)}; the checkpoint is incomplete")
+    scale = np.asarray(stored["weight_scale"])
+    if scheme.startswith("fp8"):
+        shape, group_size = np.shape(stored["weight"]), DEFAULT_GROUP_SIZE
+    else:
+        shape = tuple(int(v) for v in np.asarray(stored["weight_shape"]).reshape(-1))
+        groups = scale.shape[-1] if scale.ndim == 2 and scale.shape[-1] else 1
+        group_size = shape[-1] // groups if len(shape) == 2 and shape[-1] >= groups else DEFAULT_GROUP_SIZE
+    try:
+        expected = stored_tensors(shape, scale.dtype, scheme, group_size=group_size, name=name)
+    except (InputError, UsageError) as error:
+        raise InputError(f"{error}; the stored tensors do not describe a {scheme} weight") from None
+    for spec in expected:
+        array = np.asarray(stored[spec.suffix])
+        if (array.dtype, array.shape) != (spec.dtype.numpy, spec.shape):
+            raise InputError(
+                f"{name}: stored {spec.suffix} is {array.dtype} {list(array.shape)}, "
+                f"a {scheme} weight of shape {list(shape)} stores {spec.dtype.numpy} {list(spec.shape)}; the checkpoint is damaged"
+            )
 
 
 # -- FP8 -------------------------------------------------------------------------------------
@@ -253,7 +276,7 @@ def dequantize_int_group(packed: np.ndarray, scale: np.ndarray, shape: np.ndarra
     """Unpack ``weight_packed`` and multiply each group by its scale, in the scale's dtype."""
     rows, cols = (int(v) for v in np.asarray(shape).reshape(-1)[:2])
     if scale.ndim != 2 or scale.shape[0] != rows or scale.shape[1] == 0 or cols % scale.shape[1]:
-        raise InputError(f"{name}: weight_scale shape {tuple(scale.shape)} does not fit weight_shape [{rows}, {cols}]")
+        raise InputError(f"{name}: weight_scale shape {list(scale.shape)} does not fit weight_shape [{rows}, {cols}]")
     codes = unpack_int32(packed, bits, cols).astype(np.float32)
     groups = scale.shape[1]
     return _times_scale(codes.reshape(rows, groups, cols // groups), scale[:, :, None]).reshape(rows, cols)

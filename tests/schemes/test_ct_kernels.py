@@ -289,3 +289,22 @@ def test_dequantize_refuses_incomplete_tensors():
     del stored["weight_shape"]
     with pytest.raises(InputError, match="lack weight_shape"):
         dequantize(stored, "w4a16", name="p.weight")
+
+
+@pytest.mark.parametrize(
+    "scheme,suffix,bad",
+    [
+        ("w4a16", "weight_packed", lambda a: a[:, :-1]),
+        ("w8a16", "weight_shape", lambda a: np.array([4, 256], np.int64)),
+        ("w8a16", "weight_scale", lambda a: a[:-1]),
+        ("w4a16", "weight_packed", lambda a: a.view(np.float32)),
+        ("fp8", "weight_scale", lambda a: a[:-1]),
+        ("fp8-block", "weight_scale", lambda a: np.concatenate([a, a], axis=1)),
+        ("fp8", "weight", lambda a: a.astype(np.float32)),
+    ],
+)
+def test_dequantize_refuses_damaged_tensors(scheme, suffix, bad):
+    stored = quantize(random_weight((4, 128), "float32", seed=0), scheme)
+    stored[suffix] = bad(stored[suffix])
+    with pytest.raises(InputError, match=r"^p\.weight: .*(damaged|does not describe)"):
+        dequantize(stored, scheme, name="p.weight")
