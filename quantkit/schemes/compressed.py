@@ -49,6 +49,7 @@ bit everywhere else.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -235,13 +236,49 @@ def _fp8_codes(wide: np.ndarray, wide_scale: np.ndarray, dtype: np.dtype) -> np.
     np.clip(q, -FP8_MAX, FP8_MAX, out=q)
     if dtype == np.float64:  # torch casts float64 to FP8 through float32
         q = q.astype(np.float32)
-    elif dtype != np.float32:
+    elif dtype == ml_dtypes.bfloat16:
         q = q.astype(dtype)
-    codes = q.astype(ml_dtypes.float8_e4m3fn)
+    elif dtype == np.float16:
+        q = q.astype(dtype).astype(np.float32)
+    codes = _encode_fp8(q)
     if not np.isfinite(wide_scale).all():  # NaN codes only come from a NaN or infinite scale
-        nan = np.isnan(q)
-        codes.view(np.uint8)[nan] = _FP8_NAN
+        codes.view(np.uint8)[np.isnan(q)] = _FP8_NAN
     return codes
+
+
+@functools.cache
+def _fp8_table() -> np.ndarray:
+    """FP8 E4M3 code of every float32 whose bits 0-14 are zero, indexed by its bits 15-31.
+
+    Rounding a float32 to FP8 (3 mantissa bits) looks at bit 19 and up for normal results,
+    higher for subnormal ones, and at bits below only through "any of them set". Folding
+    bits 0-14 into bit 15 as one "any set" bit keeps every rounding decision, so the code of
+    any float32 is this table at ``(u | sticky(u & 0x7FFF) << 15) >> 15``: two times faster
+    than ml_dtypes' own cast here, and the same bytes (ml_dtypes rounds to nearest even, as
+    torch does)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (np.arange(1 << 17, dtype=np.uint32) << 15).view(np.float32).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+
+
+def _encode_fp8(values: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
+    """FP8 codes of float32 (or BF16) values, rounded to nearest even; chunks stay in cache."""
+    table = _fp8_table()
+    flat = values.reshape(-1)
+    codes = np.empty(flat.shape, dtype=np.uint8)
+    if values.dtype == ml_dtypes.bfloat16:  # BF16 bits are float32's bits 16-31
+        for start in range(0, flat.size, chunk):
+            index = flat[start : start + chunk].view(np.uint16).astype(np.uint32)
+            index <<= 1
+            np.take(table, index, out=codes[start : start + chunk])
+        return codes.reshape(values.shape).view(ml_dtypes.float8_e4m3fn)
+    for start in range(0, flat.size, chunk):
+        bits = flat[start : start + chunk].view(np.uint32)
+        index = bits & np.uint32(0x7FFF)
+        index += np.uint32(0x7FFF)  # bit 15 now says "bits 0-14 were not all zero"
+        index |= bits
+        index >>= 15
+        np.take(table, index, out=codes[start : start + chunk])
+    return codes.reshape(values.shape).view(ml_dtypes.float8_e4m3fn)
 
 
 # -- INT8 / INT4 -----------------------------------------------------------------------------

@@ -308,3 +308,22 @@ def test_dequantize_refuses_damaged_tensors(scheme, suffix, bad):
     stored[suffix] = bad(stored[suffix])
     with pytest.raises(InputError, match=r"^p\.weight: .*(damaged|does not describe)"):
         dequantize(stored, scheme, name="p.weight")
+
+
+def test_fp8_encoder_equals_ml_dtypes_cast():
+    """quantkit's table encoder against ml_dtypes' float32 -> FP8 cast (round to nearest even),
+    on random bit patterns within +-448 and on every tie between FP8 values and its neighbours."""
+    from quantkit.schemes.compressed import _encode_fp8
+
+    bits = np.random.default_rng(0).integers(0, 1 << 32, 2_000_000, dtype=np.uint64).astype(np.uint32)
+    values = bits.view(np.float32)
+    values = values[np.abs(values) <= FP8_MAX]
+    grid = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    grid = np.sort(grid[np.isfinite(grid)])
+    ties = ((grid[1:] + grid[:-1]) / 2).astype(np.float32)
+    near = [ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf)), grid.astype(np.float32)]
+    values = np.concatenate([values, *near, np.float32([2.0**-149, -(2.0**-149), 2.0**-10, 0.0, -0.0])])
+    expected = values.astype(ml_dtypes.float8_e4m3fn)
+    assert _encode_fp8(values).tobytes() == expected.tobytes()
+    as_bf16 = values.astype(ml_dtypes.bfloat16)
+    assert _encode_fp8(as_bf16).tobytes() == as_bf16.astype(ml_dtypes.float8_e4m3fn).tobytes()
