@@ -239,7 +239,7 @@ def _fp8_codes(wide: np.ndarray, wide_scale: np.ndarray, dtype: np.dtype) -> np.
     elif dtype == ml_dtypes.bfloat16:
         q = q.astype(dtype)
     elif dtype == np.float16:
-        q = q.astype(dtype).astype(np.float32)
+        q = _round_to(q, dtype)
     codes = _encode_fp8(q)
     if not np.isfinite(wide_scale).all():  # NaN codes only come from a NaN or infinite scale
         codes.view(np.uint8)[np.isnan(q)] = _FP8_NAN
@@ -351,6 +351,8 @@ def _widen(values: np.ndarray) -> np.ndarray:
     FP16 (exact), as it is for float32 and float64."""
     if values.dtype in (np.float32, np.float64):
         return values
+    if values.dtype == np.float16:  # numpy's own FP16 cast is ~6x slower than a lookup here
+        return np.take(_f16_to_f32_table(), values.view(np.uint16))
     return values.astype(np.float32)
 
 
@@ -359,7 +361,35 @@ def _round_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     FP16 operation's result."""
     if values.dtype == dtype:
         return values
+    if dtype == np.float16 and np.isfinite(values).all():
+        return _round_f16(values)
     return values.astype(dtype).astype(np.float32)
+
+
+@functools.cache
+def _f16_to_f32_table() -> np.ndarray:
+    return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def _round_f16(values: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
+    """Finite float32 values rounded to the nearest-even FP16 value, kept as float32: the
+    mantissa cut to 10 bits with integer arithmetic (normal FP16 results), the subnormal range
+    (below 2^-14) rounded on its fixed 2^-24 grid. Same values as numpy's own cast, faster."""
+    flat = values.reshape(-1)
+    out = np.empty(flat.shape, dtype=np.uint32)
+    for start in range(0, flat.size, chunk):
+        x = flat[start : start + chunk]
+        bits = x.view(np.uint32)
+        rounded = out[start : start + chunk]
+        np.right_shift(bits, 13, out=rounded)
+        rounded &= np.uint32(1)  # the kept mantissa's last bit: ties go to even
+        rounded += np.uint32(0xFFF)
+        rounded += bits
+        rounded &= np.uint32(0xFFFFE000)
+        small = np.abs(x) < np.float32(2.0**-14)
+        if small.any():
+            rounded.view(np.float32)[small] = np.rint(x[small] * np.float32(2.0**24)) * np.float32(2.0**-24)
+    return out.view(np.float32).reshape(values.shape)
 
 
 def _absmax(wide: np.ndarray, *, axis: int) -> np.ndarray:

@@ -327,3 +327,22 @@ def test_fp8_encoder_equals_ml_dtypes_cast():
     assert _encode_fp8(values).tobytes() == expected.tobytes()
     as_bf16 = values.astype(ml_dtypes.bfloat16)
     assert _encode_fp8(as_bf16).tobytes() == as_bf16.astype(ml_dtypes.float8_e4m3fn).tobytes()
+
+
+def test_f16_rounding_equals_numpy_cast():
+    """quantkit's FP16 rounding (integer arithmetic, subnormals on their grid) and its FP16 ->
+    float32 lookup against numpy's own casts, ties and the subnormal range included."""
+    from quantkit.schemes.compressed import _round_to, _widen
+
+    rng = np.random.default_rng(1)
+    bits = rng.integers(0, 1 << 32, 2_000_000, dtype=np.uint64).astype(np.uint32)
+    values = bits.view(np.float32)
+    values = values[np.isfinite(values) & (np.abs(values) < 65504)]
+    grid = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float64)
+    grid = np.sort(grid[np.isfinite(grid)])
+    ties = ((grid[1:] + grid[:-1]) / 2).astype(np.float32)
+    scaled = rng.standard_normal(100_000).astype(np.float32) * np.float32(2.0**-16)  # around the subnormal edge
+    values = np.concatenate([values, ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf)), scaled])
+    assert _round_to(values, np.float16).tobytes() == values.astype(np.float16).astype(np.float32).tobytes()
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    assert _widen(halves).tobytes() == halves.astype(np.float32).tobytes()
