@@ -5,6 +5,10 @@ writes it (compressed-tensors 0.19: ``QuantizationConfig.model_dump()`` plus ``v
 ``quant_method`` and ``transform_config``, llmcompressor/entrypoints/model_free/save_utils.py).
 The argument sets are those of the presets in compressed_tensors/quantization/quant_scheme.py
 (FP8_DYNAMIC, FP8_BLOCK, and ``_int_wnam`` for W8A16 / W4A16).
+
+The reference dumps the whole config.json with ``sort_keys=True`` (save_utils.py:67), so in its
+file the config groups appear sorted by name, not in the order that decided overlapping
+targets while quantizing; a writer that wants both to agree gives the groups disjoint targets.
 """
 
 from __future__ import annotations

@@ -154,8 +154,9 @@ def test_several_groups_equal_model_free_ptq(tiny_llama, tmp_path, groups, expec
     built = quantization_config([ConfigGroup(s, targets=t) for s, t in groups], ignore=LLAMA_IGNORE)
     assert built["format"] == expected_format
     assert written == built
-    # The reference writes config.json with sort_keys=True (save_utils.py:166), so its groups
-    # come back sorted by name, not in the order that decided overlapping targets.
+    # The reference writes config.json with sort_keys=True (llmcompressor/entrypoints/
+    # model_free/save_utils.py:67), so its groups come back sorted by name, not in the order
+    # that decided overlapping targets.
     assert list(written["config_groups"]) == sorted(built["config_groups"])
 
 
