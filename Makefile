@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[hf,dev]"
+	$(BIN)/pip install -q -e ".[hf,dev,ref]"
 	touch $@
 
 setup: $(BIN)/.installed
