@@ -1,0 +1,82 @@
+"""Element conversions the kernels share, on bit patterns, compiled inline.
+
+Inputs arrive as the bytes a checkpoint stores: float32, or bfloat16 / float16 viewed as
+uint16 (numba has no bfloat16 type). Each kernel widens them to float32, which is exact,
+as bitsandbytes' ``A.float()`` is. NaN inputs never reach these paths' results: the
+kernels report them and the caller takes the reference path (see ``_reference``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+F32_ONE = np.float32(1.0)
+_TWO_POW_M24 = np.float32(2.0**-24)  # float16's smallest subnormal
+_HALF_SUBNORMAL_MAGIC = np.float32(0.5)  # floats near 0.5 are 2**-24 apart
+
+
+@njit(inline="always", nogil=True, cache=True)
+def bf16_to_f32(bits):
+    return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def f16_to_f32(bits):
+    """An IEEE half's bits as float32 (exact); NaN payloads are not kept (NaNs are reported)."""
+    b = np.uint32(bits)
+    sign = (b & np.uint32(0x8000)) << np.uint32(16)
+    magnitude = b & np.uint32(0x7FFF)
+    exponent = magnitude >> np.uint32(10)
+    normal = np.uint32((magnitude << np.uint32(13)) + np.uint32(112 << 23)).view(np.float32)
+    subnormal = np.float32(magnitude) * _TWO_POW_M24
+    special = np.uint32((magnitude << np.uint32(13)) | np.uint32(0x7F800000)).view(np.float32)
+    value = subnormal if exponent == 0 else (special if exponent == 31 else normal)
+    return np.uint32(np.float32(value).view(np.uint32) | sign).view(np.float32)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def round_to_f16(x):
+    """``x`` rounded to the nearest float16 (ties to even, overflow to inf), as float32:
+    the value ``x.to(torch.float16)`` holds. NaN stays NaN."""
+    b = np.float32(x).view(np.uint32)
+    sign = b & np.uint32(0x80000000)
+    magnitude = b & np.uint32(0x7FFFFFFF)
+    # normal range: drop 13 mantissa bits, rounding to nearest even (a carry may raise the exponent)
+    odd = (magnitude >> np.uint32(13)) & np.uint32(1)
+    normal = np.uint32((magnitude + np.uint32(0xFFF) + odd) & np.uint32(0xFFFFE000))
+    # subnormal range: multiples of 2**-24, by the float adder's own rounding
+    tiny = np.float32((abs(x) + _HALF_SUBNORMAL_MAGIC) - _HALF_SUBNORMAL_MAGIC).view(np.uint32)
+    rounded = tiny if magnitude < np.uint32(0x38800000) else normal
+    rounded = np.uint32(0x7F800000) if magnitude >= np.uint32(0x477FF000) else rounded
+    rounded = magnitude if magnitude > np.uint32(0x7F800000) else rounded
+    return np.uint32(rounded | sign).view(np.float32)
+
+
+_F16_NORMAL_MIN = np.float32(2.0**-14)
+F16_OVERFLOW_BITS = np.uint32(0x477FF000)  # |x| from here up rounds to inf in float16
+ABS_MASK = np.uint32(0x7FFFFFFF)
+INF_BITS = np.uint32(0x7F800000)
+
+
+@njit(nogil=True, cache=True)
+def round_to_f16_in_range(x):
+    """``round_to_f16`` for |x| below ``F16_OVERFLOW_BITS`` and not NaN: the common case,
+    in a form the compiler vectorises (~2.5x faster)."""
+    b = np.float32(x).view(np.uint32)
+    normal = np.uint32((b + np.uint32(0xFFF) + ((b >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000))
+    magnitude = abs(x)
+    tiny = np.copysign((magnitude + _HALF_SUBNORMAL_MAGIC) - _HALF_SUBNORMAL_MAGIC, x)
+    return tiny if magnitude < _F16_NORMAL_MIN else normal.view(np.float32)
+
+
+@njit(nogil=True, cache=True)
+def abs_max_bits(row):
+    """The largest |value| of a float32 row, as bits: for floats that are not NaN, the
+    order of their magnitude bits is the order of their magnitudes, and an integer maximum
+    vectorises where a float one (NaN rules) does not. Above ``INF_BITS``: a NaN is there."""
+    bits = row.view(np.uint32)
+    largest = np.uint32(0)
+    for i in range(bits.shape[0]):
+        largest = max(largest, np.uint32(bits[i] & ABS_MASK))
+    return largest
