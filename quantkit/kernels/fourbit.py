@@ -3,7 +3,7 @@
 Byte-identical to bitsandbytes' CPU ``quantize_4bit``: the values, flattened in row order,
 are cut into blocks; each block's largest |value| is its ``absmax``; each value times
 ``1 / max(absmax, 1e-38)`` (a trailing partial block: divided by it), clamped to [-1, 1],
-gets the code whose table value is nearest, as ``torch.bucketize`` over the midpoints of
+(that clamped absmax is what it stores for a partial block) gets the code whose table value is nearest, as ``torch.bucketize`` over the midpoints of
 the sorted table finds it (a value on a midpoint takes the lower code; a NaN, from an inf
 in the block, takes the highest sorted code, as bucketize places it); two codes a byte,
 the first in the high nibble, an odd count padded with the code of 0.
@@ -85,9 +85,9 @@ def _quantize_blocks(values, blocksize, midpoints, order, sorted_table, packed, 
         largest = abs_max_bits(block)
         saw_nan |= largest > INF_BITS
         block_max = np.uint32(largest).view(np.float32)
-        absmax[b] = block_max
         safe = max(block_max, _TINY)
         count = block.shape[0]
+        absmax[b] = safe if count < blocksize else block_max  # bitsandbytes keeps the clamped one there
         _block_positions(block, F32_ONE / safe, safe, count < blocksize, midpoints, positions)
         out = packed[start // 2 :]
         if sorted_table:  # NF4: the sorted position is the code
