@@ -9,19 +9,20 @@ kernels report them and the caller takes the reference path (see ``_reference``)
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from ._jit import kernel
 
 F32_ONE = np.float32(1.0)
 _TWO_POW_M24 = np.float32(2.0**-24)  # float16's smallest subnormal
 _HALF_SUBNORMAL_MAGIC = np.float32(0.5)  # floats near 0.5 are 2**-24 apart
 
 
-@njit(inline="always", nogil=True, cache=True)
+@kernel(inline=True)
 def bf16_to_f32(bits):
     return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
 
 
-@njit(inline="always", nogil=True, cache=True)
+@kernel(inline=True)
 def f16_to_f32(bits):
     """An IEEE half's bits as float32 (exact); NaN payloads are not kept (NaNs are reported)."""
     b = np.uint32(bits)
@@ -35,7 +36,7 @@ def f16_to_f32(bits):
     return np.uint32(np.float32(value).view(np.uint32) | sign).view(np.float32)
 
 
-@njit(inline="always", nogil=True, cache=True)
+@kernel(inline=True)
 def round_to_f16(x):
     """``x`` rounded to the nearest float16 (ties to even, overflow to inf), as float32:
     the value ``x.to(torch.float16)`` holds. NaN stays NaN."""
@@ -59,7 +60,7 @@ ABS_MASK = np.uint32(0x7FFFFFFF)
 INF_BITS = np.uint32(0x7F800000)
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def round_to_f16_in_range(x):
     """``round_to_f16`` for |x| below ``F16_OVERFLOW_BITS`` and not NaN: the common case,
     in a form the compiler vectorises (~2.5x faster)."""
@@ -70,7 +71,7 @@ def round_to_f16_in_range(x):
     return tiny if magnitude < _F16_NORMAL_MIN else normal.view(np.float32)
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def abs_max_bits(row):
     """The largest |value| of a float32 row, as bits: for floats that are not NaN, the
     order of their magnitude bits is the order of their magnitudes, and an integer maximum

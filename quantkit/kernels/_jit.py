@@ -24,16 +24,20 @@ def fallback_cache_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"quantkit-numba-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
 
 
-def kernel(function: Callable) -> Callable:
-    """``function`` compiled with quantkit's options, cached wherever a cache can be kept."""
+def kernel(function: Callable | None = None, *, inline: bool = False) -> Callable:
+    """``function`` compiled with quantkit's options, cached wherever a cache can be kept;
+    ``inline``: a small helper numba pastes into its callers."""
+    if function is None:
+        return lambda f: kernel(f, inline=inline)
+    options = {**_OPTIONS, "inline": "always"} if inline else _OPTIONS
     try:
-        return numba.njit(**_OPTIONS)(function)
+        return numba.njit(**options)(function)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
         pass
     if not numba.config.CACHE_DIR:
         numba.config.CACHE_DIR = fallback_cache_dir()
         try:
-            return numba.njit(**_OPTIONS)(function)
+            return numba.njit(**options)(function)
         except RuntimeError:
             pass
-    return numba.njit(**{**_OPTIONS, "cache": False})(function)
+    return numba.njit(**{**options, "cache": False})(function)

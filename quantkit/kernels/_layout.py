@@ -9,7 +9,6 @@ float32 weight used as stored needs no copy at all.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from ..errors import QuantkitError
 from ._floats import bf16_to_f32, f16_to_f32
@@ -47,7 +46,7 @@ def rows_per_chunk(cols: int, *, multiple: int = 1, chunk_elements: int = 1 << 1
     return max(multiple, rows // multiple * multiple)
 
 
-@njit(inline="always", nogil=True, cache=True)
+@kernel(inline=True)
 def _widen(bits, kind):
     return bf16_to_f32(bits) if kind == 1 else f16_to_f32(bits)
 

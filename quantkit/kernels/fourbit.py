@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import QuantkitError
 from . import _layout, _reference
-from ._floats import F32_ONE, INF_BITS, abs_max_bits
+from ._floats import ABS_MASK, F32_ONE, INF_BITS, abs_max_bits
 from ._jit import kernel
 
 # bitsandbytes' 4-bit tables (``get_4bit_type``) as float32 bits, so no torch is needed;
@@ -101,6 +101,65 @@ def _quantize_blocks(values, blocksize, midpoints, order, sorted_table, packed, 
     return saw_nan
 
 
+@kernel
+def _quantize_column_blocks(values, first, blocksize, midpoints, order, packed, absmax):
+    """Blocks of ``values.T`` for a Conv1D weight ``[in, out]`` whose ``in`` is a multiple
+    of ``blocksize``: each block is ``blocksize`` stored rows of one column, so absmax,
+    scaling and positions run along the stored rows (vectorised), and only the 1-byte
+    positions are read across them to pack. ``values``: stored rows ``first:`` (whole
+    blocks) as float32; ``packed`` ``[out, in/2]``, ``absmax`` ``[out, in/blocksize]``.
+    True if a block's absmax is NaN."""
+    rows, cols = values.shape
+    bits = values.view(np.uint32)
+    largest = np.empty(cols, dtype=np.uint32)
+    factors = np.empty(cols, dtype=np.float32)
+    positions = np.empty((blocksize, cols), dtype=np.uint8)
+    saw_nan = False
+    for b0 in range(0, rows, blocksize):
+        largest[:] = 0
+        for i in range(b0, b0 + blocksize):
+            for j in range(cols):
+                largest[j] = max(largest[j], np.uint32(bits[i, j] & ABS_MASK))
+        block = (first + b0) // blocksize
+        has_inf = False
+        for j in range(cols):
+            block_max = np.uint32(largest[j]).view(np.float32)
+            absmax[j, block] = block_max
+            factors[j] = F32_ONE / max(block_max, _TINY)
+            has_inf |= largest[j] >= INF_BITS
+            saw_nan |= largest[j] > INF_BITS
+        for k in range(blocksize):
+            row, out = values[b0 + k], positions[k]
+            if has_inf:  # an inf's product with 1/inf is NaN: position 15
+                for j in range(cols):
+                    x = row[j] * factors[j]
+                    out[j] = 15 if x != x else _position(x, midpoints)
+            else:
+                for j in range(cols):
+                    out[j] = _position(row[j] * factors[j], midpoints)
+        base = (first + b0) // 2
+        for j in range(cols):
+            for k in range(0, blocksize, 2):
+                packed[j, base + k // 2] = (order[positions[k, j]] << 4) | order[positions[k + 1, j]]
+    return saw_nan
+
+
+def _quantize_transposed(src: np.ndarray, kind: int, blocksize: int, quant_type: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``quantize_4bit_codes`` of ``src.T`` computed in ``src``'s stored layout (``src``
+    ``[in, out]`` with ``in`` a multiple of ``blocksize``)."""
+    rows, cols = src.shape
+    midpoints, order = _search_tables(quant_type)
+    packed = np.empty((cols, rows // 2), dtype=np.uint8)
+    absmax = np.empty((cols, rows // blocksize), dtype=np.float32)
+    step = _layout.rows_per_chunk(cols, multiple=blocksize, chunk_elements=1 << 18)
+    scratch = np.empty(0 if kind == 0 else min(step, rows) * cols, dtype=np.float32)
+    saw_nan = False
+    for first in range(0, rows, step):
+        values = _layout.stored_rows(src, kind, first, min(step, rows - first), scratch)
+        saw_nan |= _quantize_column_blocks(values, first, blocksize, midpoints, order, packed, absmax)
+    return packed.reshape(-1, 1), absmax.reshape(-1), saw_nan
+
+
 def _check(weight: np.ndarray, blocksize: int, quant_type: str, transpose: bool, name: str) -> None:
     if quant_type not in QUANT_TYPES:
         raise QuantkitError(f"{name}: unknown 4-bit type {quant_type!r}; use one of {', '.join(QUANT_TYPES)}")
@@ -133,6 +192,11 @@ def quantize_4bit_codes(
     """
     src, kind = _layout.as_source(weight, name=name)
     _check(src, blocksize, quant_type, transpose, name)
+    if transpose and src.size and src.shape[0] % blocksize == 0:
+        packed, absmax, saw_nan = _quantize_transposed(src, kind, blocksize, quant_type)
+        if saw_nan:  # see below
+            return _reference.fourbit(weight, blocksize=blocksize, quant_type=quant_type, transpose=True)
+        return packed, absmax
     midpoints, order = _search_tables(quant_type)
     n = src.size
     packed = np.empty((n + 1) // 2, dtype=np.uint8)
