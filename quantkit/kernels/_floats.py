@@ -25,15 +25,15 @@ def bf16_to_f32(bits):
 @kernel(inline=True)
 def f16_to_f32(bits):
     """An IEEE half's bits as float32 (exact); NaN payloads are not kept (NaNs are reported)."""
-    b = np.uint32(bits)
-    sign = (b & np.uint32(0x8000)) << np.uint32(16)
-    magnitude = b & np.uint32(0x7FFF)
-    exponent = magnitude >> np.uint32(10)
-    normal = np.uint32((magnitude << np.uint32(13)) + np.uint32(112 << 23)).view(np.float32)
-    subnormal = np.float32(magnitude) * _TWO_POW_M24
-    special = np.uint32((magnitude << np.uint32(13)) | np.uint32(0x7F800000)).view(np.float32)
-    value = subnormal if exponent == 0 else (special if exponent == 31 else normal)
-    return np.uint32(np.float32(value).view(np.uint32) | sign).view(np.float32)
+    b = np.int32(bits)
+    sign = np.int32((b & np.int32(0x8000)) << np.int32(16))
+    magnitude = np.int32(b & np.int32(0x7FFF))
+    shifted = np.int32(magnitude << np.int32(13))
+    # exponent rebased from 15 to 127; inf / NaN (exponent 31) to 255
+    rebased = np.int32(shifted + np.int32(112 << 23) + (np.int32(112 << 23) if magnitude >= np.int32(0x7C00) else np.int32(0)))
+    subnormal = np.float32(magnitude) * _TWO_POW_M24  # int32 to float: exact below 2**24, and vectorises
+    value = subnormal if magnitude < np.int32(0x400) else np.int32(rebased).view(np.float32)
+    return np.int32(np.float32(value).view(np.int32) | sign).view(np.float32)
 
 
 @kernel(inline=True)
