@@ -29,9 +29,8 @@ def cache_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.suffix in (".nbi", ".nbc")]
 
 
-def test_quantizing_imports_neither_torch_nor_bitsandbytes(tmp_path):
-    assert run({"NUMBA_CACHE_DIR": str(tmp_path)}) == "False False"
-    assert cache_files(tmp_path)  # and the compiled kernels were kept
+def test_quantizing_imports_neither_torch_nor_bitsandbytes():
+    assert run({}) == "False False"
 
 
 @pytest.mark.slow  # compiles every kernel afresh
