@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from quantkit.kernels import quantize_4bit_codes, quantize_int8
-from quantkit.schemes import fast4bit
+from quantkit.schemes import fourbit_cpu as fast4bit
 from quantkit.schemes import int8 as current_int8
 
 SHAPES = {  # name: (stored shape, transposed as GPT-2 Conv1D)

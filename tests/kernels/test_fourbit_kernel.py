@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from quantkit.errors import QuantkitError
 from quantkit.kernels.fourbit import code_table, quantize_4bit_codes
-from quantkit.schemes import fast4bit as current
+from quantkit.schemes import fourbit_cpu as current
 
 from .conftest import DTYPES, KINDS, as_numpy, hostile
 
