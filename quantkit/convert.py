@@ -185,7 +185,7 @@ def convert(
         >>> convert("model.pth", options=ConvertOptions("nf4", double_quant=True))  # doctest: +SKIP
     """
     started = time.perf_counter()
-    src_path = src.path if isinstance(src, CheckpointSource) else Path(src)
+    src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
     target = Path(output) if output is not None else default_output(src_path, options.scheme)
     # casts run on the CPU (they are bound by reading and writing); quantizers where asked
     device = resolve_device(options.device) if options.quantizing else "cpu"
@@ -215,7 +215,7 @@ def convert(
                     staging, plan, outputs, converter.produce, metadata=metadata, manifest=manifest,
                     durable=durable, workers=2 if source.concurrent_reads else 1,
                 )
-            copied = copy_model_files(source.info.config_dir, staging, target=target)
+            copied = copy_model_files(source.model_files_dir(), staging, target=target)
             if source.info.config_dir is not None and (staging / "config.json").is_file():
                 update_hf_config(staging / "config.json", options, selection)
             with open_checkpoint(staging) as written:

@@ -10,6 +10,7 @@ from . import __version__
 from .output import ProgressFn, WriteResult, copy_model_files, staged_output
 from .planner import plan_shards
 from .sources import CheckpointSource, opened
+from .sources.remote import RemoteLocation, is_url
 from .sources.safetensors_source import ALIASES_KEY
 from .streamcast import write_cast_checkpoint
 from .writer import OutSpec
@@ -27,7 +28,10 @@ class ReshardResult:
 
 
 def default_output(src: Path, suffix: str) -> Path:
-    """``model.pth`` -> ``model-<suffix>`` beside it; a folder ``m/`` -> ``m-<suffix>``."""
+    """``model.pth`` -> ``model-<suffix>`` beside it; a folder ``m/`` -> ``m-<suffix>``; a
+    remote checkpoint (a URL) -> ``<name>-<suffix>`` in the current folder."""
+    if is_url(str(src)):
+        src = Path(RemoteLocation(str(src)).name)
     src = Path(src)
     stem = src.name
     for ext in (".index.json", ".safetensors", ".pth", ".pt", ".bin"):
@@ -69,7 +73,7 @@ def reshard(
     Example:
         >>> reshard("model.pth", "model-st", max_shard_bytes=500 * 10**6)  # doctest: +SKIP
     """
-    src_path = src.path if isinstance(src, CheckpointSource) else Path(src)
+    src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
     target = Path(output) if output is not None else default_output(src_path, "safetensors")
     with opened(src) as source, staged_output(target, force=force) as staging:
         plan = plan_shards([(n, s.nbytes) for n, s in source.specs.items()], max_shard_bytes)
@@ -79,6 +83,6 @@ def reshard(
         result, _ = write_cast_checkpoint(
             staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, durable=durable
         )
-        copied = copy_model_files(source.info.config_dir, staging, target=target)
+        copied = copy_model_files(source.model_files_dir(), staging, target=target)
         notes = list(source.info.notes)
     return ReshardResult(source.info.format, result.moved_to(target), dict(source.aliases), copied, notes)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .base import CheckpointSource, SourceInfo, detect_torch_format
+from .remote import is_url
 from .safetensors_source import open_safetensors_file, open_safetensors_index
 
 __all__ = ["CheckpointSource", "SourceInfo", "open_checkpoint", "opened"]
@@ -27,8 +28,13 @@ def open_checkpoint(path: str | Path) -> CheckpointSource:
 
     Accepts a ``.safetensors`` file, a safetensors or ``.bin`` index, a ``.pth``/``.pt``/``.bin``
     (zip or legacy format), or a folder holding one of these (a Hugging Face model folder:
-    safetensors preferred over ``.bin``).
+    safetensors preferred over ``.bin``); or the URL of a remote safetensors checkpoint
+    (``s3://``, ``https://``, ``hf://org/model[@revision]``: see ``remote_safetensors.open_remote``).
     """
+    if is_url(path):  # s3://, http(s)://, hf://: ranged reads through fsspec (quantkit[remote])
+        from .remote_safetensors import open_remote
+
+        return open_remote(path)
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")

@@ -37,6 +37,7 @@ class CheckpointSource(ABC):
     """
 
     concurrent_reads = False  # True where get_tensor may be called from several threads at once
+    bytes_fetched: int | None = None  # bytes read over the network so far; None for a local checkpoint
 
     def __init__(self, path: Path, info: SourceInfo, specs: dict[str, TensorSpec], aliases: dict[str, str]):
         self.path = path
@@ -55,6 +56,11 @@ class CheckpointSource(ABC):
 
     def close(self) -> None:
         """Release open files and mappings."""
+
+    def model_files_dir(self) -> Path | None:
+        """The folder of config and tokenizer files to copy into an output (a remote source
+        fetches them here, on first use)."""
+        return self.info.config_dir
 
     def __enter__(self) -> "CheckpointSource":
         return self

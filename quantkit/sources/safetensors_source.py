@@ -68,8 +68,18 @@ def open_safetensors_file(path: Path, *, config_dir: Path | None = None) -> Safe
 
 def read_index(index_path: Path) -> dict[str, str]:
     """The ``weight_map`` of a sharded checkpoint's index, checked for shape."""
+    weight_map = parse_weight_map(index_path.read_bytes(), index_path)
+    for shard in set(weight_map.values()):
+        if not (index_path.parent / shard).is_file():
+            raise InputError(f"{index_path}: shard {shard!r} named by the index is missing")
+    return weight_map
+
+
+def parse_weight_map(raw: bytes, index_path) -> dict[str, str]:
+    """The ``weight_map`` of an index's bytes ``raw`` (however read), checked for shape: every
+    shard a plain file name beside the index. ``index_path`` names the index in errors."""
     try:
-        index = json.loads(index_path.read_text())
+        index = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputError(f"{index_path}: index is not valid JSON ({exc.__class__.__name__})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -78,8 +88,6 @@ def read_index(index_path: Path) -> dict[str, str]:
     for shard in set(weight_map.values()):
         if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
             raise InputError(f"{index_path}: shard name {shard!r} must be a file name beside the index")
-        if not (index_path.parent / shard).is_file():
-            raise InputError(f"{index_path}: shard {shard!r} named by the index is missing")
     return weight_map
 
 
