@@ -71,6 +71,27 @@ class RemoteOptions:
     request_bytes: int = 16 << 20  # the most one ranged request asks for: bounds memory per reading thread
     max_small_file_bytes: int = 16 << 20  # an index, config.json, tokenizer files
 
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> "RemoteOptions":
+        """Defaults, with ``QUANTKIT_REMOTE_TIMEOUT_S``, ``QUANTKIT_REMOTE_RETRIES`` and
+        ``QUANTKIT_REMOTE_BACKOFF_S`` where set (the CLI has no flags for them)."""
+        import os
+
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field_name, key, kind in (("timeout_s", "QUANTKIT_REMOTE_TIMEOUT_S", float), ("retries", "QUANTKIT_REMOTE_RETRIES", int),
+                                      ("backoff_s", "QUANTKIT_REMOTE_BACKOFF_S", float)):
+            raw = environ.get(key)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[field_name] = kind(raw)
+            except ValueError:
+                raise UsageError(f"{key}={raw!r}: not a number") from None
+            if not 0 <= values[field_name] <= 3600 or (field_name == "timeout_s" and values[field_name] == 0):
+                raise UsageError(f"{key}={raw!r}: out of range")
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class RemoteLocation:
@@ -104,7 +125,7 @@ class RemoteFile:
 
     @property
     def name(self) -> str:
-        return self.path.rstrip("/").rsplit("/", 1)[-1]
+        return urlsplit(self.url).path.rstrip("/").rsplit("/", 1)[-1]
 
     def stat(self) -> SimpleNamespace:
         return SimpleNamespace(st_size=self.size)
@@ -218,9 +239,9 @@ class RemoteStore:
         for remaining in range(self.options.retries, -1, -1):
             try:
                 return sync(self.fs.loop, coroutine_function, *args)
-            except _Transient:
+            except _Transient as exc:
                 if not remaining:
-                    raise
+                    raise _Transient(f"{exc}; gave up after {self.options.retries + 1} attempts") from exc
             time.sleep(wait)
             wait *= 2
 
@@ -241,15 +262,16 @@ def _filesystem(scheme: str, options: RemoteOptions):
         if scheme == "s3":
             from s3fs import S3FileSystem
 
-            return S3FileSystem(
+            fs = S3FileSystem(
                 skip_instance_cache=True,
-                retries=options.retries + 1,
                 config_kwargs={
                     "connect_timeout": options.timeout_s,
                     "read_timeout": options.timeout_s,
                     "retries": {"max_attempts": options.retries + 1, "mode": "standard"},
                 },
             )
+            fs.retries = options.retries + 1  # s3fs' own retries (resets, cut bodies): a class attribute, 5 by default
+            return fs
         if scheme == "hf":
             import os
 
@@ -287,8 +309,10 @@ async def _http_range(fs, url: str, start: int, end: int) -> tuple[bytes, int]:
             if first != start or last >= total or (last != end - 1 and last != total - 1):
                 raise InputError(f"{display_url(url)}: asked for bytes {start}-{end - 1}, the server sent {first}-{last}")
             return await _read_at_most(r.content, last + 1 - first), total
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, asyncio.TimeoutError) as exc:
-        raise _Transient(exc.__class__.__name__) from exc
+    except asyncio.TimeoutError as exc:
+        raise _Transient("timed out") from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise _Transient(f"connection reset ({exc.__class__.__name__})") from exc
 
 
 def _total_from(content_range: str, url: str, *, allow_unsatisfied: bool) -> int:
@@ -304,7 +328,7 @@ def _check_status(status: int, url: str) -> None:
     if status in (401, 403):
         raise PermissionError(url)
     if status == 429 or status >= 500:
-        raise _Transient(f"HTTP {status}")
+        raise _Transient(f"the server answered HTTP {status}")
     if status not in (200, 206):
         raise _HttpStatus(status)
 
@@ -322,7 +346,7 @@ async def _read_at_most(stream, expected: int) -> bytes:
     while got < expected:
         chunk = await stream.read(min(1 << 20, expected - got))
         if not chunk:
-            raise _Transient("body cut short")
+            raise _Transient("connection reset (body cut short)")
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
@@ -339,7 +363,7 @@ def _describe(exc: BaseException) -> str:
     if status:
         return f"the server answered HTTP {status}"
     if isinstance(exc, _Transient):
-        return f"failed after retries ({exc})"
+        return str(exc)
     if _is(exc, "botocore.exceptions", "NoCredentialsError"):
         return "no AWS credentials found (set them in the environment or an AWS profile)"
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or _is(exc, "httpx", "TimeoutException") or _is(

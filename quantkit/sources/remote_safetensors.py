@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import InputError
 from ..stformat import HEADER_LENGTH_BYTES, StHeader, header_length, parse_header
@@ -100,7 +101,7 @@ def open_remote(url: str, *, options: RemoteOptions | None = None) -> RemoteSafe
         >>> with open_remote("hf://openai-community/gpt2") as source:  # doctest: +SKIP
         ...     print(len(source.specs), source.bytes_fetched)
     """
-    store = RemoteStore(url, options or RemoteOptions())
+    store = RemoteStore(url, options or RemoteOptions.from_environment())
     location = RemoteLocation(display_url(url))
     path = url if store.scheme == "http" else url.split("://", 1)[1].rstrip("/")
     if store.scheme == "http":
@@ -136,7 +137,7 @@ def _open_folder(store: RemoteStore, location: RemoteLocation, folder: str) -> R
 
 def _open_file(store: RemoteStore, location: RemoteLocation, path: str, *, listing: dict[str, RemoteFile] | None,
                folder: str | None) -> RemoteSafetensorsSource:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
+    name = _name_of(path)
     if name.endswith(TORCH_SUFFIXES):
         raise _torch_refusal(store.url_of(path))
     if not name.endswith((".safetensors", ".index.json")):
@@ -161,7 +162,7 @@ def _open_file(store: RemoteStore, location: RemoteLocation, path: str, *, listi
 
 def _locate(store: RemoteStore, path: str, listing: dict[str, RemoteFile] | None) -> tuple[RemoteFile, bytes]:
     """A file and its first 8 bytes, its size taken from the folder listing where there is one."""
-    name = path.rsplit("/", 1)[-1]
+    name = _name_of(path)
     if listing is None:
         return store.probe(path)
     if name not in listing:
@@ -179,7 +180,7 @@ def _read_header(store: RemoteStore, file: RemoteFile, head: bytes) -> StHeader:
 
 def _index_headers(store: RemoteStore, index: RemoteFile, head: bytes, listing: dict[str, RemoteFile] | None) -> list[StHeader]:
     weight_map = parse_weight_map(_read_small(store, index, head), index)
-    base = index.path.rsplit("/", 1)[0]
+    base = _folder_of(index.path)
     headers = [_read_header(store, *_locate(store, f"{base}/{shard}", listing)) for shard in dict.fromkeys(weight_map.values())]
     by_name = {h.path.name: h for h in headers}
     for name, shard in weight_map.items():
@@ -203,6 +204,20 @@ def _fetch_config(store: RemoteStore, model_files: list[RemoteFile]) -> Path | N
     temp_dir = Path(tempfile.mkdtemp(prefix="quantkit-remote-"))
     (temp_dir / "config.json").write_bytes(data)
     return temp_dir
+
+
+def _name_of(path: str) -> str:
+    """The file name of a filesystem path or URL (a URL's query string is no part of it)."""
+    return urlsplit(path).path.rstrip("/").rsplit("/", 1)[-1] if "://" in path else path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _folder_of(path: str) -> str:
+    """The folder of a filesystem path or URL, where an index's shards lie (without the index
+    URL's query string: a presigned URL signs one file only)."""
+    if "://" not in path:
+        return path.rsplit("/", 1)[0]
+    parts = urlsplit(path)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rsplit("/", 1)[0], "", ""))
 
 
 def _listed_size(entry: dict, store: RemoteStore) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +33,12 @@ class Faults:
     cut_count: int = 0  # how many answers to cut
     ignore_range: bool = False  # answer 200 with the whole file
     min_cut_request_bytes: int = 64  # only cut answers at least this long (tensor data, not headers)
+    stall_s: float = 0.0  # wait this long before answering a file request
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client hanging up is part of these tests, not news
 
 
 @dataclass
@@ -58,7 +65,7 @@ class RangeServer:
             def do_GET(self):
                 server._handle(self, head=False)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -94,20 +101,20 @@ class RangeServer:
         file = self.root / (match.group(1) if match else path.lstrip("/"))
         if ".." in path or not file.is_file():
             return self._send(h, 404, b"not found", head=head)
-        data = file.read_bytes()
-        wanted = h.headers.get("Range")
-        m = re.match(r"^bytes=(\d+)-(\d*)$", wanted or "")
+        size = file.stat().st_size
+        m = re.match(r"^bytes=(\d+)-(\d*)$", h.headers.get("Range") or "")
+        if self.faults.stall_s:
+            time.sleep(self.faults.stall_s)
         if m is None or self.faults.ignore_range:
-            return self._send(h, 200, data, head=head, path=path)
+            return self._send_file(h, 200, file, 0, size, head=head, path=path)
         start = int(m.group(1))
-        end = min(int(m.group(2)) + 1 if m.group(2) else len(data), len(data))
-        if start >= len(data):
-            return self._send(h, 416, b"", head=head, extra={"Content-Range": f"bytes */{len(data)}"})
-        body = data[start:end]
+        end = min(int(m.group(2)) + 1 if m.group(2) else size, size)
+        if start >= size:
+            return self._send(h, 416, b"", head=head, extra={"Content-Range": f"bytes */{size}"})
         cut = None
-        if self.faults.cut_after_bytes is not None and len(body) >= self.faults.min_cut_request_bytes and self._take("cut_count"):
+        if self.faults.cut_after_bytes is not None and end - start >= self.faults.min_cut_request_bytes and self._take("cut_count"):
             cut = self.faults.cut_after_bytes
-        self._send(h, 206, body, head=head, path=path, cut=cut, extra={"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"})
+        self._send_file(h, 206, file, start, end, head=head, path=path, cut=cut, extra={"Content-Range": f"bytes {start}-{end - 1}/{size}"})
 
     def _hub_api(self, h, path: str, *, head: bool) -> None:
         prefix = f"/api/models/{self.hub_repo}"
@@ -128,28 +135,44 @@ class RangeServer:
             return self._send(h, 404, b"{}", head=head)
         self._send(h, 200, json.dumps(body).encode(), head=head, extra={"Content-Type": "application/json"})
 
-    def _send(self, h, status: int, body: bytes, *, head: bool, path: str | None = None, cut: int | None = None, extra=None) -> None:
+    def _send(self, h, status: int, body: bytes, *, head: bool, extra=None) -> None:
+        self._headers(h, status, len(body), extra)
+        if not head:
+            h.wfile.write(body)
+
+    def _headers(self, h, status: int, length: int, extra=None, close: bool = False) -> None:
         h.send_response(status)
-        h.send_header("Content-Length", str(len(body)))
+        h.send_header("Content-Length", str(length))
         h.send_header("Accept-Ranges", "bytes")
         for key, value in (extra or {}).items():
             h.send_header(key, value)
-        if cut is not None:
+        if close:
             h.send_header("Connection", "close")
         h.end_headers()
+
+    def _send_file(self, h, status: int, file: Path, start: int, end: int, *, head: bool, path: str, cut: int | None = None, extra=None) -> None:
+        """Bytes ``start..end`` of ``file`` in 64 KiB writes, counting those the socket took
+        (a client that hangs up early stops the count); ``cut``: stop after that many and
+        drop the connection."""
+        self._headers(h, status, end - start, extra, close=cut is not None or status == 200)
         if head:
             return
-        sent = body if cut is None else body[:cut]
-        try:
-            h.wfile.write(sent)
-            h.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            return  # the client closed early (it refused the answer): nothing more was sent
-        finally:
-            if path is not None:
+        stop = end if cut is None else start + cut
+        with open(file, "rb") as f:
+            f.seek(start)
+            position = start
+            while position < stop:
+                chunk = f.read(min(1 << 16, stop - position))
+                try:
+                    h.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    h.close_connection = True
+                    return
+                position += len(chunk)
                 with self._lock:
-                    self.served[path] += len(sent)
+                    self.served[path] += len(chunk)
         if cut is not None:
+            h.wfile.flush()
             h.close_connection = True
             h.connection.shutdown(2)
 
