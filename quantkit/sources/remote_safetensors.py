@@ -153,7 +153,8 @@ def _open_file(store: RemoteStore, location: RemoteLocation, path: str, *, listi
             headers, format = _index_headers(store, file, head, listing), "safetensors-sharded"
         else:
             headers, format = [_read_header(store, file, head)], "safetensors"
-        return RemoteSafetensorsSource(location, headers, format=format, store=store, model_files=model_files, temp_dir=temp_dir)
+        # the file opened, as for a local folder: provenance and default output names then match a local run
+        return RemoteSafetensorsSource(RemoteLocation(file.url), headers, format=format, store=store, model_files=model_files, temp_dir=temp_dir)
     except BaseException:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)

@@ -29,6 +29,7 @@ class Faults:
     """What the server does wrong; each count is used up as it fires."""
 
     errors_500: int = 0  # answer this many requests with 500 first
+    errors_500_only: str = ""  # ... of those whose path contains this
     cut_after_bytes: int | None = None  # on the next tensor-sized answer, send this many body bytes then close
     cut_count: int = 0  # how many answers to cut
     ignore_range: bool = False  # answer 200 with the whole file
@@ -93,7 +94,7 @@ class RangeServer:
         path = h.path.split("?", 1)[0]
         with self._lock:
             self.requests.append((h.command, h.path, h.headers.get("Range")))
-        if self._take("errors_500"):
+        if self.faults.errors_500_only in path and self._take("errors_500"):
             return self._send(h, 500, b"boom", head=head)
         if path.startswith("/api/models/"):
             return self._hub_api(h, path, head=head)
