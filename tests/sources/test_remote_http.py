@@ -182,3 +182,12 @@ def test_a_header_length_beyond_the_file_is_refused_before_fetching_it(server, m
     with pytest.raises(InputError, match="runs past the end of the file"):
         open_remote(f"{server.url}/lying.safetensors", options=FAST)
     assert server.served["/lying.safetensors"] == 8
+
+
+def test_reshard_copies_the_remote_bytes_once(cli, server, model, tmp_path):
+    result = cli("reshard", f"{server.url}/{INDEX}", "-o", tmp_path / "out", "--max-size", "1GB", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert all(server.served[f"/{p.name}"] == p.stat().st_size for p in _shards(model))
+    local = cli("reshard", model / INDEX, "-o", tmp_path / "local", "--max-size", "1GB", "-q")
+    assert local.exit_code == 0, local.stderr
+    _same_output(tmp_path / "out", tmp_path / "local")
