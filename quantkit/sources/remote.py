@@ -10,8 +10,9 @@ chunk), so a cache could only fetch bytes twice or bytes never used.
   bodies) and by botocore (``standard`` retry mode: 5xx and throttling); credentials come from
   botocore's usual chain (environment, AWS profile, instance role).
 - Hub (``HfFileSystem``): a file opened with ``cache_type="none"`` fetches exactly the range
-  read, with huggingface_hub's ``http_backoff`` retrying 5xx answers and network errors; the
-  token comes from ``HF_TOKEN`` or the saved login, the endpoint from ``HF_ENDPOINT``.
+  read, with huggingface_hub's ``http_backoff`` retrying 5xx answers and network errors; its
+  API calls (revision, listing) have no retry there, so quantkit retries them. The token comes
+  from ``HF_TOKEN`` or the saved login, the endpoint from ``HF_ENDPOINT``.
 - HTTP(S): fsspec's ``cat_file`` reads the whole body before looking at the status, so a server
   that ignores ``Range`` would have it download the whole file into memory. quantkit sends its
   own ranged GETs on fsspec's aiohttp session instead: it checks for ``206`` and the exact
@@ -174,11 +175,11 @@ class RemoteStore:
 
     def info(self, path: str) -> dict:
         with self.errors(self.url_of(path)):
-            return self.fs.info(path)
+            return self._again(lambda: self.fs.info(path))
 
     def ls(self, path: str) -> list[dict]:
         with self.errors(self.url_of(path)):
-            return self.fs.ls(path, detail=True)
+            return self._again(lambda: self.fs.ls(path, detail=True))
 
     def read(self, file: RemoteFile, start: int, end: int) -> bytes:
         """Bytes ``start..end`` of ``file``: one ranged request (retried where transient), checked
@@ -188,7 +189,7 @@ class RemoteStore:
         if start == end:
             return b""
         with self.errors(file.url):
-            data = self._fetch(file.path, start, end)
+            data = self._fetch(file, start, end)
         if len(data) != end - start:
             raise InputError(f"{file.url}: asked for bytes {start}..{end}, got {len(data)} bytes; the file changed or the server is broken")
         with self._lock:
@@ -213,7 +214,7 @@ class RemoteStore:
             file = RemoteFile(path, url, _size_of(info, url))
             return file, self.read(file, 0, min(8, file.size))
         with self.errors(url):
-            data, total = self._retrying(_http_range, self.fs, path, 0, 8)
+            data, total = self._again(lambda: sync(self.fs.loop, _http_range, self.fs, path, 0, 8))
         with self._lock:
             self.bytes_fetched += len(data)
         return RemoteFile(path, url, total), data
@@ -221,29 +222,48 @@ class RemoteStore:
     def close(self) -> None:
         """Nothing to release: fsspec closes its sessions when the filesystem goes away."""
 
-    def _fetch(self, path: str, start: int, end: int) -> bytes:
+    def _fetch(self, file: RemoteFile, start: int, end: int) -> bytes:
         if self.scheme == "s3":
-            return self.fs.cat_file(path, start=start, end=end)  # s3fs and botocore retry
+            return self.fs.cat_file(file.path, start=start, end=end)  # s3fs and botocore retry
         if self.scheme == "hf":
-            with self.fs.open(path, "rb", cache_type="none", block_size=self.options.request_bytes) as f:
+            with self.fs.open(file.path, "rb", cache_type="none", block_size=self.options.request_bytes) as f:
                 f.seek(start)
                 return f.read(end - start)  # one GET of exactly this range, retried by http_backoff
-        data, _ = self._retrying(_http_range, self.fs, path, start, end)
+        data, total = self._again(lambda: sync(self.fs.loop, _http_range, self.fs, file.path, start, end))
+        if total != file.size:
+            raise InputError(f"{file.url}: the file changed while it was read (it had {file.size} bytes, now {total}); run again")
         return data
 
-    def _retrying(self, coroutine_function, *args):
-        """Run ``coroutine_function(*args)`` on fsspec's event loop, again after a transient failure."""
-        from fsspec.asyn import sync
-
+    def _again(self, call):
+        """``call()``, again after a transient failure (5xx, reset, timeout), at most ``retries``
+        more times, waiting ``backoff_s`` and then twice as long each time. Used where the
+        library has no retry of its own: quantkit's HTTP reads and the Hub's API calls."""
         wait = self.options.backoff_s
         for remaining in range(self.options.retries, -1, -1):
             try:
-                return sync(self.fs.loop, coroutine_function, *args)
-            except _Transient as exc:
+                return call()
+            except Exception as exc:  # noqa: BLE001 - sorted by _is_transient; the rest go on unchanged
+                if not _is_transient(exc):
+                    raise
                 if not remaining:
-                    raise _Transient(f"{exc}; gave up after {self.options.retries + 1} attempts") from exc
+                    raise _Transient(f"{_describe(exc)}; gave up after {self.options.retries + 1} attempts") from exc
             time.sleep(wait)
             wait *= 2
+
+
+def sync(loop, coroutine_function, *args):
+    """Run a coroutine function on fsspec's event loop (fsspec is imported only when used)."""
+    from fsspec.asyn import sync as fsspec_sync
+
+    return fsspec_sync(loop, coroutine_function, *args)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _Transient):
+        return True
+    if _status_of(exc) in (429, 500, 502, 503, 504):
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError)) or _is(exc, "httpx", "TimeoutException", "NetworkError", "RemoteProtocolError")
 
 
 def _size_of(info: dict, url: str) -> int:
@@ -355,6 +375,8 @@ async def _read_at_most(stream, expected: int) -> bytes:
 def _describe(exc: BaseException) -> str:
     """What went wrong, from the exception's type and status only: messages of network
     libraries may repeat a URL with its credentials."""
+    if isinstance(exc, _Transient):
+        return str(exc)
     status = _status_of(exc)
     if isinstance(exc, FileNotFoundError) or status in (404, 410):
         return "not found (no such bucket, key, repository, revision or file)"
@@ -362,8 +384,6 @@ def _describe(exc: BaseException) -> str:
         return "access denied"
     if status:
         return f"the server answered HTTP {status}"
-    if isinstance(exc, _Transient):
-        return str(exc)
     if _is(exc, "botocore.exceptions", "NoCredentialsError"):
         return "no AWS credentials found (set them in the environment or an AWS profile)"
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or _is(exc, "httpx", "TimeoutException") or _is(

@@ -62,3 +62,22 @@ def test_a_transient_500_is_retried_by_huggingface_hub(cli, hub, monkeypatch):
     result = cli("inspect", "hf://org/model")
     assert result.exit_code == 0, result.stderr
     assert srv.faults.errors_500 == 0
+
+
+def test_a_transient_500_from_the_hub_api_is_retried_by_quantkit(cli, hub, monkeypatch):
+    srv, _ = hub
+    monkeypatch.setenv("QUANTKIT_REMOTE_BACKOFF_S", "0.01")
+    srv.faults.errors_500, srv.faults.errors_500_only = 1, "/api/"
+    result = cli("inspect", "hf://org/model")
+    assert result.exit_code == 0, result.stderr
+    assert srv.faults.errors_500 == 0
+
+
+def test_a_hub_api_failing_for_good_exits_3(cli, hub, monkeypatch):
+    srv, _ = hub
+    monkeypatch.setenv("QUANTKIT_REMOTE_BACKOFF_S", "0.01")
+    monkeypatch.setenv("QUANTKIT_REMOTE_RETRIES", "1")
+    srv.faults.errors_500, srv.faults.errors_500_only = 100, "/api/"
+    result = cli("inspect", "hf://org/model")
+    assert result.exit_code == 3
+    assert result.stderr.strip().startswith("quantkit: error: hf://org/model: the server answered HTTP 500; gave up after 2 attempts")
