@@ -17,6 +17,7 @@ from .reshard import DEFAULT_MAX_SHARD_BYTES, default_output, provenance
 from .schemes import CAST_DTYPES, SCHEMES, TRANSPOSED_KEY
 from .schemes.policy import Selection, layout_for, select
 from .sources import CheckpointSource, open_checkpoint, opened
+from .sources.remote import check_local_output
 from .sources.safetensors_source import SafetensorsSource
 from .streamcast import write_cast_checkpoint
 from .writer import OutSpec
@@ -186,6 +187,7 @@ def convert(
     """
     started = time.perf_counter()
     src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
+    check_local_output(output)
     target = Path(output) if output is not None else default_output(src_path, options.scheme)
     # casts run on the CPU (they are bound by reading and writing); quantizers where asked
     device = resolve_device(options.device) if options.quantizing else "cpu"

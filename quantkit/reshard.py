@@ -10,7 +10,7 @@ from . import __version__
 from .output import ProgressFn, WriteResult, copy_model_files, staged_output
 from .planner import plan_shards
 from .sources import CheckpointSource, opened
-from .sources.remote import RemoteLocation, is_url
+from .sources.remote import RemoteLocation, check_local_output, is_url
 from .sources.safetensors_source import ALIASES_KEY
 from .streamcast import write_cast_checkpoint
 from .writer import OutSpec
@@ -74,6 +74,7 @@ def reshard(
         >>> reshard("model.pth", "model-st", max_shard_bytes=500 * 10**6)  # doctest: +SKIP
     """
     src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
+    check_local_output(output)
     target = Path(output) if output is not None else default_output(src_path, "safetensors")
     with opened(src) as source, staged_output(target, force=force) as staging:
         plan = plan_shards([(n, s.nbytes) for n, s in source.specs.items()], max_shard_bytes)

@@ -34,12 +34,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ..errors import InputError, QuantkitError, UsageError
+from .remote_http import RangeIgnored, Transient, display_url, http_range
 
 _URL = re.compile(r"^(s3|https?|hf)://", re.IGNORECASE)
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _FIX = {
     "s3": "check the bucket and key, and the AWS credentials (environment or AWS profile)",
     "hf": "check the repository id and revision; for a private or gated model log in (HF_TOKEN or `hf auth login`)",
@@ -52,14 +52,14 @@ def is_url(value: object) -> bool:
     return isinstance(value, str) and bool(_URL.match(value))
 
 
-def display_url(url: str) -> str:
-    """``url`` as shown to the user: no user name, password or query string (a presigned
-    URL carries its signature there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+_OUTPUT_URL = re.compile(r"^(s3|gs|gcs|az|abfs|https?|hf):/", re.IGNORECASE)
+
+
+def check_local_output(output: object) -> None:
+    """Refuse a URL as an output folder: outputs are local for now. Also catches a URL made a
+    ``Path`` (which folds ``s3://b`` into ``s3:/b``), so it is not written to ``./s3:/b``."""
+    if output is not None and _OUTPUT_URL.match(str(output)):
+        raise UsageError(f"{output}: writing to object storage or the Hub is not supported yet; write a local folder (-o DIR) and upload it")
 
 
 @dataclass(frozen=True)
@@ -132,14 +132,6 @@ class RemoteFile:
         return SimpleNamespace(st_size=self.size)
 
 
-class _Transient(Exception):
-    """A failure worth retrying: 5xx, a reset, a body cut short."""
-
-
-class _RangeIgnored(Exception):
-    pass
-
-
 class RemoteStore:
     """The filesystem of one remote checkpoint, with a count of the bytes fetched from it.
 
@@ -164,7 +156,7 @@ class RemoteStore:
             yield
         except QuantkitError:
             raise
-        except _RangeIgnored:
+        except RangeIgnored:
             raise InputError(
                 f"{url}: the server ignores HTTP Range requests (it answered with the whole file): "
                 "not read, to keep it from downloading the whole file into memory; download it first, "
@@ -214,7 +206,7 @@ class RemoteStore:
             file = RemoteFile(path, url, _size_of(info, url))
             return file, self.read(file, 0, min(8, file.size))
         with self.errors(url):
-            data, total = self._again(lambda: sync(self.fs.loop, _http_range, self.fs, path, 0, 8))
+            data, total = self._again(lambda: sync(self.fs.loop, http_range, self.fs, path, 0, 8))
         with self._lock:
             self.bytes_fetched += len(data)
         return RemoteFile(path, url, total), data
@@ -229,7 +221,7 @@ class RemoteStore:
             with self.fs.open(file.path, "rb", cache_type="none", block_size=self.options.request_bytes) as f:
                 f.seek(start)
                 return f.read(end - start)  # one GET of exactly this range, retried by http_backoff
-        data, total = self._again(lambda: sync(self.fs.loop, _http_range, self.fs, file.path, start, end))
+        data, total = self._again(lambda: sync(self.fs.loop, http_range, self.fs, file.path, start, end))
         if total != file.size:
             raise InputError(f"{file.url}: the file changed while it was read (it had {file.size} bytes, now {total}); run again")
         return data
@@ -246,7 +238,7 @@ class RemoteStore:
                 if not _is_transient(exc):
                     raise
                 if not remaining:
-                    raise _Transient(f"{_describe(exc)}; gave up after {self.options.retries + 1} attempts") from exc
+                    raise Transient(f"{_describe(exc)}; gave up after {self.options.retries + 1} attempts") from exc
             time.sleep(wait)
             wait *= 2
 
@@ -259,7 +251,7 @@ def sync(loop, coroutine_function, *args):
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, _Transient):
+    if isinstance(exc, Transient):
         return True
     if _status_of(exc) in (429, 500, 502, 503, 504):
         return True
@@ -307,75 +299,10 @@ def _filesystem(scheme: str, options: RemoteOptions):
         raise UsageError(f"reading {scheme}:// needs the remote extra ({exc.name} is missing): pip install 'quantkit[remote]'") from None
 
 
-async def _http_range(fs, url: str, start: int, end: int) -> tuple[bytes, int]:
-    """Bytes ``start..end`` of ``url`` and the file's size, from one GET with a ``Range``
-    header. The body is read only once the status and ``Content-Range`` say it is exactly that
-    range, and never beyond it."""
-    import aiohttp
-
-    session = await fs.set_session()
-    headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-    try:
-        async with session.get(fs.encode_url(url), headers=headers) as r:
-            if r.status == 416 and start == 0:  # an empty file has no byte 0
-                return b"", _total_from(r.headers.get("Content-Range", ""), url, allow_unsatisfied=True)
-            _check_status(r.status, url)
-            if r.status != 206:
-                raise _RangeIgnored()
-            match = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
-            if match is None or match.group(3) == "*":
-                raise InputError(f"{display_url(url)}: partial answer without a usable Content-Range header")
-            first, last, total = int(match.group(1)), int(match.group(2)), int(match.group(3))
-            if first != start or last >= total or (last != end - 1 and last != total - 1):
-                raise InputError(f"{display_url(url)}: asked for bytes {start}-{end - 1}, the server sent {first}-{last}")
-            return await _read_at_most(r.content, last + 1 - first), total
-    except asyncio.TimeoutError as exc:
-        raise _Transient("timed out") from exc
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise _Transient(f"connection reset ({exc.__class__.__name__})") from exc
-
-
-def _total_from(content_range: str, url: str, *, allow_unsatisfied: bool) -> int:
-    match = re.match(r"^bytes \*/(\d+)$", content_range)
-    if match and allow_unsatisfied:
-        return int(match.group(1))
-    raise InputError(f"{display_url(url)}: the server refused the range (HTTP 416)")
-
-
-def _check_status(status: int, url: str) -> None:
-    if status in (404, 410):
-        raise FileNotFoundError(url)
-    if status in (401, 403):
-        raise PermissionError(url)
-    if status == 429 or status >= 500:
-        raise _Transient(f"the server answered HTTP {status}")
-    if status not in (200, 206):
-        raise _HttpStatus(status)
-
-
-class _HttpStatus(Exception):
-    def __init__(self, status: int):
-        super().__init__(status)
-        self.status = status
-
-
-async def _read_at_most(stream, expected: int) -> bytes:
-    """Exactly ``expected`` bytes of a body: a shorter one is a cut connection (retried), a
-    longer one is never read past ``expected``."""
-    chunks, got = [], 0
-    while got < expected:
-        chunk = await stream.read(min(1 << 20, expected - got))
-        if not chunk:
-            raise _Transient("connection reset (body cut short)")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
 def _describe(exc: BaseException) -> str:
     """What went wrong, from the exception's type and status only: messages of network
     libraries may repeat a URL with its credentials."""
-    if isinstance(exc, _Transient):
+    if isinstance(exc, Transient):
         return str(exc)
     status = _status_of(exc)
     if isinstance(exc, FileNotFoundError) or status in (404, 410):

@@ -90,6 +90,7 @@ def test_one_transient_500_is_retried(cli, server, model, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert server.faults.errors_500 == 0
     local = cli("convert", model / INDEX, "--to", "bf16", "-o", tmp_path / "local", "-q")
+    assert local.exit_code == 0, local.stderr
     _same_output(tmp_path / "out", tmp_path / "local")
 
 
@@ -99,6 +100,7 @@ def test_a_reset_mid_tensor_is_retried_and_the_output_is_unchanged(cli, server, 
     assert result.exit_code == 0, result.stderr
     assert server.faults.cut_count == 0  # the fault fired
     local = cli("convert", model / INDEX, "--to", "int8", "-o", tmp_path / "local", "-q")
+    assert local.exit_code == 0, local.stderr
     _same_output(tmp_path / "out", tmp_path / "local")
 
 
@@ -191,3 +193,41 @@ def test_reshard_copies_the_remote_bytes_once(cli, server, model, tmp_path):
     local = cli("reshard", model / INDEX, "-o", tmp_path / "local", "--max-size", "1GB", "-q")
     assert local.exit_code == 0, local.stderr
     _same_output(tmp_path / "out", tmp_path / "local")
+
+
+@pytest.mark.parametrize("command", [("convert", "--to", "bf16"), ("reshard",)])
+def test_a_url_as_output_is_refused_not_written_locally(cli, server, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    result = cli(command[0], f"{server.url}/{INDEX}", *command[1:], "-o", "s3://bucket/out")
+    assert result.exit_code == 2
+    assert "not supported yet" in _one_error_line(result.stderr)
+    assert not (tmp_path / "s3:").exists()
+
+
+def test_an_empty_file_is_not_a_checkpoint(server, model):
+    (model / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="not a safetensors file"):
+        open_remote(f"{server.url}/empty.safetensors", options=FAST)
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("https://user:pw@host:8443/a/b.safetensors?X-Amz-Signature=x#frag", "https://host:8443/a/b.safetensors"),
+        ("http://[::1]:9000/m.safetensors", "http://[::1]:9000/m.safetensors"),
+        ("s3://bucket/prefix", "s3://bucket/prefix"),
+    ],
+)
+def test_urls_are_shown_without_credentials(url, shown):
+    from quantkit.sources.remote import display_url
+
+    assert display_url(url) == shown
+
+
+def test_settings_from_the_environment_are_checked():
+    from quantkit.errors import UsageError
+
+    assert RemoteOptions.from_environment({"QUANTKIT_REMOTE_RETRIES": "1", "QUANTKIT_REMOTE_TIMEOUT_S": "2.5"}) == RemoteOptions(retries=1, timeout_s=2.5)
+    for bad in ({"QUANTKIT_REMOTE_RETRIES": "many"}, {"QUANTKIT_REMOTE_TIMEOUT_S": "0"}, {"QUANTKIT_REMOTE_BACKOFF_S": "-1"}):
+        with pytest.raises(UsageError):
+            RemoteOptions.from_environment(bad)

@@ -78,7 +78,7 @@ def test_convert_fetches_each_byte_once_and_matches_a_local_run(s3, tmp_path):
             assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("url", [f"s3://no-such-bucket/model", f"s3://{BUCKET}/no-such-model.safetensors"])
+@pytest.mark.parametrize("url", ["s3://no-such-bucket/model", f"s3://{BUCKET}/no-such-model.safetensors"])
 def test_missing_bucket_or_key_exits_3_naming_the_url(cli, s3, url):
     result = cli("inspect", url)
     assert result.exit_code == 3
