@@ -135,8 +135,8 @@ class RemoteFile:
 class RemoteStore:
     """The filesystem of one remote checkpoint, with a count of the bytes fetched from it.
 
-    Thread-safe: fsspec runs each request on its own event loop thread, and the count is
-    kept under a lock.
+    Thread-safe: s3fs and fsspec's HTTP filesystem run every request on their one event-loop
+    thread, the Hub's reads open a file object per request, and the count is kept under a lock.
     """
 
     def __init__(self, url: str, options: RemoteOptions):
@@ -167,11 +167,11 @@ class RemoteStore:
 
     def info(self, path: str) -> dict:
         with self.errors(self.url_of(path)):
-            return self._again(lambda: self.fs.info(path))
+            return self._metadata(lambda: self.fs.info(path))
 
     def ls(self, path: str) -> list[dict]:
         with self.errors(self.url_of(path)):
-            return self._again(lambda: self.fs.ls(path, detail=True))
+            return self._metadata(lambda: self.fs.ls(path, detail=True))
 
     def read(self, file: RemoteFile, start: int, end: int) -> bytes:
         """Bytes ``start..end`` of ``file``: one ranged request (retried where transient), checked
@@ -225,6 +225,10 @@ class RemoteStore:
         if total != file.size:
             raise InputError(f"{file.url}: the file changed while it was read (it had {file.size} bytes, now {total}); run again")
         return data
+
+    def _metadata(self, call):
+        """A listing or size lookup: s3fs retries its own; huggingface_hub does not retry API calls."""
+        return self._again(call) if self.scheme == "hf" else call()
 
     def _again(self, call):
         """``call()``, again after a transient failure (5xx, reset, timeout), at most ``retries``
