@@ -36,11 +36,6 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests" / "sources"))  # the test servers
 
 
-# The peak RSS of a child counts, up to its exec, the pages of the process that forked it: with
-# moto holding the checkpoint in this process, an S3 row's figure would be moto's, so it is not shown.
-_rss_note = None
-
-
 def run_cli(*args: str, env: dict[str, str]) -> tuple[dict | str, float, int]:
     """Output (JSON when it parses), seconds, peak RSS in bytes of ``quantkit ARGS``."""
     started = time.perf_counter()
@@ -130,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 run_env = {**env, **extra_env}
                 anatomy, seconds, rss = run_cli("inspect", url, "--json", env=run_env)
-                rss = rss if via == "http" else None  # see _rss_note
+                # a child's peak RSS counts, up to its exec, the pages of the process that forked it:
+                # with moto holding the checkpoint in this process, an S3 figure would be moto's
+                rss = rss if via == "http" else None
                 rows.append((via, "inspect", seconds, rss, anatomy["bytes_fetched"]))
                 rows.append((via, "download all first", download_all(get, paths), None, size))
                 for scheme in schemes:
