@@ -47,14 +47,17 @@ def convert_cmd(
     )
     with open_checkpoint(src) as source, byte_progress(source.total_bytes, f"convert to {to}", quiet=quiet or json_out) as progress:
         result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress)
+        fetched = source.bytes_fetched
     if report is not None:
         from quantkit.reports import build_report, write_report
 
         write_report(build_report(src, result.write.folder), report)
     if json_out:
-        print_json(summary(result))
+        print_json({**summary(result), "bytes_fetched": fetched})
     else:
         typer.echo(summary_text(result))
+        if fetched is not None:
+            typer.echo(f"fetched: {fetched:,} bytes over the network ({format_bytes(result.input_bytes)} of tensors in the input)")
         if report is not None:
             typer.echo(f"report: {report}")
 

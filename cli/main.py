@@ -25,7 +25,8 @@ app = typer.Typer(
 )
 
 SIZE_HELP = "Largest shard: decimal units 500MB, 2GB (10**9 bytes) or binary 2GiB (2**30 bytes)."
-Src = Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, .pth/.pt/.bin, an index .json, or a Hugging Face folder.")]
+# str, not Path: a Path would fold the "//" of s3://, https:// and hf:// URLs
+Src = Annotated[str, typer.Argument(help="Checkpoint: .safetensors, .pth/.pt/.bin, an index .json, a Hugging Face folder, or the URL of a safetensors checkpoint (s3://, https://, hf://org/model[@revision]; needs quantkit[remote]).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output (only once the new one is complete).")]
 Fsync = Annotated[bool, typer.Option("--fsync", help="Flush every shard to disk (fsync) before the output is renamed into place: survives a power loss, costs the disk's write time.")]

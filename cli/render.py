@@ -28,6 +28,8 @@ def anatomy_text(a: Anatomy) -> str:
         lines += ["", "also in the file:"] + [f"  {k}: {v}" for k, v in a.extras.items()]
     lines += memory_lines(a.memory)
     lines += [f"note: {n}" for n in a.notes]
+    if a.bytes_fetched is not None:
+        lines.append(f"fetched: {a.bytes_fetched:,} bytes over the network ({a.bytes_fetched / max(sum(a.files.values()), 1):.4%} of the files)")
     return "\n".join(lines)
 
 

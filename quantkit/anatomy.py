@@ -45,6 +45,7 @@ class Anatomy:
     notes: list[str] = field(default_factory=list)
     quantization: dict | None = None
     memory: dict | None = None  # quantkit.memory.MemoryEstimate as a dict
+    bytes_fetched: int | None = None  # a remote checkpoint: bytes fetched over the network (headers, index, config.json)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,4 +104,5 @@ def inspect_checkpoint(path: str | Path, *, top: int = 10, memory_options: dict 
                 total_params, shape=ModelShape.from_config(read_config(source.info.config_dir)),
                 stored_bytes=total_bytes, **(memory_options or {}),
             ).to_dict(),
+            bytes_fetched=source.bytes_fetched,
         )

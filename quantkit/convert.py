@@ -16,9 +16,9 @@ from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .selection import Assignment, Kept, layout_for, select
 from .sources import CheckpointSource, opened
+from .sources.remote import check_local_output
 from .specs import OutSpec
 from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint, write_checkpoint
-
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,8 @@ def convert(
         >>> convert("model.pth", options=ConvertOptions("nf4", double_quant=True))  # doctest: +SKIP
     """
     started = time.perf_counter()
-    src_path = src.path if isinstance(src, CheckpointSource) else Path(src)
+    src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
+    check_local_output(output)
     target = Path(output) if output is not None else default_output(src_path, options.scheme)
     # casts run on the CPU (they are bound by reading and writing); quantizers where asked
     device = resolve_device(options.device) if options.quantizing else "cpu"
@@ -194,7 +195,7 @@ def convert(
         outputs = {name: converter.outputs(name) for name in source.specs}
         with staged_output(target, force=force) as staging:
             write = _write(staging, source, src_path, converter, outputs, options, fsync=fsync, progress=progress)
-            copied = copy_model_files(source.info.config_dir, staging, target=target)
+            copied = copy_model_files(source.model_files_dir(), staging, target=target)
             if source.info.config_dir is not None and (staging / CONFIG).is_file():
                 update_hf_config(staging / CONFIG, options, assignment)
         return ConvertResult(

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from .errors import InputError
-from .jsonio import read_json
+from .jsonio import BadJson, loads, read_json
 from .version import __version__
 
 MANIFEST = "quantkit.json"  # what quantkit wrote: source, operation, per-file sizes and SHA-256
@@ -25,7 +25,11 @@ SCHEME_KEY = "quantkit.scheme"
 
 
 def default_output(src: Path, suffix: str) -> Path:
-    """``model.pth`` -> ``model-<suffix>`` beside it; a folder ``m/`` -> ``m-<suffix>``."""
+    """``model.pth`` -> ``model-<suffix>`` beside it; a folder ``m/`` -> ``m-<suffix>``; a
+    remote checkpoint (a URL) -> ``<name>-<suffix>`` in the current folder (``model`` for
+    ``hf://org/model@main``)."""
+    if "://" in str(src):
+        src = Path(str(src).rstrip("/").rsplit("/", 1)[-1].split("@", 1)[0])
     src = Path(src)
     stem = src.name
     for ext in (".index.json", ".safetensors", ".pth", ".pt", ".bin"):
@@ -33,10 +37,18 @@ def default_output(src: Path, suffix: str) -> Path:
     return src.parent / f"{stem}-{suffix}"
 
 
-def parse_index(index_path: Path) -> tuple[dict[str, str], dict]:
+def parse_index(index_path, raw: bytes | None = None) -> tuple[dict[str, str], dict]:
     """An index file's ``weight_map`` and ``metadata`` (empty when absent); InputError when
-    it is not JSON or has no ``weight_map`` of names to file names. The one index parser."""
-    index = read_json(index_path, what="index")
+    it is not JSON or has no ``weight_map`` of names to file names. The one index parser.
+    ``raw``: the index's bytes where they were read elsewhere (a remote index); ``index_path``
+    then only names it in errors."""
+    if raw is None:
+        index = read_json(index_path, what="index")
+    else:
+        try:
+            index = loads(raw)
+        except BadJson as exc:
+            raise InputError(f"{index_path}: index is not valid JSON ({exc.kind})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise InputError(f"{index_path}: index has no 'weight_map' mapping tensor names to shard files")
@@ -44,12 +56,24 @@ def parse_index(index_path: Path) -> tuple[dict[str, str], dict]:
     return weight_map, metadata if isinstance(metadata, dict) else {}
 
 
-def read_index(index_path: Path) -> dict[str, str]:
-    """The ``weight_map`` of a sharded checkpoint's index, its shards checked to lie beside it."""
-    weight_map, _ = parse_index(index_path)
+def parse_weight_map(raw: bytes, index_path) -> dict[str, str]:
+    """The ``weight_map`` of an index's bytes ``raw`` (however read), every shard checked to be
+    a plain file name beside the index."""
+    weight_map, _ = parse_index(index_path, raw)
+    return _shards_beside(weight_map, index_path)
+
+
+def _shards_beside(weight_map: dict[str, str], index_path) -> dict[str, str]:
     for shard in set(weight_map.values()):
         if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
             raise InputError(f"{index_path}: shard name {shard!r} must be a file name beside the index")
+    return weight_map
+
+
+def read_index(index_path: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded checkpoint's index, its shards checked to lie beside it."""
+    weight_map = _shards_beside(parse_index(index_path)[0], index_path)
+    for shard in set(weight_map.values()):
         if not (index_path.parent / shard).is_file():
             raise InputError(f"{index_path}: shard {shard!r} named by the index is missing")
     return weight_map

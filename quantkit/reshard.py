@@ -8,6 +8,7 @@ from pathlib import Path
 from .layout import default_output, provenance  # noqa: F401 (default_output re-exported)
 from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .sources import CheckpointSource, opened
+from .sources.remote import check_local_output
 from .specs import OutSpec
 from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint
 
@@ -47,7 +48,8 @@ def reshard(
     Example:
         >>> reshard("model.pth", "model-st", max_shard_bytes=500 * 10**6)  # doctest: +SKIP
     """
-    src_path = src.path if isinstance(src, CheckpointSource) else Path(src)
+    src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
+    check_local_output(output)
     target = Path(output) if output is not None else default_output(src_path, "safetensors")
     with opened(src) as source, staged_output(target, force=force) as staging:
         plan = plan_shards([(n, s.nbytes) for n, s in source.specs.items()], max_shard_bytes)
@@ -57,6 +59,6 @@ def reshard(
         result = write_cast_checkpoint(
             staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, fsync=fsync
         )
-        copied = copy_model_files(source.info.config_dir, staging, target=target)
+        copied = copy_model_files(source.model_files_dir(), staging, target=target)
         notes = list(source.info.notes)
     return ReshardResult(source.info.format, result.moved_to(target), dict(source.aliases), copied, notes)

@@ -56,18 +56,32 @@ def read_header(path: Path) -> SafetensorsHeader:
     """
     file_bytes = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(HEADER_LENGTH_BYTES)
-        if len(head) < HEADER_LENGTH_BYTES:
-            raise InputError(f"{path}: not a safetensors file ({file_bytes} bytes, shorter than its 8-byte header length)")
-        (header_bytes,) = struct.unpack("<Q", head)
-        if header_bytes > file_bytes - HEADER_LENGTH_BYTES:
-            raise InputError(
-                f"{path}: header length {header_bytes} runs past the end of the file ({file_bytes} bytes): "
-                "the file is truncated or not a safetensors file"
-            )
-        if header_bytes > MAX_HEADER_BYTES:
-            raise InputError(f"{path}: header length {header_bytes} exceeds the safetensors limit of {MAX_HEADER_BYTES}")
+        header_bytes = header_length(path, f.read(HEADER_LENGTH_BYTES), file_bytes)
         raw = f.read(header_bytes)
+    return parse_header(path, raw, file_bytes)
+
+
+def header_length(path, head: bytes, file_bytes: int) -> int:
+    """The JSON header's length from a file's first 8 bytes ``head``, checked against the
+    file's size before any more of it is read. ``path`` only names the file in errors."""
+    if len(head) < HEADER_LENGTH_BYTES:
+        raise InputError(f"{path}: not a safetensors file ({file_bytes} bytes, shorter than its 8-byte header length)")
+    (header_bytes,) = struct.unpack("<Q", head[:HEADER_LENGTH_BYTES])
+    if header_bytes > file_bytes - HEADER_LENGTH_BYTES:
+        raise InputError(
+            f"{path}: header length {header_bytes} runs past the end of the file ({file_bytes} bytes): "
+            "the file is truncated or not a safetensors file"
+        )
+    if header_bytes > MAX_HEADER_BYTES:
+        raise InputError(f"{path}: header length {header_bytes} exceeds the safetensors limit of {MAX_HEADER_BYTES}")
+    return header_bytes
+
+
+def parse_header(path, raw: bytes, file_bytes: int) -> SafetensorsHeader:
+    """Parse and fully validate the JSON header ``raw`` (the bytes after the length) of a
+    safetensors file of ``file_bytes`` bytes, however they were read (a local file, a ranged
+    request). ``path`` names the file in errors and in the returned header."""
+    header_bytes = len(raw)
     try:
         header = jsonio.loads(raw)
     except jsonio.BadJson as exc:

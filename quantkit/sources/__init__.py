@@ -10,6 +10,7 @@ from ..layout import BIN_INDEX, ST_INDEX, TORCH_FILES, parse_index, safetensors_
 from .base import CheckpointSource, SourceInfo, detect_torch_format
 from .hfconfig import check_config, too_large_to_build
 from .renamed import renamed, suggest_prefix as _suggest_prefix
+from .remote import is_url
 from .safetensors_source import open_safetensors_file, open_safetensors_index
 
 __all__ = ["CheckpointSource", "SourceInfo", "open_checkpoint", "opened"]
@@ -34,7 +35,8 @@ def open_checkpoint(
 
     Accepts a ``.safetensors`` file, a safetensors or ``.bin`` index, a ``.pth``/``.pt``/``.bin``
     (zip or legacy format), or a folder holding one of these (a Hugging Face model folder:
-    safetensors preferred over ``.bin``).
+    safetensors preferred over ``.bin``); or the URL of a remote safetensors checkpoint
+    (``s3://``, ``https://``, ``hf://org/model[@revision]``: see ``remote_safetensors.open_remote``).
 
     Args:
         path: the file or folder.
@@ -51,6 +53,13 @@ def open_checkpoint(
         >>> with open_checkpoint("train.ckpt", key="state_dict", strip_prefix="model.") as src:  # doctest: +SKIP
         ...     names = list(src.specs)
     """
+    if is_url(path):  # s3://, http(s)://, hf://: ranged reads through fsspec (quantkit[remote])
+        from .remote_safetensors import open_remote
+
+        if key or allow_globals:
+            raise UsageError(f"{path}: key and allow_globals apply to PyTorch pickles only, and remote sources are safetensors")
+        source = open_remote(path)
+        return renamed(source, strip_prefix) if strip_prefix else source
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")

@@ -43,6 +43,7 @@ class CheckpointSource(ABC):
     # True where reading copies bytes from disk (get_tensor allocates), so that reading into a
     # reused buffer (read_into) saves a fresh allocation per tensor; False where get_tensor maps.
     reads_into_buffer = False
+    bytes_fetched: int | None = None  # bytes read over the network so far; None for a local checkpoint
 
     def __init__(self, path: Path, info: SourceInfo, specs: dict[str, TensorSpec], aliases: dict[str, str]):
         self.path = path
@@ -61,6 +62,11 @@ class CheckpointSource(ABC):
 
     def close(self) -> None:
         """Release open files and mappings."""
+
+    def model_files_dir(self) -> Path | None:
+        """The folder of config and tokenizer files to copy into an output (a remote source
+        fetches them here, on first use)."""
+        return self.info.config_dir
 
     def __enter__(self) -> "CheckpointSource":
         return self
