@@ -67,8 +67,8 @@ MAX_COPIED_DEPTH = 8  # subfolders below the model folder
 
 @dataclass
 class _CopyBudget:
-    bytes_left: int = MAX_COPIED_TOTAL_BYTES
-    files_left: int = MAX_COPIED_FILES
+    bytes_left: int = field(default_factory=lambda: MAX_COPIED_TOTAL_BYTES)
+    files_left: int = field(default_factory=lambda: MAX_COPIED_FILES)
 
 
 def copy_model_files(
