@@ -24,7 +24,7 @@ from .main import SIZE_HELP, Force, Fsync, Quiet, Src, app
 def convert_cmd(
     src: Src,
     to: Annotated[str, typer.Option("--to", help=f"Target, one of {', '.join(SCHEMES)}. {schemes_help()}.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-<to> beside SRC).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-<to> beside SRC). Its parent folder must exist; it may not be SRC, inside SRC or hold SRC.")] = None,
     max_size: Annotated[str, typer.Option("--max-size", help=SIZE_HELP)] = str(DEFAULT_MAX_SHARD_BYTES),
     blocksize: Annotated[int, typer.Option("--blocksize", help="4-bit block size (32..4096).")] = 64,
     double_quant: Annotated[bool, typer.Option("--double-quant", help="4-bit: quantize the block absmax values too.")] = False,
