@@ -32,8 +32,8 @@ def guarded(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except QuantkitError as exc:
             _fail(f"quantkit: error: {exc}", exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("quantkit: interrupted; partial output removed", EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:  # str(exc): what is in place, when the output was complete
+            _fail(f"quantkit: interrupted; {str(exc) or 'partial output removed'}", EXIT_INTERRUPTED)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # an unexpected failure is a bug: say so in one line

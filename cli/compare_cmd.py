@@ -9,6 +9,7 @@ import typer
 
 from quantkit.errors import UsageError
 from quantkit.sources import open_checkpoint
+from quantkit.writing.target import check_report_path
 
 from .common import byte_progress, guarded
 from .main import Quiet, app
@@ -58,6 +59,10 @@ def compare_cmd(
         raise UsageError(f"--text {text}: no such file")
     if inputs is not None and model is None:
         raise UsageError("--inputs goes with --model module:factory")
+    for path in (markdown, html):  # before any work, and never over either checkpoint
+        if path is not None:
+            check_report_path(path, src=original)
+            check_report_path(path, src=converted)
     shape = model_shape(num_layers, hidden_size, num_heads)
     with open_checkpoint(original) as probe:
         total = probe.total_bytes

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from quantkit.convert import ConvertOptions, ConvertResult, convert
+from quantkit.layout import default_output
+from quantkit.writing.target import check_output, check_report_path
 from quantkit.schemes.registry import SCHEMES, schemes_help
 from quantkit.planner import DEFAULT_MAX_SHARD_BYTES
 from quantkit.sizes import format_bytes, parse_size
@@ -22,7 +24,7 @@ from .main import SIZE_HELP, Force, Fsync, Quiet, Src, app
 def convert_cmd(
     src: Src,
     to: Annotated[str, typer.Option("--to", help=f"Target, one of {', '.join(SCHEMES)}. {schemes_help()}.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-<to> beside SRC).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-<to> beside SRC). Its parent folder must exist; it may not be SRC, inside SRC or hold SRC.")] = None,
     max_size: Annotated[str, typer.Option("--max-size", help=SIZE_HELP)] = str(DEFAULT_MAX_SHARD_BYTES),
     blocksize: Annotated[int, typer.Option("--blocksize", help="4-bit block size (32..4096).")] = 64,
     double_quant: Annotated[bool, typer.Option("--double-quant", help="4-bit: quantize the block absmax values too.")] = False,
@@ -45,6 +47,9 @@ def convert_cmd(
         scheme=to, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype,
         skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
     )
+    check_output(src, output if output is not None else default_output(src, options.scheme), force=force)  # before reading
+    if report is not None:
+        check_report_path(report, src=src)
     with open_checkpoint(src) as source, byte_progress(source.total_bytes, f"convert to {to}", quiet=quiet or json_out) as progress:
         result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress)
         fetched = source.bytes_fetched

@@ -10,7 +10,9 @@ import typer
 import quantkit
 from quantkit.anatomy import inspect_checkpoint
 from quantkit.planner import DEFAULT_MAX_SHARD_BYTES
+from quantkit.layout import default_output
 from quantkit.reshard import reshard
+from quantkit.writing.target import check_output
 from quantkit.sizes import format_bytes, parse_size
 from quantkit.sources import open_checkpoint
 
@@ -50,7 +52,7 @@ def main(
 @guarded
 def reshard_cmd(
     src: Src,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-safetensors beside SRC).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-safetensors beside SRC). Its parent folder must exist; it may not be SRC, inside SRC or hold SRC.")] = None,
     max_size: Annotated[str, typer.Option("--max-size", help=SIZE_HELP)] = str(DEFAULT_MAX_SHARD_BYTES),
     force: Force = False,
     fsync: Fsync = False,
@@ -59,6 +61,7 @@ def reshard_cmd(
 ) -> None:
     """Rewrite any checkpoint as safetensors shards plus index, bit-exact (the layout transformers loads)."""
     max_bytes = parse_size(max_size)
+    check_output(src, output if output is not None else default_output(src, "safetensors"), force=force)  # before reading
     with open_checkpoint(src) as source, byte_progress(source.total_bytes, "reshard", quiet=quiet or json_out) as progress:
         result = reshard(source, output, max_shard_bytes=max_bytes, force=force, fsync=fsync, progress=progress)
     w = result.write

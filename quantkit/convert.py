@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .devices import check_device, resolve_device
 from .dtypes import short_name
-from .errors import InputError, OutputError, UsageError
+from .errors import InputError, UsageError
 from .layout import CONFIG, SCHEME_KEY, TRANSPOSED_KEY, default_output, provenance
 from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
@@ -19,6 +19,8 @@ from .sources import CheckpointSource, opened
 from .sources.remote import check_local_output
 from .specs import OutSpec
 from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint, write_checkpoint
+from .writing.folder import record_all_files, skipped_notes
+from .writing.target import check_output
 
 
 @dataclass(frozen=True)
@@ -185,19 +187,22 @@ def convert(
     target = Path(output) if output is not None else default_output(src_path, options.scheme)
     # casts run on the CPU (they are bound by reading and writing); quantizers where asked
     device = resolve_device(options.device) if options.quantizing else "cpu"
-    if target.exists() and not force:
-        raise OutputError(f"{target}: already exists; choose another output or pass --force to replace it")
+    check_output(src_path, target, force=force)  # before anything is read
+    staging_notes: list[str] = []
     with opened(src) as source:
         _check_convertible(source)
         assignment = assign(source, options)
         _check_mix(assignment)
         converter = _Converter(source, assignment, options.settings, device)
         outputs = {name: converter.outputs(name) for name in source.specs}
-        with staged_output(target, force=force) as staging:
+        with staged_output(target, force=force, notes=staging_notes) as staging:
             write = _write(staging, source, src_path, converter, outputs, options, fsync=fsync, progress=progress)
-            copied = copy_model_files(source.model_files_dir(), staging, target=target)
+            skipped: dict[str, str] = {}
+            copied = copy_model_files(source.model_files_dir(), staging, target=target, skipped=skipped)
             if source.info.config_dir is not None and (staging / CONFIG).is_file():
                 update_hf_config(staging / CONFIG, options, assignment)
+            write = record_all_files(write, skipped=skipped)  # the manifest covers every file written
+            staging_notes += skipped_notes(skipped)
         return ConvertResult(
             scheme=options.scheme,
             source_format=source.info.format,
@@ -211,7 +216,7 @@ def convert(
             input_bytes_by_dtype=bytes_by_dtype(source.specs.values()),
             output_bytes_by_dtype=bytes_by_dtype(spec for shard in write.shards for spec in shard.specs),
             elapsed_s=time.perf_counter() - started,
-            notes=_notes(source, options, assignment),
+            notes=_notes(source, options, assignment) + staging_notes,
             copied_files=copied,
         )
 
@@ -224,11 +229,13 @@ def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _
     metadata = provenance(source, **extra)
     manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
     if not options.quantizing:  # every tensor in chunks, with numpy (for safetensors, torch is never imported)
-        return write_cast_checkpoint(staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync)
+        return write_cast_checkpoint(
+            staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, self_checksum=True
+        )
     workers = 2 if source.concurrent_reads else 1
     return write_checkpoint(
         staging, plan, outputs, converter.produce, source=source, chunked=lambda unit: not converter.quantized(unit),
-        metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, workers=workers,
+        metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, workers=workers, self_checksum=True,
     )
 
 

@@ -22,6 +22,10 @@ TORCH_FILES = ("pytorch_model.bin", "model.pth", "model.pt")
 ALIASES_KEY = "quantkit.aliases"  # dropped tied name -> kept name, JSON
 TRANSPOSED_KEY = "quantkit.transposed"  # weights quantized transposed (GPT-2 Conv1D), JSON list
 SCHEME_KEY = "quantkit.scheme"
+# SHA-256 of the whole shard file as it reads with this value replaced by SELF_SHA256_PLACEHOLDER:
+# a checksum that travels with the shard, header included, when quantkit.json is lost
+SELF_SHA256_KEY = "quantkit.self_sha256"
+SELF_SHA256_PLACEHOLDER = "0" * 64
 
 
 def default_output(src: Path, suffix: str) -> Path:

@@ -11,6 +11,8 @@ from .sources import CheckpointSource, opened
 from .sources.remote import check_local_output
 from .specs import OutSpec
 from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint
+from .writing.folder import record_all_files, skipped_notes
+from .writing.target import check_output
 
 
 @dataclass
@@ -51,14 +53,19 @@ def reshard(
     src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
     check_local_output(output)
     target = Path(output) if output is not None else default_output(src_path, "safetensors")
-    with opened(src) as source, staged_output(target, force=force) as staging:
+    check_output(src_path, target, force=force)  # before anything is read
+    staging_notes: list[str] = []
+    with opened(src) as source, staged_output(target, force=force, notes=staging_notes) as staging:
         plan = plan_shards([(n, s.nbytes) for n, s in source.specs.items()], max_shard_bytes)
         outputs = {n: [OutSpec(n, s.dtype, s.shape)] for n, s in source.specs.items()}
         manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "reshard", "aliases": source.aliases}
         # copied in chunks into reused buffers (for safetensors, without torch)
         result = write_cast_checkpoint(
-            staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, fsync=fsync
+            staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, fsync=fsync,
+            self_checksum=True,
         )
-        copied = copy_model_files(source.model_files_dir(), staging, target=target)
-        notes = list(source.info.notes)
-    return ReshardResult(source.info.format, result.moved_to(target), dict(source.aliases), copied, notes)
+        skipped: dict[str, str] = {}
+        copied = copy_model_files(source.model_files_dir(), staging, target=target, skipped=skipped)
+        result = record_all_files(result, skipped=skipped)  # the manifest covers every file written
+        notes = list(source.info.notes) + skipped_notes(skipped)
+    return ReshardResult(source.info.format, result.moved_to(target), dict(source.aliases), copied, notes + staging_notes)

@@ -9,15 +9,16 @@ are checked by opening them as quantkit would read them (pickle metadata, index 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import jsonio
 from .errors import InputError
-from .layout import ALIASES_KEY, MANIFEST, ST_INDEX, WEIGHT_SUFFIXES, parse_index, safetensors_in
+from .layout import ALIASES_KEY, MANIFEST, SELF_SHA256_KEY, ST_INDEX, WEIGHT_SUFFIXES, parse_index, safetensors_in
 from .sources import open_checkpoint
-from .safetensors_format import SafetensorsHeader, read_header
-from .writing.shard import sha256_of
+from .safetensors_format import HEADER_LENGTH_BYTES, SafetensorsHeader, read_header
+from .writing.shard import self_checksum_offset
 from .sources.base import detect_torch_format
 from .sources.hfconfig import check_config
 from .sources.ziprecords import check_all_crcs
@@ -67,6 +68,8 @@ def verify_checkpoint(path: str | Path) -> VerifyReport:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     located = _locate_safetensors(path)
+    if located is None and path.is_dir() and (path / MANIFEST).is_file():
+        located = (path, None, [])  # a folder quantkit wrote whose shards are gone: its manifest says what is missing
     if located is None:
         return _verify_other(path)
     folder, index_path, shard_names = located
@@ -75,6 +78,8 @@ def verify_checkpoint(path: str | Path) -> VerifyReport:
     index_meta: dict = {}
     if index_path is not None:
         weight_map, index_meta, shard_names = _read_index(index_path, report)
+        if weight_map == {}:
+            report.problems.append(f"{index_path}: the index maps no tensors (its weight_map is empty)")
         report.files = list(shard_names)
         for stray in sorted(set(p.name for p in folder.glob("*.safetensors")) - set(shard_names)):
             report.notes.append(f"{folder / stray}: not named by the index (its tensors are not part of this checkpoint)")
@@ -96,7 +101,12 @@ def verify_checkpoint(path: str | Path) -> VerifyReport:
         _check_total_size(index_path, index_meta.get("total_size"), report, strict=written_by_quantkit)
     if manifest and len(headers) == len(shard_names) and manifest.get("total_size") is not None:
         _check_total_size(folder / MANIFEST, manifest.get("total_size"), report, strict=True)
-    _check_checksums(folder, shard_names, manifest, index_meta, report)
+    if not shard_names and manifest:
+        report.problems.append(f"{folder}: no shard found; {MANIFEST} records what quantkit wrote here")
+    _check_index_records(index_path, shard_names, index_meta, report)
+    _check_checksums(folder, shard_names, manifest, index_meta, report, headers)
+    if manifest:
+        _note_unlisted_files(folder, manifest, shard_names, report)
     return report
 
 
@@ -213,10 +223,56 @@ def _read_manifest(folder: Path, report: VerifyReport) -> dict:
     except jsonio.BadJson as exc:
         report.problems.append(f"{manifest_path}: not valid JSON ({exc.kind})")
         return {}
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         report.problems.append(f"{manifest_path}: 'files' must map file names to their bytes and sha256")
         return {}
+    for name, entry in manifest["files"].items():
+        if not _safe_relative(name):
+            report.problems.append(f"{manifest_path}: file name {name!r} is not a path inside the folder (the record is damaged)")
+        elif not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int) or not _is_sha256(entry.get("sha256")):
+            report.problems.append(f"{manifest_path}: the record of {name!r} has no valid 'bytes' and 'sha256' (the record is damaged)")
     return manifest
+
+
+def _safe_relative(name: object) -> bool:
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower())
+
+
+def _check_index_records(index_path: Path | None, shard_names: list[str], index_meta: dict, report: VerifyReport) -> None:
+    """The index's ``metadata.sha256``, where quantkit wrote one: a record for each shard, and
+    none for anything else (a damaged name would otherwise leave its shard unchecked)."""
+    if index_path is None:
+        return
+    sums = index_meta.get("sha256")
+    if sums is None:
+        if "quantkit_version" in index_meta and shard_names:
+            report.problems.append(f"{index_path}: written by quantkit but has no metadata.sha256 (the record is damaged)")
+        return
+    if not isinstance(sums, dict):
+        report.problems.append(f"{index_path}: metadata.sha256 must map shard names to SHA-256 digests")
+        return
+    for name, digest in sums.items():
+        if name not in shard_names:
+            report.problems.append(f"{index_path}: metadata.sha256 names {name!r}, which is not a shard of this checkpoint (the record is damaged)")
+        elif not _is_sha256(digest):
+            report.problems.append(f"{index_path}: metadata.sha256 of {name!r} is not a SHA-256 digest (the record is damaged)")
+    for name in shard_names:
+        if name not in sums:
+            report.problems.append(f"{index_path}: metadata.sha256 has no record for {name}")
+
+
+def _note_unlisted_files(folder: Path, manifest: dict, shard_names: list[str], report: VerifyReport) -> None:
+    listed = set(manifest.get("files", {})) | set(shard_names) | {MANIFEST, ST_INDEX}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if (path.is_file() or path.is_symlink()) and rel not in listed and not rel.startswith("."):
+            report.notes.append(f"{path}: not written by quantkit (not in {MANIFEST})")
 
 
 def _check_total_size(source: Path, recorded: object, report: VerifyReport, *, strict: bool) -> None:
@@ -228,12 +284,17 @@ def _check_total_size(source: Path, recorded: object, report: VerifyReport, *, s
     (report.problems if strict else report.notes).append(message)
 
 
-def _check_checksums(folder: Path, shard_names: list[str], manifest: dict, index_meta: dict, report: VerifyReport) -> None:
-    """Compare sizes and SHA-256 with quantkit.json and the index metadata, each shard hashed once."""
+def _check_checksums(
+    folder: Path, shard_names: list[str], manifest: dict, index_meta: dict, report: VerifyReport, headers: dict[str, SafetensorsHeader]
+) -> None:
+    """Compare sizes and SHA-256 with quantkit.json, the index metadata and each shard's own
+    header record (``quantkit.self_sha256``); each file is read once."""
     files = manifest.get("files", {}) if manifest else {}
     index_sums = index_meta.get("sha256") if isinstance(index_meta.get("sha256"), dict) else {}
     recorded: dict[str, list[tuple[str, str]]] = {}
     for name, entry in files.items():
+        if not _safe_relative(name):
+            continue
         if not (folder / name).is_file():
             report.problems.append(f"{folder / name}: listed in {MANIFEST} but missing")
             continue
@@ -242,20 +303,72 @@ def _check_checksums(folder: Path, shard_names: list[str], manifest: dict, index
         if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
             recorded.setdefault(name, []).append((MANIFEST, entry["sha256"]))
     for name, digest in index_sums.items():
-        if isinstance(digest, str) and (folder / name).is_file():
+        if isinstance(digest, str) and name in shard_names and (folder / name).is_file():
             recorded.setdefault(name, []).append(("the index", digest))
     if manifest:
         for shard in shard_names:
             if shard not in files:
                 report.problems.append(f"{folder / shard}: shard not listed in {MANIFEST}")
-    if not recorded:
+    own = {name: header for name, header in headers.items() if _self_record(header, report)}
+    if not recorded and not own:
         report.checksums = "not recorded"
         return
     mismatched = False
-    for name, claims in recorded.items():
-        actual = sha256_of(folder / name)
+    for name in dict.fromkeys([*recorded, *own]):
+        actual, own_actual = _digests(folder / name, own.get(name))
+        claims = recorded.get(name, [])
         for where, digest in claims:
             if digest.lower() != actual:
                 mismatched = True
                 report.problems.append(f"{folder / name}: SHA-256 {actual[:16]}... differs from {where}'s {digest[:16]}... (file changed or damaged)")
+        if own_actual == "":
+            mismatched = True
+            report.problems.append(f"{folder / name}: header record {SELF_SHA256_KEY!r} cannot be checked: not in the header exactly once (the record is damaged)")
+        elif own_actual is not None and own_actual != own[name].metadata[SELF_SHA256_KEY].lower():
+            mismatched = True
+            if not any(digest.lower() != actual for _, digest in claims):  # one line per damaged file
+                recorded_own = own[name].metadata[SELF_SHA256_KEY]
+                report.problems.append(
+                    f"{folder / name}: SHA-256 {own_actual[:16]}... differs from the {recorded_own[:16]}... its header records "
+                    f"({SELF_SHA256_KEY}) (file changed or damaged)"
+                )
     report.checksums = "mismatch" if mismatched else "verified"
+
+
+def _self_record(header: SafetensorsHeader, report: VerifyReport) -> bool:
+    """Whether the shard carries its own SHA-256; a damaged record is a problem, not a pass."""
+    value = header.metadata.get(SELF_SHA256_KEY)
+    if value is None:
+        for key, other in header.metadata.items():
+            if key != SELF_SHA256_KEY and _is_sha256(other) and key.startswith("quantkit"):
+                report.problems.append(f"{header.path}: metadata key {key!r} holds a SHA-256 but is not {SELF_SHA256_KEY!r} (the record is damaged)")
+        return False
+    if not _is_sha256(value):
+        report.problems.append(f"{header.path}: metadata {SELF_SHA256_KEY!r} is not a SHA-256 digest (the record is damaged)")
+        return False
+    return True
+
+
+def _digests(path: Path, header: SafetensorsHeader | None, chunk_bytes: int = 8 << 20) -> tuple[str, str | None]:
+    """SHA-256 of the file, and (for a shard carrying its own) of the file with its
+    ``quantkit.self_sha256`` value read as the 64 zeros it was computed over; one read."""
+    whole, own, zero_at = hashlib.sha256(), None, None
+    if header is not None:
+        with open(path, "rb") as f:
+            raw = f.read(header.data_start)[HEADER_LENGTH_BYTES:]
+        try:
+            zero_at = HEADER_LENGTH_BYTES + self_checksum_offset(raw, header.metadata[SELF_SHA256_KEY])
+            own = hashlib.sha256()
+        except ValueError:
+            zero_at = None
+    with open(path, "rb", buffering=0) as f:
+        position = 0
+        while block := f.read(chunk_bytes):
+            whole.update(block)
+            if own is not None:
+                begin, end = max(zero_at - position, 0), min(zero_at + 64 - position, len(block))
+                if begin < end:  # the recorded value, read as the zeros it was computed over
+                    block = block[:begin] + b"0" * (end - begin) + block[end:]
+                own.update(block)
+            position += len(block)
+    return whole.hexdigest(), own.hexdigest() if own is not None else ("" if header is not None else None)

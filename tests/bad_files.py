@@ -329,3 +329,116 @@ def build(bad: Bad, folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     path = bad.build(folder)
     return path, (folder / bad.names if bad.names else path)
+
+
+# --- issue 11, items 6 and 12: output paths refused before anything is read -------------------
+
+
+@dataclass(frozen=True)
+class BadOutput:
+    """An output path (or report path) quantkit must refuse before reading the input.
+
+    ``build(folder)`` returns (input path, output path, extra arguments); the message is
+    ``quantkit: error: <named>: <fragment>...`` with ``named`` from ``names(folder)``
+    (default: the output path)."""
+
+    id: str
+    build: Callable[[Path], tuple[Path, Path, list[str]]]
+    fragment: str
+    exit_code: int
+    commands: tuple[str, ...] = ("convert", "reshard")
+    names: Callable[[Path], Path] | None = None
+
+
+def _hf_model(folder: Path) -> Path:
+    model = folder / "model"
+    model.mkdir(parents=True)
+    _valid_st(model)
+    (model / "config.json").write_text('{"model_type": "tiny"}\n')
+    return model
+
+
+def _linked_to_model(folder: Path) -> tuple[Path, Path, list[str]]:
+    model = _hf_model(folder)
+    (folder / "link").symlink_to(model, target_is_directory=True)
+    return model, folder / "link", ["--force"]
+
+
+def _sharded_model(folder: Path) -> Path:
+    (folder / "sharded").mkdir()
+    return _sharded(folder / "sharded")
+
+
+BAD_OUTPUTS: list[BadOutput] = [
+    BadOutput("output-is-the-input-file", lambda f: (_valid_st(f), f / "model.safetensors", ["--force"]),
+              "the output is the input", 2),
+    BadOutput("output-is-the-input-folder", lambda f: (_hf_model(f), f / "model", ["--force"]), "the output is the input", 2),
+    BadOutput("output-inside-the-input-folder", lambda f: (_hf_model(f), f / "model" / "out", []), "the output lies inside the input folder", 2),
+    BadOutput("output-dot-dot-inside-the-input", lambda f: (_hf_model(f), f / "model" / "sub" / "..", ["--force"]),
+              "the output must be a new folder's name", 2),
+    BadOutput("output-holds-the-input", lambda f: (_hf_model(f) / "model.safetensors", f / "model", ["--force"]),
+              "the output holds the input", 2),
+    BadOutput("output-holds-the-input-folder", lambda f: (_hf_model(f), f, ["--force"]), "the output holds the input", 2),
+    BadOutput("output-link-to-the-input", _linked_to_model, "the output is the input", 2),
+    BadOutput("output-is-dot", lambda f: (_valid_st(f), Path("."), ["--force"]), "the output must be a new folder's name", 2),
+    BadOutput("output-is-a-shard-of-the-input", lambda f: (_sharded_model(f), f / "sharded" / "model-00001-of-00002.safetensors", ["--force"]),
+              "the output is a weight file beside the input index", 2),
+    BadOutput("output-parent-missing", lambda f: (_valid_st(f), f / "no" / "such" / "out", []),
+              "cannot create out there", 5, names=lambda f: f / "no" / "such"),
+    BadOutput("output-exists-without-force", lambda f: (_valid_st(f), (f / "out").mkdir() or f / "out", []),
+              "already exists; choose another output or pass --force to replace it", 5),
+    BadOutput("report-unknown-suffix", lambda f: (_valid_st(f), f / "out", ["--report", str(f / "out.txt")]),
+              "cannot tell the report format from the suffix; use .json, .md or .html", 2, ("convert",), names=lambda f: f / "out.txt"),
+    BadOutput("report-parent-missing", lambda f: (_valid_st(f), f / "out", ["--report", str(f / "nope" / "r.md")]),
+              "cannot write the report r.md there", 5, ("convert",), names=lambda f: f / "nope"),
+]
+
+
+# --- issue 11, item 9: hostile extras in a model folder: never copied, each listed -----------------
+
+
+@dataclass(frozen=True)
+class HostileExtra:
+    """``build(model_folder, outside_folder)`` adds one hostile entry named ``name``; the
+    output must not hold it, and the summary and quantkit.json list it with ``why``."""
+
+    id: str
+    build: Callable[[Path, Path], None]
+    name: str
+    why: str
+
+
+def _fifo(model: Path, outside: Path) -> None:
+    os.mkfifo(model / "pipe")
+
+
+def _secret_link(model: Path, outside: Path) -> None:
+    (outside / "secret.txt").write_text("API_KEY=hunter2\n")
+    (model / "notes.txt").symlink_to(outside / "secret.txt")
+
+
+def _folder_link(model: Path, outside: Path) -> None:
+    (outside / ".ssh").mkdir()
+    (outside / ".ssh" / "id_rsa").write_text("PRIVATE KEY\n")
+    (model / "keys").symlink_to(outside / ".ssh", target_is_directory=True)
+
+
+def _loop(model: Path, outside: Path) -> None:
+    (model / "sub").mkdir()
+    (model / "sub" / "loop").symlink_to(model, target_is_directory=True)
+
+
+def _big(model: Path, outside: Path) -> None:
+    with open(model / "big.onnx", "wb") as f:
+        f.truncate(100 * 10**6 + 1)  # sparse: one byte over the per-file cap
+
+
+HOSTILE_EXTRAS: list[HostileExtra] = [
+    HostileExtra("link-to-dev-zero", lambda m, o: (m / "tokenizer.model").symlink_to("/dev/zero"), "tokenizer.model",
+                 "a symbolic link (quantkit does not follow links)"),
+    HostileExtra("link-to-a-secret-outside", _secret_link, "notes.txt", "a symbolic link (quantkit does not follow links)"),
+    HostileExtra("link-to-a-folder-outside", _folder_link, "keys", "a symbolic link (quantkit does not follow links)"),
+    HostileExtra("symlink-loop", _loop, "sub/loop", "a symbolic link (quantkit does not follow links)"),
+    HostileExtra("fifo", _fifo, "pipe", "not a regular file (a FIFO, device or socket)"),
+    HostileExtra("file-over-the-cap", _big, "big.onnx", "100000001 bytes, more than the 100 MB quantkit copies per file"),
+]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import OutputError
 from ..layout import MANIFEST, ST_INDEX, WEIGHT_SUFFIXES
 from ..version import __version__
-from .shard import WrittenShard, os_reason
+from .shard import WrittenShard, os_reason, sha256_of
 
 
 @dataclass
@@ -58,27 +59,145 @@ def _write_json(path: Path, value: object) -> None:
         raise OutputError(f"{path}: write failed: {os_reason(exc)}") from None
 
 
-def copy_model_files(config_dir: Path | None, folder: Path, *, target: Path | None = None) -> list[str]:
-    """Copy a Hugging Face folder's non-weight files (config, tokenizer, ...) into ``folder``.
+MAX_COPIED_FILE_BYTES = 100 * 10**6  # per file: tokenizer files run to ~30 MB
+MAX_COPIED_TOTAL_BYTES = 500 * 10**6  # all of a folder's non-weight files together
+MAX_COPIED_FILES = 10_000
+MAX_COPIED_DEPTH = 8  # subfolders below the model folder
+
+
+@dataclass
+class _CopyBudget:
+    bytes_left: int = field(default_factory=lambda: MAX_COPIED_TOTAL_BYTES)
+    files_left: int = field(default_factory=lambda: MAX_COPIED_FILES)
+
+
+def copy_model_files(
+    config_dir: Path | None, folder: Path, *, target: Path | None = None, skipped: dict[str, str] | None = None
+) -> list[str]:
+    """Copy a Hugging Face folder's non-weight files (config, tokenizer, ...) into ``folder``;
+    the names copied at its top level.
+
+    Only regular files and real subfolders inside ``config_dir`` are copied: symbolic links
+    are never followed (a link to ``/dev/zero``, to a secret outside the folder, or a loop),
+    FIFOs, devices and sockets are never opened for reading, and each file is opened with
+    ``O_NOFOLLOW`` and checked with ``fstat`` (so nothing swapped in after the listing is
+    copied). A file over ``MAX_COPIED_FILE_BYTES`` (100 MB), or past ``MAX_COPIED_TOTAL_BYTES``
+    (500 MB in all), is not copied. Each file not copied for these reasons goes into
+    ``skipped`` (relative path -> why). Weight files and hidden entries are left out silently.
 
     ``target``: where ``folder`` will end up; when that is inside ``config_dir`` (an output
     written into the model's own folder), an older output there is not copied into the new one.
     """
     if config_dir is None:
         return []
+    skipped = skipped if skipped is not None else {}
+    skip_real = os.path.realpath(target) if target is not None else None
+    try:
+        dir_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OutputError(f"{config_dir}: cannot read the model folder: {os_reason(exc)}") from None
+    try:
+        return _copy_dir(dir_fd, config_dir, folder, "", skipped, _CopyBudget(), skip_real=skip_real, depth=0)
+    finally:
+        os.close(dir_fd)
+
+
+def _copy_dir(dir_fd: int, src: Path, dst: Path, rel: str, skipped: dict[str, str], budget: _CopyBudget, *, skip_real, depth: int) -> list[str]:
     copied = []
-    skip = target.resolve() if target is not None else None
-    for item in sorted(config_dir.iterdir()):
-        if item.name.startswith(".") or item.name == MANIFEST or item.name.endswith(WEIGHT_SUFFIXES):
+    with os.scandir(dir_fd) as listing:
+        entries = sorted(listing, key=lambda e: e.name)
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or name == MANIFEST or name.endswith(WEIGHT_SUFFIXES):
             continue
-        if skip is not None and item.resolve() == skip:
+        if skip_real is not None and depth == 0 and os.path.realpath(src / name) == skip_real:
             continue
-        try:
-            if item.is_dir():
-                shutil.copytree(item, folder / item.name, ignore=shutil.ignore_patterns(*[f"*{s}" for s in WEIGHT_SUFFIXES]))
-            else:
-                shutil.copy2(item, folder / item.name)
-        except OSError as exc:
-            raise OutputError(f"{folder / item.name}: copy failed: {exc}") from None
-        copied.append(item.name)
+        why = _copy_entry(dir_fd, entry, src, dst, rel + name, skipped, budget, skip_real=skip_real, depth=depth)
+        if why:
+            skipped[rel + name] = why
+        else:
+            copied.append(name)
     return copied
+
+
+def _copy_entry(dir_fd: int, entry: os.DirEntry, src: Path, dst: Path, rel: str, skipped, budget: _CopyBudget, *, skip_real, depth: int) -> str:
+    """Copy one entry; '' when copied, else why not."""
+    kind = entry.stat(follow_symlinks=False).st_mode
+    if stat.S_ISLNK(kind):
+        return "a symbolic link (quantkit does not follow links)"
+    if stat.S_ISDIR(kind):
+        if depth >= MAX_COPIED_DEPTH:
+            return f"a folder nested more than {MAX_COPIED_DEPTH} levels deep"
+        try:
+            sub_fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            return f"cannot open: {os_reason(exc)}"
+        try:
+            (dst / entry.name).mkdir()
+            _copy_dir(sub_fd, src / entry.name, dst / entry.name, rel + "/", skipped, budget, skip_real=skip_real, depth=depth + 1)
+        except OSError as exc:
+            raise OutputError(f"{dst / entry.name}: copy failed: {os_reason(exc)}") from None
+        finally:
+            os.close(sub_fd)
+        return ""
+    if not stat.S_ISREG(kind):
+        return "not a regular file (a FIFO, device or socket)"
+    return _copy_file(dir_fd, entry.name, dst / entry.name, budget)
+
+
+def _copy_file(dir_fd: int, name: str, dst: Path, budget: _CopyBudget) -> str:
+    try:  # O_NONBLOCK: a FIFO swapped in after the listing does not block the open
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        return f"cannot open: {os_reason(exc)}"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file (a FIFO, device or socket)"
+        if info.st_size > MAX_COPIED_FILE_BYTES:
+            return f"{info.st_size} bytes, more than the {MAX_COPIED_FILE_BYTES // 10**6} MB quantkit copies per file"
+        if info.st_size > budget.bytes_left or budget.files_left <= 0:
+            return f"past the {MAX_COPIED_TOTAL_BYTES // 10**6} MB or {MAX_COPIED_FILES} files quantkit copies from a model folder"
+        budget.bytes_left -= info.st_size
+        budget.files_left -= 1
+        _copy_bytes(fd, dst, info.st_size, info.st_mode)
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _copy_bytes(fd: int, dst: Path, size: int, mode: int) -> None:
+    """Copy ``size`` bytes (no more: a file growing meanwhile is cut at the size checked)."""
+    try:
+        with open(dst, "xb") as out:
+            left = size
+            while left:
+                block = os.read(fd, min(left, 8 << 20))
+                if not block:
+                    break
+                out.write(block)
+                left -= len(block)
+        os.chmod(dst, stat.S_IMODE(mode) | stat.S_IRUSR | stat.S_IWUSR)
+    except OSError as exc:
+        raise OutputError(f"{dst}: copy failed: {os_reason(exc)}") from None
+
+
+def record_all_files(result: WriteResult, *, skipped: dict[str, str] | None = None) -> WriteResult:
+    """Add every other file in the output folder (index, config, tokenizer, ...) to the
+    manifest with its size and SHA-256, and the files not copied, and rewrite it: ``verify``
+    then covers every file quantkit wrote or copied."""
+    files = dict(result.manifest.get("files", {}))
+    for path in sorted(p for p in result.folder.rglob("*") if p.is_file() and not p.is_symlink()):
+        rel = path.relative_to(result.folder).as_posix()
+        if rel not in (MANIFEST, ST_INDEX) and rel not in files:  # verify checks the index entry by entry against the shards
+            files[rel] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    manifest = {**result.manifest, "files": files}
+    if skipped:
+        manifest["skipped_files"] = dict(skipped)
+    _write_json(result.folder / MANIFEST, manifest)
+    return replace(result, manifest=manifest)
+
+
+def skipped_notes(skipped: dict[str, str]) -> list[str]:
+    """One line per file of the model folder left out of the output (also in quantkit.json)."""
+    return [f"not copied from the model folder: {name} ({why})" for name, why in skipped.items()]

@@ -50,6 +50,7 @@ class WriteOptions:
     ahead_bytes: int = 64 << 20
     fsync: bool = False
     chunk_bytes: int | None = None  # None: chunks.CHUNK_BYTES
+    self_checksum: bool = False  # each shard's header carries its own SHA-256 (layout.SELF_SHA256_KEY)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def write_checkpoint(
     ordered = [units_in_file_order(units, outputs) for units in plan.shards]
     tasks = [_tasks(unit, index, outputs, source, chunked(unit), chunk_bytes) for index, units in enumerate(ordered) for unit in units]
     names = plan.file_names()
-    writers = ShardWriters([folder / n for n in names], [[s for u in units for s in outputs[u]] for units in ordered], metadata, options.fsync)
+    writers = ShardWriters([folder / n for n in names], [[s for u in units for s in outputs[u]] for units in ordered], metadata, options.fsync, options.self_checksum)
     run = _Run(writers, produce, source, progress, chunks.Buffers(chunk_bytes, max(options.window, 1)))
     with _intra_op_threads(options.workers), _pool(options.workers) as pool, _pool(1 if options.workers else 0, "finish") as finisher:
         shards = run.all(pool, finisher, [t for unit_tasks in tasks for t in unit_tasks], len(ordered), options)

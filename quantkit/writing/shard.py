@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..dtypes import dtype_of
 from ..errors import OutputError, VerificationError
+from ..layout import SELF_SHA256_KEY, SELF_SHA256_PLACEHOLDER
 from ..specs import OutSpec, TensorSpec
 from ..safetensors_format import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
 
@@ -35,9 +36,13 @@ class ShardWriter:
     spaces, is written last.
     """
 
-    def __init__(self, path: Path, specs: list[OutSpec], metadata: dict[str, str], *, fsync: bool = False):
+    def __init__(self, path: Path, specs: list[OutSpec], metadata: dict[str, str], *, fsync: bool = False, self_checksum: bool = False):
         self.path = path
-        self._metadata = metadata
+        # self_checksum: the header carries the file's own SHA-256 (SELF_SHA256_KEY), written
+        # as a placeholder of 64 zeros and filled in once the data is written: same length, so
+        # the header can still go first and the data stream to its offsets.
+        self._self_checksum = self_checksum
+        self._metadata = {**metadata, SELF_SHA256_KEY: SELF_SHA256_PLACEHOLDER} if self_checksum else metadata
         self._fsync = fsync
         self._fixed = layout_order([s for s in specs if not s.variable])
         self._variable = sorted((s for s in specs if s.variable), key=lambda s: s.name)
@@ -50,7 +55,7 @@ class ShardWriter:
         bound_entries = [(s, b, e) for s in self._fixed for b, e in [self._offsets[s.name]]]
         upper = position + sum(s.nbytes for s in self._variable)
         bound_entries += [(s, upper, upper) for s in self._variable]
-        self._header_bytes = len(build_header(bound_entries, metadata)) if self._variable else None
+        self._header_bytes = len(build_header(bound_entries, self._metadata)) if self._variable else None
         self._specs = {s.name: s for s in specs}
         self._pending: dict[str, bytes] = {}
         self._written: set[str] = set()
@@ -60,12 +65,12 @@ class ShardWriter:
         except OSError as exc:
             raise OutputError(f"{path}: cannot create file: {os_reason(exc)}") from None
         self._data_start = HEADER_LENGTH_BYTES + (
-            self._header_bytes if self._header_bytes is not None else len(build_header(bound_entries, metadata))
+            self._header_bytes if self._header_bytes is not None else len(build_header(bound_entries, self._metadata))
         )
         self._hasher: _InlineHasher | None = None
         if not self._variable:
             # The header is final already: write it now, and hash the file as it is written.
-            header = build_header(bound_entries, metadata)
+            header = build_header(bound_entries, self._metadata)
             self._header_written = len(header).to_bytes(8, "little") + header
             self._write_at(0, self._header_written)
             self._hasher = _InlineHasher(path, self._header_written)
@@ -164,6 +169,7 @@ class ShardWriter:
         if HEADER_LENGTH_BYTES + len(header) != self._data_start:
             raise VerificationError(f"{self.path}: header grew beyond its reserved size")  # a bug, never user input
         self._write_at(self._data_start + self._fixed_bytes, tail)
+        self._final_header = header
         if self._hasher is None:
             self._write_at(0, len(header).to_bytes(8, "little") + header)
         elif len(header).to_bytes(8, "little") + header != self._header_written:
@@ -187,7 +193,25 @@ class ShardWriter:
         if read_back != {(s.name, s.dtype, s.shape) for s in specs}:
             raise VerificationError(f"{self.path}: header read back differs from the plan")
         digest = self._hasher.finish(self._data_start + data_bytes) if self._hasher is not None else sha256_of(self.path)
+        if self._self_checksum:
+            digest = self._fill_self_checksum(digest)
         return WrittenShard(self.path, self._data_start + data_bytes, data_bytes, digest, tuple(s.name for s in specs), tuple(specs))
+
+    def _fill_self_checksum(self, digest: str) -> str:
+        """Write the digest of the file as it stands (placeholder in place) over the
+        placeholder; the SHA-256 of the file as it then is."""
+        at = HEADER_LENGTH_BYTES + self_checksum_offset(self._final_header)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.pwrite(fd, digest.encode("ascii"), at)
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: write failed: {os_reason(exc)}") from None
+        return sha256_of(self.path)  # a second read (from the page cache), on the finishing thread
 
     def abort(self) -> None:
         if not self._file.closed:
@@ -200,12 +224,23 @@ class ShardWriter:
         self.abort()  # closes the file; a finished shard is closed already
 
 
+def self_checksum_offset(header: bytes, value: str = SELF_SHA256_PLACEHOLDER) -> int:
+    """Where, in ``header`` (the JSON after the length), the value of SELF_SHA256_KEY starts.
+    ValueError unless it occurs exactly once (JSON escapes any quote inside another string)."""
+    pattern = f'"{SELF_SHA256_KEY}":"{value}"'.encode()
+    at = header.find(pattern)
+    if at < 0 or header.find(pattern, at + 1) >= 0:
+        raise ValueError(f"{SELF_SHA256_KEY} is not in the header exactly once")
+    return at + len(pattern) - len(value) - 1
+
+
 class ShardWriters:
     """A plan's shard writers, each opened by whichever thread first needs it: the main thread
     starting the shard, or a worker that wrote one of its tensors ahead of time."""
 
-    def __init__(self, paths: list[Path], specs: list[list[OutSpec]], metadata: dict[str, str], fsync: bool):
+    def __init__(self, paths: list[Path], specs: list[list[OutSpec]], metadata: dict[str, str], fsync: bool, self_checksum: bool = False):
         self._paths, self._specs, self._metadata, self._fsync = paths, specs, metadata, fsync
+        self._self_checksum = self_checksum
         self._open: dict[int, ShardWriter] = {}
         self._lock = threading.Lock()
 
@@ -213,7 +248,9 @@ class ShardWriters:
         with self._lock:
             writer = self._open.get(index)
             if writer is None:
-                writer = self._open[index] = ShardWriter(self._paths[index], self._specs[index], self._metadata, fsync=self._fsync)
+                writer = self._open[index] = ShardWriter(
+                    self._paths[index], self._specs[index], self._metadata, fsync=self._fsync, self_checksum=self._self_checksum
+                )
             return writer
 
     def pop(self, index: int) -> ShardWriter:
