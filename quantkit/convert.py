@@ -208,8 +208,8 @@ def assign(source: CheckpointSource, options: ConvertOptions) -> Assignment:
             kept[name] = Kept.CONV1D
     quantized = {n for n, s in schemes.items() if get_scheme(s).quantizes}
     for name, spec in source.specs.items():
-        if name not in quantized and name not in kept and reasons.get(name, "").startswith("rule") and options.quantizing:
-            kept[name] = Kept.RULE_KEEP  # a weight a rule cast or kept
+        if name not in quantized and name not in kept and reasons.get(name, "").startswith("rule") and (options.quantizing or name not in schemes):
+            kept[name] = Kept.RULE_KEEP  # a weight a rule cast or kept instead of quantizing, or kept instead of casting
         if kept.get(name) is Kept.CONV1D or name not in reasons:
             reasons[name] = kept[name].value if name in kept else ""
     ignore = tuple(

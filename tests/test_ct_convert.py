@@ -235,3 +235,10 @@ def test_compare_and_verify_read_the_output(cli, llama_folder, tmp_path):
     report = json.loads(result.stdout)
     text = json.dumps(report)
     assert "model.layers.0.mlp.down_proj.weight" in text and "w8a16" in text
+
+
+def test_keep_rule_with_a_cast_target(llama_folder, tmp_path):
+    result = convert(llama_folder, tmp_path / "out", options=ConvertOptions("bf16", rules=("norm=keep",)))
+    t = stored(result.write.folder)
+    assert t["model.norm.weight"].dtype == torch.float32 and t["lm_head.weight"].dtype == torch.bfloat16
+    assert result.kept["model.norm.weight"] is Kept.RULE_KEEP and "lm_head.weight" not in result.kept
