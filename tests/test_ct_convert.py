@@ -242,3 +242,14 @@ def test_keep_rule_with_a_cast_target(llama_folder, tmp_path):
     t = stored(result.write.folder)
     assert t["model.norm.weight"].dtype == torch.float32 and t["lm_head.weight"].dtype == torch.bfloat16
     assert result.kept["model.norm.weight"] is Kept.RULE_KEEP and "lm_head.weight" not in result.kept
+
+
+def test_sharded_safetensors_input_gives_the_same_tensors(llama_folder, tmp_path):
+    from quantkit.reshard import reshard
+
+    sharded = tmp_path / "sharded"
+    reshard(llama_folder / "model.safetensors", sharded, max_shard_bytes=100_000)
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    a = stored(convert(llama_folder, tmp_path / "a", options=ConvertOptions("w4a16")).write.folder)
+    b = stored(convert(sharded, tmp_path / "b", options=ConvertOptions("w4a16", max_shard_bytes=50_000)).write.folder)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[n].view(torch.uint8), b[n].view(torch.uint8)) for n in a)

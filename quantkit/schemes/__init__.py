@@ -2,7 +2,8 @@
 
 ``base``: the Scheme interface; ``registry``: every scheme by name; one module per family,
 each declaring its stored tensors from specs alone: ``cast`` (bf16, fp16), ``bnb`` (int8,
-nf4, fp4; kernels in ``int8``, ``fourbit``, ``fourbit_cpu``).
+nf4, fp4; kernels in ``int8``, ``fourbit``, ``fourbit_cpu``), ``ct`` (compressed-tensors fp8,
+fp8-block, w8a16, w4a16; kernels in ``compressed``, config in ``compressed_config``).
 """
 
 from __future__ import annotations
