@@ -161,7 +161,8 @@ def assign(source: CheckpointSource, options: ConvertOptions) -> Assignment:
     no tensor is a UsageError naming it. compressed-tensors schemes store Linear weights only:
     Conv1D weights stay unquantized (``Kept.CONV1D``)."""
     scheme = get_scheme(options.scheme)
-    layout = layout_for(source.info.config_dir) if scheme.quantizes or any(get_scheme(r.scheme).quantizes for r in options.parsed_rules if r.scheme != KEEP) else None
+    rules = options.parsed_rules
+    layout = layout_for(source.info.config_dir) if options.quantizing else None
     selection = select(source, skip=options.skip, only=options.only, layout=layout)
     reasons: dict[str, str] = {}
     if not scheme.quantizes:
@@ -181,7 +182,7 @@ def assign(source: CheckpointSource, options: ConvertOptions) -> Assignment:
         why = selection.kept.get(name)
         if not spec.dtype.is_floating_point or (why is not None and why.by_user):
             continue
-        for rule in options.parsed_rules:
+        for rule in rules:
             if not rule.matches(name):
                 continue
             if rule.scheme != KEEP and get_scheme(rule.scheme).quantizes and name not in selection.quantize:
@@ -196,7 +197,7 @@ def assign(source: CheckpointSource, options: ConvertOptions) -> Assignment:
                     kept.pop(name, None)
             reasons[name] = f"rule '{rule.text}'"
             break
-    unused = [r.text for r in options.parsed_rules if r.text not in used]
+    unused = [r.text for r in rules if r.text not in used]
     if unused:
         raise UsageError(
             f"rule {unused[0]!r} decides no tensor of {source.path.name} (it matches no name, only tensors it cannot "
