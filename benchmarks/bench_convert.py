@@ -64,11 +64,19 @@ SIZES = {
     "small": {},  # GPT-2 124M (GPT2Config defaults)
     "large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},  # 774M
     "xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25},  # 1.5B
+    # Llama-shaped, for the compressed-tensors schemes (their reference quantizes Linear
+    # layers, which GPT-2's Conv1D layers are not): about the bytes of the GPT-2 sizes.
+    "llama-small": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
+                    "num_key_value_heads": 4, "vocab_size": 32000},  # ~0.55 GB FP32
+    "llama-large": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16,
+                    "num_key_value_heads": 4, "vocab_size": 32000},  # ~3.4 GB FP32, beside GPT-2 large's 3.1 GB
 }
+CT_SCHEMES = {"fp8": "FP8_DYNAMIC", "fp8-block": "FP8_BLOCK", "w8a16": "W8A16", "w4a16": "W4A16"}
+CT_IGNORE = ["re:.*embed_tokens$", "lm_head"]  # norms are passed over by name (module names ending in "norm")
 SEED = 0
 SHARD_BYTES = 1 << 30
 CHUNK = 8 << 20
-TOOLS = ("quantkit", "transformers", "raw")
+TOOLS = ("quantkit", "transformers", "llmcompressor", "raw")
 
 
 def _parse_size(text: str) -> int:
@@ -84,16 +92,20 @@ def _parse_size(text: str) -> int:
 
 def build_checkpoint(size: str) -> Path:
     """The cached HF folder for ``size``, built once (seeded, tensor by tensor)."""
-    from transformers import GPT2Config
+    from transformers import GPT2Config, LlamaConfig
 
-    folder = CACHE / f"gpt2-{size}"
+    llama = size.startswith("llama-")
+    folder = CACHE / (size if llama else f"gpt2-{size}")
     # architectures names the model class: quantkit (like transformers) finds the linear layers through it
-    config = GPT2Config(**SIZES[size], architectures=["GPT2LMHeadModel"])
+    if llama:
+        config = LlamaConfig(**SIZES[size], architectures=["LlamaForCausalLM"], tie_word_embeddings=False)
+    else:
+        config = GPT2Config(**SIZES[size], architectures=["GPT2LMHeadModel"])
     if (folder / "model.safetensors.index.json").is_file() or (folder / "model.safetensors").is_file():
         config.save_pretrained(folder)  # cheap; keeps caches built by older versions of this script current
         return folder
     import torch
-    from transformers import GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
     sys.path.insert(0, str(ROOT))
     from quantkit.planner import plan_shards
@@ -101,9 +113,10 @@ def build_checkpoint(size: str) -> Path:
     from quantkit.writing import ShardWriter
 
     with torch.device("meta"):
-        model = GPT2LMHeadModel(config)
+        model = (LlamaForCausalLM if llama else GPT2LMHeadModel)(config)
     state = model.state_dict()
-    state.pop("lm_head.weight", None)  # tied to transformer.wte.weight, as save_pretrained drops it
+    if not llama:
+        state.pop("lm_head.weight", None)  # tied to transformer.wte.weight, as save_pretrained drops it
     specs = {name: OutSpec(name, torch.float32, tuple(t.shape)) for name, t in state.items() if t.is_floating_point()}
     plan = plan_shards([(n, s.nbytes) for n, s in specs.items()], SHARD_BYTES)
     names = plan.file_names()
@@ -182,6 +195,17 @@ def worker_transformers(src: str, out: str, scheme: str) -> None:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
     model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     model.save_pretrained(out, max_shard_size="2GB")
+
+
+def worker_llmcompressor(src: str, out: str, scheme: str) -> None:
+    """llm-compressor's streaming CPU path, the reference the compressed-tensors schemes match byte for byte."""
+    import warnings
+
+    from llmcompressor import model_free_ptq
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model_free_ptq(src, out, scheme=CT_SCHEMES[scheme], ignore=CT_IGNORE, device="cpu")
 
 
 def worker_raw(src: str, out: str, out_bytes: int) -> None:
@@ -270,8 +294,8 @@ def command(tool: str, scheme: str, src: Path, out: Path, max_size: str, out_byt
     py = sys.executable
     if tool == "quantkit":
         return [py, "-m", "quantkit", "convert", str(src), "--to", scheme, "-o", str(out), "--max-size", max_size, "--quiet", "--force"]
-    if tool == "transformers":
-        return [py, __file__, "_worker", "transformers", str(src), str(out), scheme]
+    if tool in ("transformers", "llmcompressor"):
+        return [py, __file__, "_worker", tool, str(src), str(out), scheme]
     return [py, __file__, "_worker", "raw", str(src), str(out), str(out_bytes)]
 
 
@@ -287,15 +311,20 @@ def run(args) -> dict:
     }
     work = CACHE / "out"
     work.mkdir(parents=True, exist_ok=True)
-    for size in args.sizes:
-        src = build_input(size, args.input)
-        in_bytes = folder_bytes(src)
+    for asked in args.sizes:
         for scheme in args.schemes:
+            # compressed-tensors schemes run on the Llama-shaped size of about the same bytes:
+            # quantkit keeps GPT-2's Conv1D weights unquantized in them, the reference quantizes
+            # Linear layers only, so a GPT-2 comparison would quantize nothing
+            size = f"llama-{asked}" if scheme in CT_SCHEMES and not asked.startswith("llama-") and f"llama-{asked}" in SIZES else asked
+            src = build_input(size, args.input)
+            in_bytes = folder_bytes(src)
             key = f"{size}{'-pth' if args.input == 'pth' else ''}/{scheme}"
-            samples = {t: [] for t in args.tools}
+            tools = [t for t in args.tools if (t != "transformers" or scheme not in CT_SCHEMES) and (t != "llmcompressor" or scheme in CT_SCHEMES)]
+            samples = {t: [] for t in tools}
             out_bytes = 0
             for rep in range(args.repeat):
-                for tool in args.tools:
+                for tool in tools:
                     out = work / f"{tool}-{scheme}"
                     shutil.rmtree(out, ignore_errors=True)
                     if tool == "raw" and not out_bytes:
@@ -330,14 +359,15 @@ def _expected_bytes(src: Path, scheme: str, work: Path, max_size: str) -> int:
 
 def table(results: dict) -> str:
     head = (
-        f"{'input/scheme':14s} {'quantkit s':>10s} {'transf. s':>10s} {'raw s':>8s} {'qk/tf':>7s} {'qk/raw':>7s} "
-        f"{'qk RSS':>8s} {'qk anon':>8s} {'tf RSS':>8s} {'tf anon':>8s} {'raw RSS':>8s} {'qk/tf RSS':>9s} {'qk out':>7s} {'tf out':>7s}"
+        f"{'input/scheme':14s} {'quantkit s':>10s} {'tf|lc s':>10s} {'raw s':>8s} {'qk/ref':>7s} {'qk/raw':>7s} "
+        f"{'qk RSS':>8s} {'qk anon':>8s} {'ref RSS':>8s} {'ref anon':>8s} {'raw RSS':>8s} {'qk/refRSS':>9s} {'qk out':>7s} {'ref out':>7s}"
     )
     lines = [head, "-" * len(head)]
     gb = lambda b: f"{b / 1e9:.2f}G"  # noqa: E731
     for key, run_ in results["runs"].items():
         m = run_["median"]
-        q, t, r = m.get("quantkit"), m.get("transformers"), m.get("raw")
+        # the contender: transformers (bf16, bitsandbytes) or llm-compressor's model_free_ptq (compressed-tensors)
+        q, t, r = m.get("quantkit"), m.get("transformers") or m.get("llmcompressor"), m.get("raw")
         cell = lambda d, k, f: f(d[k]) if d else "-"  # noqa: E731
         ratio = lambda a, b, k: f"{a[k] / b[k]:.2f}x" if a and b and b[k] else "-"  # noqa: E731
         lines.append(
@@ -356,13 +386,15 @@ def main(argv: list[str] | None = None) -> int:
         kind, src, out, extra = argv[1:5]
         if kind == "transformers":
             worker_transformers(src, out, extra)
+        elif kind == "llmcompressor":
+            worker_llmcompressor(src, out, extra)
         else:
             worker_raw(src, out, int(extra))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="large", help="comma-separated: small, large, xl (default large)")
+    parser.add_argument("--sizes", default="large", help="comma-separated: small, large, xl, llama-small, llama-large (default large; compressed-tensors schemes run on llama-<size>)")
     parser.add_argument("--schemes", default="bf16,int8,nf4", help="comma-separated (default bf16,int8,nf4)")
-    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,raw")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,llmcompressor,raw (transformers runs bf16 and bitsandbytes, llmcompressor the compressed-tensors schemes)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the median is reported (default 3)")
     parser.add_argument(
         "--input", choices=("safetensors", "pth"), default="safetensors",

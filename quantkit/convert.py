@@ -14,6 +14,8 @@ from .errors import InputError, UsageError
 from .layout import CONFIG, SCHEME_KEY, TRANSPOSED_KEY, default_output, provenance
 from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
+from .rules import KEEP, Rule, check_mix, parse_rules
+from .schemes.ct import FAMILY as CT_FAMILY
 from .selection import Assignment, Kept, layout_for, select
 from .sources import CheckpointSource, opened
 from .sources.remote import check_local_output
@@ -35,9 +37,17 @@ class ConvertOptions:
     only: tuple[str, ...] = ()
     device: str = "auto"
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    group_size: int = 128  # compressed-tensors w8a16 / w4a16
+    rules: tuple[str, ...] = ()  # "REGEX=SCHEME", first match wins (quantkit.rules)
 
     def __post_init__(self):
         get_scheme(self.scheme)  # UsageError naming the choices
+        if isinstance(self.rules, str):
+            object.__setattr__(self, "rules", (self.rules,))
+        object.__setattr__(self, "rules", tuple(self.rules))
+        check_mix(self.scheme, self.parsed_rules)  # before anything is read
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size <= 0:
+            raise UsageError(f"--group-size must be a positive integer, not {self.group_size!r}")
         rest = rest_choices()
         if self.rest_dtype not in rest:
             raise UsageError(f"unknown --rest-dtype {self.rest_dtype!r}: choose {', '.join(rest[:-1])} or {rest[-1]}")
@@ -46,12 +56,17 @@ class ConvertOptions:
         check_device(self.device)
 
     @property
+    def parsed_rules(self) -> tuple[Rule, ...]:
+        return parse_rules(self.rules)
+
+    @property
     def quantizing(self) -> bool:
-        return get_scheme(self.scheme).quantizes
+        """Whether any quantizer may be used (``--to`` or a rule)."""
+        return get_scheme(self.scheme).quantizes or any(r.scheme != KEEP and get_scheme(r.scheme).quantizes for r in self.parsed_rules)
 
     @property
     def settings(self) -> SchemeSettings:
-        return SchemeSettings(blocksize=self.blocksize, double_quant=self.double_quant)
+        return SchemeSettings(blocksize=self.blocksize, double_quant=self.double_quant, group_size=self.group_size)
 
 
 def rest_choices() -> list[str]:
@@ -70,6 +85,7 @@ class ConvertResult:
     quantized: list[str]
     kept: dict[str, Kept]
     fp16_overflow: dict[str, int] = field(default_factory=dict)
+    nonfinite: dict[str, int] = field(default_factory=dict)  # compressed-tensors: NaN / inf values per weight
     input_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
     output_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -91,6 +107,7 @@ class _Converter:
     def __init__(self, source: CheckpointSource, assignment: Assignment, settings: SchemeSettings, device: str):
         self.source, self.assignment, self.settings, self.device = source, assignment, settings, device
         self._local = threading.local()
+        self.nonfinite: dict[str, int] = {}
 
     def outputs(self, name: str) -> list[OutSpec]:
         spec = self.source.specs[name]
@@ -106,7 +123,15 @@ class _Converter:
     def produce(self, name: str) -> list:
         """The stored tensors of one quantized weight (on a worker thread)."""
         scheme = SCHEMES[self.assignment.schemes[name]]
-        tensor = self._read_reused(name).to(self.device)
+        tensor = self._read_reused(name)
+        if scheme.family != CT_FAMILY:  # compressed-tensors kernels are numpy, on the CPU
+            tensor = tensor.to(self.device)
+        else:  # stored as the reference stores them (quantkit.schemes.compressed); counted
+            import torch
+
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                self.nonfinite[name] = bad
         return scheme.quantize(name, tensor, transpose=name in self.assignment.transpose, settings=self.settings)
 
     def _read_reused(self, name: str):
@@ -128,24 +153,76 @@ class _Converter:
 
 
 def assign(source: CheckpointSource, options: ConvertOptions) -> Assignment:
-    """Which scheme each tensor goes through, from specs alone.
+    """Which scheme each tensor goes through, from specs alone, and why.
 
     A cast scheme takes every floating-point tensor not excluded by --skip / --only; a
     quantizer takes the linear weights ``select`` picks, and the rest are cast to
-    ``--rest-dtype`` (except those --skip / --only exclude) or written as stored."""
+    ``--rest-dtype`` (except those --skip / --only exclude) or written as stored. Then the
+    rules (``--rule``, first match wins) override: a quantizer rule applies to the weights the
+    default policy picks, a cast or ``keep`` to any floating-point tensor. A rule that decides
+    no tensor is a UsageError naming it. compressed-tensors schemes store Linear weights only:
+    Conv1D weights stay unquantized (``Kept.CONV1D``)."""
     scheme = get_scheme(options.scheme)
+    rules = options.parsed_rules
+    layout = layout_for(source.info.config_dir) if options.quantizing else None
+    selection = select(source, skip=options.skip, only=options.only, layout=layout)
+    reasons: dict[str, str] = {}
     if not scheme.quantizes:
-        selection = select(source, skip=options.skip, only=options.only, layout=None)
         kept = {n: why for n, why in selection.kept.items() if why.by_user or why is Kept.NOT_FLOATING}
         schemes = {n: scheme.name for n in source.specs if n not in kept}
-        return Assignment(schemes, frozenset(), kept, selection.structure)
-    selection = select(source, skip=options.skip, only=options.only, layout=layout_for(source.info.config_dir))
-    schemes = dict.fromkeys(selection.quantize, scheme.name)
-    if options.rest_dtype != "keep":
-        rest = {n: options.rest_dtype for n, why in selection.kept.items() if not why.by_user and source.specs[n].dtype.is_floating_point}
-        schemes.update(rest)
-    transpose = frozenset(n for n, t in selection.quantize.items() if t)
-    return Assignment(schemes, transpose, dict(selection.kept), selection.structure)
+        reasons.update(dict.fromkeys(schemes, f"--to {scheme.name}"))
+    else:
+        kept = dict(selection.kept)
+        schemes = dict.fromkeys(selection.quantize, scheme.name)
+        reasons.update(dict.fromkeys(schemes, "linear weight (default policy)"))
+        if options.rest_dtype != "keep":
+            rest = {n: options.rest_dtype for n, why in selection.kept.items() if not why.by_user and source.specs[n].dtype.is_floating_point}
+            schemes.update(rest)
+            reasons.update(dict.fromkeys(rest, f"--rest-dtype {options.rest_dtype}"))
+    used: set[str] = set()
+    for name, spec in source.specs.items():
+        why = selection.kept.get(name)
+        if not spec.dtype.is_floating_point or (why is not None and why.by_user):
+            continue
+        for rule in rules:
+            if not rule.matches(name):
+                continue
+            if rule.scheme != KEEP and get_scheme(rule.scheme).quantizes and name not in selection.quantize:
+                continue  # a quantizer rule applies to linear weights only; a later rule may apply
+            used.add(rule.text)
+            if rule.scheme == KEEP:
+                schemes.pop(name, None)
+                kept[name] = Kept.RULE_KEEP
+            else:
+                schemes[name] = rule.scheme
+                if get_scheme(rule.scheme).quantizes:
+                    kept.pop(name, None)
+            reasons[name] = f"rule '{rule.text}'"
+            break
+    unused = [r.text for r in rules if r.text not in used]
+    if unused:
+        raise UsageError(
+            f"rule {unused[0]!r} decides no tensor of {source.path.name} (it matches no name, only tensors it cannot "
+            f"apply to, or only tensors an earlier rule decided); fix its regex or drop it (see --dry-run)"
+        )
+    for name, target in list(schemes.items()):
+        if get_scheme(target).family == CT_FAMILY and selection.quantize.get(name):
+            del schemes[name]  # a Conv1D weight [in, out]: compressed-tensors loads Linear layers only
+            kept[name] = Kept.CONV1D
+    quantized = {n for n, s in schemes.items() if get_scheme(s).quantizes}
+    for name, spec in source.specs.items():
+        if name not in quantized and name not in kept and reasons.get(name, "").startswith("rule") and (options.quantizing or name not in schemes):
+            kept[name] = Kept.RULE_KEEP  # a weight a rule cast or kept instead of quantizing, or kept instead of casting
+        if kept.get(name) is Kept.CONV1D or name not in reasons:
+            reasons[name] = kept[name].value if name in kept else ""
+    ignore = tuple(
+        n.removesuffix(".weight") for n, spec in source.specs.items()
+        if n.endswith(".weight") and spec.dtype.is_floating_point and len(spec.shape) >= 1 and n not in quantized
+    )
+    transpose = frozenset(n for n in quantized if selection.quantize.get(n))
+    for name in quantized:
+        kept.pop(name, None)
+    return Assignment(schemes, transpose, kept, selection.structure, reasons=reasons, ignore=ignore)
 
 
 def _check_mix(assignment: Assignment) -> None:
@@ -210,7 +287,8 @@ def convert(
             write=write.moved_to(target),
             input_bytes=source.total_bytes,
             num_parameters=sum(s.numel for s in source.specs.values() if s.dtype.is_floating_point),
-            quantized=assignment.quantized({options.scheme}),
+            quantized=assignment.quantized({s.name for s in SCHEMES.values() if s.quantizes}),
+            nonfinite=dict(converter.nonfinite),
             kept=dict(assignment.kept),
             fp16_overflow=dict(write.fp16_overflow),
             input_bytes_by_dtype=bytes_by_dtype(source.specs.values()),
@@ -241,7 +319,7 @@ def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _
 
 def _notes(source: CheckpointSource, options: ConvertOptions, assignment: Assignment) -> list[str]:
     notes = list(source.info.notes)
-    if options.quantizing and not assignment.quantized({options.scheme}):
+    if options.quantizing and not assignment.quantized({s.name for s in SCHEMES.values() if s.quantizes}):
         notes.append("no tensor matched the quantization rules: every tensor was kept (see the kept list)")
     return notes
 
@@ -265,5 +343,7 @@ def update_hf_config(path: Path, options: ConvertOptions, assignment: Assignment
     """Record the conversion in a copied config.json the way transformers would: the scheme
     asked for (``--to``) writes it."""
     config = json.loads(path.read_text())
-    get_scheme(options.scheme).update_hf_config(config, assignment, options.settings)
+    quantizers = [SCHEMES[s] for s in dict.fromkeys(assignment.schemes.values()) if SCHEMES[s].quantizes]
+    writer = get_scheme(options.scheme) if not quantizers or get_scheme(options.scheme) in quantizers else quantizers[0]
+    writer.update_hf_config(config, assignment, options.settings)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -40,6 +40,8 @@ class Kept(StrEnum):
     NORMS = "norms"
     OUTPUT_HEAD = "output head"
     KEPT_BY_TRANSFORMERS = "output head / kept by transformers"
+    CONV1D = "Conv1D weight (compressed-tensors quantizes Linear layers only)"
+    RULE_KEEP = "kept by a --rule"
 
     @property
     def by_user(self) -> bool:
@@ -49,7 +51,7 @@ class Kept(StrEnum):
     @property
     def deliberate(self) -> bool:
         """A linear layer left unquantized on purpose (``llm_int8_skip_modules``)."""
-        return self.by_user or self in (Kept.OUTPUT_HEAD, Kept.KEPT_BY_TRANSFORMERS, Kept.TIED)
+        return self.by_user or self in (Kept.OUTPUT_HEAD, Kept.KEPT_BY_TRANSFORMERS, Kept.TIED, Kept.CONV1D, Kept.RULE_KEEP)
 
     @property
     def routine(self) -> bool:
@@ -71,12 +73,16 @@ class Selection:
 @dataclass(frozen=True)
 class Assignment:
     """Per tensor, the scheme it goes through (by registry name; absent: written as stored),
-    whether a weight is transposed first, and why tensors are not quantized."""
+    whether a weight is transposed first, and why tensors are not quantized. ``reasons``: why
+    each tensor got its scheme (for --dry-run); ``ignore``: the modules of the weights left
+    unquantized, for a compressed-tensors ``ignore`` list."""
 
     schemes: dict[str, str]
     transpose: frozenset[str]
     kept: dict[str, Kept]
     structure: str = "names"
+    reasons: dict[str, str] = field(default_factory=dict)
+    ignore: tuple[str, ...] = ()
 
     def quantized(self, quantizing: set[str]) -> list[str]:
         """Names assigned to one of the ``quantizing`` schemes, sorted."""

@@ -2,7 +2,8 @@
 
 ``base``: the Scheme interface; ``registry``: every scheme by name; one module per family,
 each declaring its stored tensors from specs alone: ``cast`` (bf16, fp16), ``bnb`` (int8,
-nf4, fp4; kernels in ``int8``, ``fourbit``, ``fourbit_cpu``).
+nf4, fp4; kernels in ``int8``, ``fourbit``, ``fourbit_cpu``), ``ct`` (compressed-tensors fp8,
+fp8-block, w8a16, w4a16; kernels in ``compressed``, config in ``compressed_config``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def stored_weights(specs: dict[str, TensorSpec]) -> dict[str, StoredWeight]:
     found: dict[str, StoredWeight] = {}
     for scheme in quantizers():
         found.update(scheme.stored_weights(specs))
-    return {name: found[name] for name in specs if name in found}  # in stored order
+    by_first = {s.parts[0]: s for s in found.values()}  # a weight may be stored under other names (weight_packed)
+    return {by_first[name].weight: by_first[name] for name in specs if name in by_first}  # in stored order
 
 
 def dequantize_stored(stored: StoredWeight, parts: dict, *, transpose: bool = False) -> "torch.Tensor":  # noqa: F821
@@ -51,12 +53,13 @@ def iter_dequantized(source, *, dtype=None) -> Iterator[tuple]:
     original name and shape (GPT-2 Conv1D weights transposed back). ``dtype`` casts
     floating-point results.
     """
-    found = stored_weights(source.specs)
+    found = {s.parts[0]: s for s in stored_weights(source.specs).values()}
     members = {p for s in found.values() for p in s.parts}
     transposed = set(json.loads(source.info.metadata.get(TRANSPOSED_KEY, "[]")))
     for name, spec in source.specs.items():
         if name in found:
             stored = found[name]
+            name = stored.weight
             parts = {p: source.get_tensor(p) for p in stored.parts}
             tensor = dequantize_stored(stored, parts, transpose=name in transposed)
             info = TensorInfo(stored.scheme, sum(source.specs[p].nbytes for p in stored.parts), True)

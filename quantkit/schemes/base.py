@@ -27,6 +27,7 @@ class SchemeSettings:
 
     blocksize: int = 64
     double_quant: bool = False
+    group_size: int = 128  # compressed-tensors w8a16 / w4a16: values per scale along the input
 
 
 @dataclass(frozen=True)

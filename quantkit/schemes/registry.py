@@ -6,7 +6,7 @@ Adding a scheme: write its module (a ``CastScheme`` or ``QuantScheme``) and add 
 from __future__ import annotations
 
 from ..errors import UsageError
-from . import bnb, cast
+from . import bnb, cast, ct
 from .base import QuantScheme, Scheme
 
 SCHEMES: dict[str, Scheme] = {}
@@ -41,3 +41,7 @@ register(cast.FP16)
 register(bnb.INT8)
 register(bnb.NF4)
 register(bnb.FP4)
+register(ct.FP8)
+register(ct.FP8_BLOCK)
+register(ct.W8A16)
+register(ct.W4A16)

@@ -179,3 +179,108 @@ def test_minilm_output_loads_in_transformers(minilm, minilm_outputs, scheme, min
     cosine = torch.nn.functional.cosine_similarity(mean_pooled(model, tokenizer), reference)
     assert cosine.min() >= min_cosine
     assert cosine.max() < 1.0  # really quantized, not the FP32 weights
+
+
+# -- quantkit's converter end to end against model_free_ptq -----------------------------------
+
+from quantkit.convert import ConvertOptions, convert  # noqa: E402
+from quantkit.loading import load_state_dict  # noqa: E402
+from quantkit.schemes.compressed import dequantize  # noqa: E402
+from quantkit.verify import verify_checkpoint  # noqa: E402
+
+
+def convert_both(src: Path, tmp_path: Path, scheme: str, **options) -> tuple[Path, Path]:
+    """quantkit's output, and the reference's for the same tensors left out (quantkit's own
+    ``ignore`` list passed to model_free_ptq)."""
+    out = convert(src, tmp_path / "quantkit", options=ConvertOptions(scheme, **options)).write.folder
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    ref = run_reference(src, tmp_path / "ref", scheme=PRESETS[scheme], ignore=config["ignore"])
+    return out, ref
+
+
+def assert_config_equal(out: Path, ref: Path) -> None:
+    """config.json equal key by key, quantization_config included (the version string is the
+    installed compressed-tensors' on both sides; no field differs)."""
+    ours_config = json.loads((out / "config.json").read_text())
+    theirs = json.loads((ref / "config.json").read_text())
+    assert ours_config["quantization_config"] == theirs["quantization_config"]
+    assert set(ours_config) == set(theirs)
+    for key in theirs:
+        assert ours_config[key] == theirs[key], key
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_converter_equals_model_free_ptq_on_tiny_llama(tiny_llama, tmp_path, scheme):
+    out, ref = convert_both(tiny_llama, tmp_path, scheme)
+    assert_folders_equal(read_folder(out), read_folder(ref))
+    assert_config_equal(out, ref)
+    ignore = json.loads((out / "config.json").read_text())["quantization_config"]["ignore"]
+    assert "lm_head" in ignore and "model.embed_tokens" in ignore and not any("proj" in m for m in ignore)
+    assert verify_checkpoint(out).ok
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_converter_equals_model_free_ptq_on_minilm(minilm, tmp_path, scheme):
+    out, ref = convert_both(minilm, tmp_path, scheme)
+    assert_folders_equal(read_folder(out), read_folder(ref))
+    assert_config_equal(out, ref)
+    quantized = [n for n in read_folder(out) if n.endswith(("weight_scale",))]
+    assert len(quantized) == 6 * 6 + 1  # six Linear per layer, six layers, the pooler
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_converter_output_loads_in_transformers(minilm, tmp_path, scheme):
+    out = convert(minilm, tmp_path / "q", options=ConvertOptions(scheme)).write.folder
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm)
+    reference = mean_pooled(transformers.AutoModel.from_pretrained(minilm), tokenizer)
+    model = transformers.AutoModel.from_pretrained(out, quantization_config=transformers.CompressedTensorsConfig(dequantize=True))
+    cosine = torch.nn.functional.cosine_similarity(mean_pooled(model, tokenizer), reference)
+    assert cosine.min() >= {"w4a16": 0.9}.get(scheme, 0.99) and cosine.max() < 1.0
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_load_state_dict_dequantizes_to_original_names(tiny_llama, tmp_path, scheme):
+    out = convert(tiny_llama, tmp_path / "q", options=ConvertOptions(scheme)).write.folder
+    stored = read_folder(out)
+    source = read_folder(tiny_llama)
+    state = load_state_dict(out)
+    assert sorted(state) == sorted(source)
+    for name, array in source.items():
+        module = name.removesuffix(".weight")
+        if f"{module}.weight_scale" in stored:
+            parts = {k.rpartition(".")[2]: v for k, v in stored.items() if k.rpartition(".")[0] == module}
+            expected = dequantize(parts, scheme, name=name)
+            assert tuple(state[name].shape) == array.shape
+            assert to_numpy(state[name]).tobytes() == expected.tobytes(), name
+        else:
+            assert to_numpy(state[name]).tobytes() == array.tobytes(), name
+
+
+RULES = {
+    "attn-w8a16-mlp-w4a16": ("w4a16", [r"self_attn=w8a16"]),
+    "attn-w8a16-mlp-fp8": ("fp8", [r"self_attn\..*_proj=w8a16"]),
+    "first-block-fp8block-rest-w4a16": ("w4a16", [r"layers\.0\.=fp8-block"]),
+}
+
+
+@pytest.mark.parametrize("rules", RULES, ids=list(RULES))
+def test_rules_equal_model_free_ptq_groups_and_load(tiny_llama, tmp_path, rules):
+    base, texts = RULES[rules]
+    out = convert(tiny_llama, tmp_path / "q", options=ConvertOptions(base, rules=tuple(texts))).write.folder
+    written = json.loads((out / "config.json").read_text())["quantization_config"]
+    # the reference given the same groups (each named by its preset, targeting the same modules)
+    groups = {name: preset_name_to_scheme(name, g["targets"]) for name, g in written["config_groups"].items()}
+    config = QuantizationConfig(config_groups=groups, ignore=written["ignore"])
+    ref = run_reference(tiny_llama, tmp_path / "ref", config=config)
+    assert_folders_equal(read_folder(out), read_folder(ref))
+    assert_config_equal(out, ref)
+    formats = {g["format"] for g in written["config_groups"].values()}
+    assert written["format"] == (formats.pop() if len(formats) == 1 else "mixed-precision")
+    assert len(written["config_groups"]) == 2
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, quantization_config=transformers.CompressedTensorsConfig(dequantize=True))
+    full = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama)
+    ids = torch.arange(16).unsqueeze(0)
+    with torch.no_grad():
+        a, b = model(ids).logits.float(), full(ids).logits.float()
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.95
+    assert not torch.equal(a, b)

@@ -36,11 +36,11 @@ def _model(tmp_path):
 
 
 def test_builtin_schemes_are_registered():
-    assert list(SCHEMES) == ["bf16", "fp16", "int8", "nf4", "fp4"]
-    assert {s.family for s in SCHEMES.values()} == {"cast", "bitsandbytes"}
+    assert list(SCHEMES) == ["bf16", "fp16", "int8", "nf4", "fp4", "fp8", "fp8-block", "w8a16", "w4a16"]
+    assert {s.family for s in SCHEMES.values()} == {"cast", "bitsandbytes", "compressed-tensors"}
     assert all(name in schemes_help() for name in SCHEMES)
-    with pytest.raises(UsageError, match="choose one of bf16, fp16, int8, nf4, fp4"):
-        get_scheme("fp8")
+    with pytest.raises(UsageError, match="choose one of bf16, fp16, int8, nf4, fp4, fp8, fp8-block, w8a16, w4a16"):
+        get_scheme("fp6")
 
 
 def test_a_registered_scheme_converts_and_loads_back(tmp_path, toy_registered):
