@@ -215,11 +215,20 @@ def _class_rules(members: list[str], schemes: dict[str, str], others: list[str])
         if scheme == majority:
             continue
         picked = [n for n in members if schemes[n] == scheme]
-        if len(picked) == 1:
-            rules.append(f"^{re.escape(picked[0])}$={scheme}")
-        else:
-            rules.append("^(?:" + "|".join(re.escape(n) for n in picked) + f")$={scheme}")
+        rules.append(f"{_alternation(picked)}={scheme}")
     return rules + [f"{pattern}={majority}"]
+
+
+def _alternation(names: list[str]) -> str:
+    """One anchored pattern for names of one class: their block numbers in an alternation where
+    the class has one numbered position (``^h\\.(?:0|11)\\.attn$``), else the names themselves."""
+    if len(names) == 1:
+        return f"^{re.escape(names[0])}$"
+    pieces = _INDEX.split(names[0])
+    if len(pieces) == 2:
+        numbers = "|".join(_INDEX.search(n)[0] for n in names)
+        return f"^{re.escape(pieces[0])}(?:{numbers}){re.escape(pieces[1])}$"
+    return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
 
 
 def apply_rules(rules: list[str], name: str) -> str | None:
