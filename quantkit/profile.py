@@ -25,7 +25,7 @@ from .dtypes import short_name
 from .errors import InputError, UsageError
 from .groups import group_of
 from .reports.accuracy import layer_of
-from .reports.metrics import ErrorMoments, error_moments, finite_or_none
+from .reports.metrics import CHUNK_ELEMENTS, ErrorMoments, error_moments, finite_or_none
 from .schemes import QuantScheme, SchemeSettings, get_scheme, quantizers
 from .selection import layout_for, select
 from .sources import CheckpointSource, opened
@@ -157,16 +157,22 @@ def measure(scheme: QuantScheme, name: str, tensor, *, transpose: bool, settings
 
     ``stored_bytes`` is the sum of the stored tensors' bytes (for a 4-bit quant state of
     variable length, its length as written)."""
+    return _measure(scheme, name, tensor, transpose=transpose, settings=settings)[0]
+
+
+def _measure(scheme: QuantScheme, name: str, tensor, *, transpose: bool, settings: SchemeSettings) -> tuple[Candidate, ErrorMoments]:
     stored = scheme.quantize(name, tensor, transpose=transpose, settings=settings)
     parts = dict(stored)
     found = scheme.stored_weights({n: TensorSpec.of(n, t) for n, t in stored})
     if name not in found:
         raise InputError(f"{name}: {scheme.name} did not recognize what it stored (a bug in the scheme)")
+    stored_bytes = sum(t.numel() * t.element_size() for _, t in stored)
     approx = scheme.dequantize(found[name], parts)
+    del stored, parts
     if transpose:
         approx = approx.t().contiguous()
-    moments = error_moments(tensor, approx)
-    return _candidate(scheme.name, sum(t.numel() * t.element_size() for _, t in stored), moments)
+    moments = error_moments(tensor, approx)  # compare's own figures
+    return _candidate(scheme.name, stored_bytes, moments), moments
 
 
 def _candidate(scheme: str, stored_bytes: int, m: ErrorMoments) -> Candidate:
@@ -207,7 +213,7 @@ def profile_checkpoint(
             else:
                 kept_bytes += spec.nbytes
                 if spec.dtype.is_floating_point:
-                    kept_signal += error_moments(tensor, tensor).sum_ref_sq
+                    kept_signal += signal_energy(tensor)
             del tensor
             if progress is not None:
                 progress(spec.nbytes)
@@ -220,15 +226,27 @@ def profile_checkpoint(
 
 
 def _profile_tensor(name, spec, tensor, tried, transpose, settings) -> TensorProfile:
-    signal = error_moments(tensor, tensor).sum_ref_sq
     candidates = {KEEP: Candidate(KEEP, spec.nbytes, 0.0, 0.0, math.inf, 0.0, 1.0)}
+    signal = None
     for scheme in tried:
-        candidates[scheme.name] = measure(scheme, name, tensor, transpose=transpose, settings=settings)
+        candidates[scheme.name], moments = _measure(scheme, name, tensor, transpose=transpose, settings=settings)
+        signal = moments.sum_ref_sq
     return TensorProfile(
         name=name, shape=list(spec.shape), dtype=short_name(spec.dtype), group=group_of(name, spec.shape),
-        layer=layer_of(name), numel=spec.numel, original_bytes=spec.nbytes, signal_energy=signal,
-        transpose=transpose, candidates=candidates,
+        layer=layer_of(name), numel=spec.numel, original_bytes=spec.nbytes,
+        signal_energy=signal_energy(tensor) if signal is None else signal, transpose=transpose, candidates=candidates,
     )
+
+
+def signal_energy(tensor) -> float:
+    """sum x^2 in float64, summed chunk by chunk as ``error_moments`` sums it (the same value)."""
+    import torch
+
+    flat, total = tensor.reshape(-1), 0.0
+    for start in range(0, flat.numel(), CHUNK_ELEMENTS):
+        x = flat[start : start + CHUNK_ELEMENTS].to(torch.float64)
+        total += float(torch.dot(x, x))
+    return total
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:
