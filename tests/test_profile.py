@@ -164,3 +164,45 @@ def test_plan_rules_reproduce_profile_choice(profile):
         assert apply_rules(plan.rules, t.name) == plan.schemes[t.name]
     for name in profile.kept:
         assert apply_rules(plan.rules, name) is None
+
+
+def test_a_newly_registered_quantizer_joins_by_default(checkpoint, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "schemes"))
+    from toy_scheme import TOY
+
+    from quantkit.plan import default_family
+    from quantkit.schemes import SCHEMES, register
+
+    register(TOY)
+    try:
+        p = profile_checkpoint(checkpoint)
+        assert p.schemes == ["int8", "nf4", "fp4", "toy-int8"]
+        assert default_family() == "bitsandbytes"
+        plan = plan_auto(p, Target(min_overall_sqnr_db=30.0), "toy")
+        assert set(plan.schemes.values()) <= {KEEP, "toy-int8"} and plan.predicted_sqnr_db >= 30.0
+    finally:
+        SCHEMES.pop(TOY.name)
+
+
+@pytest.mark.parametrize("target", [Target(min_overall_sqnr_db=30.0), Target(bits=12.0), Target(min_sqnr_db=25.0)])
+def test_bitsandbytes_plan_measured_afterwards(checkpoint, profile, target, tmp_path):
+    """A bitsandbytes choice is one method plus kept tensors: convert --to METHOD --skip KEPT
+    writes it today; compare then measures exactly the predicted size and overall SQNR."""
+    plan = plan_auto(profile, target, "bitsandbytes")
+    methods = set(plan.schemes.values()) - {KEEP}
+    assert len(methods) == 1
+    kept = tuple(f"^{re.escape(n)}$" for n, s in plan.schemes.items() if s == KEEP)
+    out = convert(checkpoint, tmp_path / "mix", options=ConvertOptions(methods.pop(), skip=kept, device="cpu"))
+    with open_checkpoint(checkpoint) as original, open_checkpoint(out.write.folder) as converted:
+        accuracy = compare_tensors(original, converted)
+    assert out.output_bytes == plan.predicted_bytes
+    assert math.isclose(accuracy.overall.sqnr_db, plan.predicted_sqnr_db, rel_tol=1e-9)
+    if target.min_overall_sqnr_db is not None:
+        assert accuracy.overall.sqnr_db >= target.min_overall_sqnr_db
+    if target.min_sqnr_db is not None:
+        assert min(r.sqnr_db for r in accuracy.tensors if r.quantized) >= target.min_sqnr_db
+    if target.bits is not None:
+        assert plan.predicted_bits <= target.bits
