@@ -74,7 +74,7 @@ def family_groups(profile: Profile, family: str) -> list[list[str]]:
     return [[KEEP, s] for s in members]
 
 
-def choose(profile: Profile, target: Target, *, family: str | None = None, method: str = "auto") -> tuple[Solution, Profile]:
+def choose(profile: Profile, target: Target, *, family: str | None = None, method: str = "auto") -> Solution:
     """The least-size (or least-error) choice meeting ``target`` among the family's scheme sets."""
     family = family or default_family()
     best: Solution | None = None
@@ -87,16 +87,18 @@ def choose(profile: Profile, target: Target, *, family: str | None = None, metho
         except UsageError as exc:  # this scheme set cannot: the message of the one closest to it is kept
             errors.append((bounds(items)[0], str(exc)))
             continue
-        better = (solution.error, solution.stored_bytes) if _size_bound(target) else (solution.stored_bytes, solution.error)
-        if best is None or better < ((best.error, best.stored_bytes) if _size_bound(target) else (best.stored_bytes, best.error)):
+        if best is None or _rank(solution, target) < _rank(best, target):
             best = solution
     if best is None:
         raise UsageError(min(errors)[1])
-    return best, profile
+    return best
 
 
-def _size_bound(target: Target) -> bool:
-    return target.bits is not None or target.size_bytes is not None
+def _rank(solution: Solution, target: Target) -> tuple:
+    """Under a size target the least error wins; under an accuracy target the fewest bytes."""
+    if target.bits is not None or target.size_bytes is not None:
+        return solution.error, solution.stored_bytes
+    return solution.stored_bytes, solution.error
 
 
 def _solve(profile: Profile, items: list[Item], target: Target, method: str) -> Solution:
@@ -140,7 +142,7 @@ def plan_auto(source_or_profile: str | Path | CheckpointSource | Profile, target
         >>> convert(src, options=ConvertOptions("w4a16", rules=tuple(plan.rules)))  # doctest: +SKIP
     """
     profile = _as_profile(source_or_profile, source)
-    solution, _ = choose(profile, target, family=family, method=method)
+    solution = choose(profile, target, family=family, method=method)
     names = [t.name for t in profile.tensors] + list(profile.kept)
     decided_values = sum(t.numel for t in profile.tensors)
     per_tensor = [t.candidates[solution.schemes[t.name]].sqnr_db for t in profile.tensors]
