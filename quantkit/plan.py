@@ -54,6 +54,7 @@ class AutoPlan:
     predicted_sqnr_db: float  # overall, as compare computes it
     predicted_min_sqnr_db: float  # the worst decided tensor's
     method: str
+    settings: dict  # the quantizers' settings the profile measured with (blocksize, double_quant): convert must use them
 
 
 def default_family() -> str:
@@ -155,6 +156,7 @@ def plan_auto(source_or_profile: str | Path | CheckpointSource | Profile, target
         predicted_sqnr_db=_sqnr(profile.total_signal_energy, solution.error),
         predicted_min_sqnr_db=min(per_tensor, default=math.inf),
         method=solution.method,
+        settings=dict(profile.settings),
     )
 
 
