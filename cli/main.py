@@ -100,4 +100,4 @@ def run() -> None:
 
 
 # Each of these modules registers its command(s) on `app`.
-from . import compare_cmd, convert_cmd, verify_cmd  # noqa: E402,F401
+from . import compare_cmd, convert_cmd, profile_cmd, verify_cmd  # noqa: E402,F401
