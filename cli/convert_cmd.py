@@ -8,33 +8,42 @@ from typing import Annotated, Optional
 import typer
 
 from quantkit.convert import ConvertOptions, ConvertResult, convert
-from quantkit.schemes.registry import SCHEMES, schemes_help
-from quantkit.planner import DEFAULT_MAX_SHARD_BYTES
+from quantkit.schemes import SchemeSettings
+from quantkit.schemes.registry import SCHEMES, get_scheme, schemes_help
 from quantkit.sizes import format_bytes, parse_size
 from quantkit.sources import open_checkpoint
 
-from .common import byte_progress, guarded, print_json
-from .main import SIZE_HELP, Force, Fsync, Quiet, Src, app
+from .common import byte_progress, guarded, print_json, source_options, warn
+from .main import DEFAULT_MAX_SIZE, SIZE_HELP, AllowGlobal, Force, Fsync, Key, Quiet, Src, StripPrefix, app
+
+DEFAULT_SETTINGS = SchemeSettings()
 
 
 @app.command("convert")
 @guarded
 def convert_cmd(
     src: Src,
-    to: Annotated[str, typer.Option("--to", help=f"Target, one of {', '.join(SCHEMES)}. {schemes_help()}.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-<to> beside SRC).")] = None,
-    max_size: Annotated[str, typer.Option("--max-size", help=SIZE_HELP)] = str(DEFAULT_MAX_SHARD_BYTES),
-    blocksize: Annotated[int, typer.Option("--blocksize", help="4-bit block size (32..4096).")] = 64,
+    to: Annotated[str, typer.Option("--to", metavar="SCHEME", help=f"Target (any case), one of {', '.join(SCHEMES)}. {schemes_help()}.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR", help="Output folder (default: <src>-<to> beside SRC).")] = None,
+    max_size: Annotated[str, typer.Option("--max-size", metavar="SIZE", help=SIZE_HELP)] = DEFAULT_MAX_SIZE,
+    blocksize: Annotated[Optional[int], typer.Option(
+        "--blocksize", metavar="N", help=f"4-bit block size (32..4096).  [default: {DEFAULT_SETTINGS.blocksize}]")] = None,
     double_quant: Annotated[bool, typer.Option("--double-quant", help="4-bit: quantize the block absmax values too.")] = False,
-    rest_dtype: Annotated[str, typer.Option("--rest-dtype", help="Quantizers: dtype of tensors left unquantized: keep, bf16 or fp16.")] = "keep",
-    skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Regex of tensor names to leave as they are (repeatable).")] = None,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Regex: convert only matching tensors (repeatable).")] = None,
+    rest_dtype: Annotated[Optional[str], typer.Option(
+        "--rest-dtype", metavar="DTYPE", help="Quantizers: dtype of tensors left unquantized: keep, bf16 or fp16.  [default: keep]")] = None,
+    skip: Annotated[Optional[list[str]], typer.Option("--skip", metavar="REGEX", help="Regex of tensor names to leave as they are (repeatable).")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(
+        "--only", metavar="REGEX",
+        help="Regex: convert only matching tensors (repeatable); a matched 2-D weight is quantized even where the defaults keep it.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write a comparison report (.json, .md or .html).")] = None,
     force: Force = False,
     fsync: Fsync = False,
     quiet: Quiet = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    key: Key = None,
+    strip_prefix: StripPrefix = None,
+    allow_global: AllowGlobal = None,
 ) -> None:
     """Convert a checkpoint to safetensors shards (a cast or a quantization) that transformers loads unchanged.
 
@@ -42,10 +51,13 @@ def convert_cmd(
     biases, the output head and tied weights stay as they are (see --skip/--only/--rest-dtype).
     """
     options = ConvertOptions(
-        scheme=to, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype,
-        skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
+        scheme=to, blocksize=DEFAULT_SETTINGS.blocksize if blocksize is None else blocksize, double_quant=double_quant,
+        rest_dtype=rest_dtype or "keep", skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
     )
-    with open_checkpoint(src) as source, byte_progress(source.total_bytes, f"convert to {to}", quiet=quiet or json_out) as progress:
+    for flag in unused_options(options.scheme, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype):
+        warn(f"{flag} does nothing for {options.scheme}")
+    opened = open_checkpoint(src, **source_options(key, strip_prefix, allow_global))
+    with opened as source, byte_progress(source.total_bytes, f"convert to {options.scheme}", quiet=quiet or json_out) as progress:
         result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress)
     if report is not None:
         from quantkit.reports import build_report, write_report
@@ -57,6 +69,16 @@ def convert_cmd(
         typer.echo(summary_text(result))
         if report is not None:
             typer.echo(f"report: {report}")
+
+
+def unused_options(scheme_name: str, *, blocksize: int | None, double_quant: bool, rest_dtype: str | None) -> list[str]:
+    """The options given that the scheme does not read (each scheme declares the settings it uses)."""
+    scheme = get_scheme(scheme_name)
+    given = {"blocksize": ("--blocksize", blocksize is not None), "double_quant": ("--double-quant", double_quant)}
+    unused = [flag for setting, (flag, on) in given.items() if on and setting not in scheme.uses_settings]
+    if rest_dtype is not None and not scheme.quantizes:
+        unused.append("--rest-dtype")
+    return unused
 
 
 def summary(r: ConvertResult) -> dict:
@@ -77,6 +99,9 @@ def summary(r: ConvertResult) -> dict:
         "num_kept": len(r.kept),
         "kept": r.kept,
         "fp16_overflow": r.fp16_overflow,
+        "nonfinite_created": r.nonfinite_created,
+        "source_extras": r.source_extras,
+        "dropped_extras": r.dropped_extras,
         "files": r.write.manifest["files"],
         "elapsed_s": r.elapsed_s,
         "throughput_bytes_per_s": r.input_bytes / r.elapsed_s if r.elapsed_s else None,
@@ -111,5 +136,14 @@ def summary_text(r: ConvertResult) -> str:
         total = sum(r.fp16_overflow.values())
         lines.append(f"warning: {total} values beyond +-65504 became inf in FP16, in {len(r.fp16_overflow)} tensor(s): "
                      + ", ".join(list(r.fp16_overflow)[:5]))
+    quantized_bad = {n: c for n, c in r.nonfinite_created.items() if n not in r.fp16_overflow}
+    if quantized_bad:
+        shown = ", ".join(f"{n} ({c})" for n, c in list(quantized_bad.items())[:5]) + (", ..." if len(quantized_bad) > 5 else "")
+        lines.append(f"warning: {sum(quantized_bad.values())} values became NaN or inf in {len(quantized_bad)} quantized tensor(s): {shown}; "
+                     "a value beyond the scheme's range or a NaN in the source poisons its whole row or block (see nonfinite_created in --json)")
+    if r.source_extras:
+        lines.append("kept in quantkit.json (source_extras): " + ", ".join(r.source_extras))
+    if r.dropped_extras:
+        lines.append("not kept (not JSON): " + ", ".join(r.dropped_extras))
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
