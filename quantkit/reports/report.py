@@ -36,8 +36,14 @@ class ComparisonReport:
     quantkit_version: str = __version__
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict; infinite or NaN figures (an exact tensor's SQNR) become null."""
-        return _json_safe(asdict(self))
+        """Plain JSON-able dict; infinite or NaN figures (an exact tensor's SQNR) become null.
+
+        A tensor's ``nonfinite`` count stays out of report_version 1's keys: the notes name
+        those tensors, and they lead ``tensors.worst``."""
+        data = asdict(self)
+        for row in [*data["tensors"]["worst"], *data["tensors"]["tensors"]]:
+            row.pop("nonfinite", None)
+        return _json_safe(data)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def test_compare_ranks_nonfinite_tensors_worst_and_says_so(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     worst = report["tensors"]["worst"][0]
-    assert (worst["name"], worst["nonfinite"]) == ("layers.0.fc.weight", 64)
+    assert (worst["name"], worst["sqnr_db"]) == ("layers.0.fc.weight", None)
     assert report["notes"][0] == ("1 tensor(s) hold NaN or inf values that are finite in the original "
                                   "(listed first among the worst): layers.0.fc.weight (64)")
     text = cli("compare", ckpt, tmp_path / "out", "-q", "--no-outputs").stdout
