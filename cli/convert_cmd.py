@@ -56,13 +56,13 @@ def convert_cmd(
     )
     for flag in unused_options(options.scheme, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype):
         warn(f"{flag} does nothing for {options.scheme}")
-    opened = open_checkpoint(src, **source_options(key, strip_prefix, allow_global))
-    with opened as source, byte_progress(source.total_bytes, f"convert to {options.scheme}", quiet=quiet or json_out) as progress:
+    opening = source_options(key, strip_prefix, allow_global)
+    with open_checkpoint(src, **opening) as source, byte_progress(source.total_bytes, f"convert to {options.scheme}", quiet=quiet or json_out) as progress:
         result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress)
     if report is not None:
         from quantkit.reports import build_report, write_report
 
-        write_report(build_report(src, result.write.folder), report)
+        write_report(build_report(src, result.write.folder, **opening), report)
     if json_out:
         print_json(summary(result))
     else:

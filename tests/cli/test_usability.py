@@ -205,3 +205,11 @@ def test_bad_compare_pairs_give_one_line_and_write_nothing(cli, tmp_path, bad, e
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"quantkit: error: {original}") and bad.fragment in lines[0]
     assert not report.exists()
+
+
+def test_convert_report_opens_the_source_as_convert_did(cli, tmp_path):
+    ckpt = _save(tmp_path / "ddp.pth", _linear_sd(prefix="module."))
+    report = tmp_path / "report.json"
+    result = cli("convert", ckpt, "--to", "int8", "--strip-prefix", "module.", "-o", tmp_path / "o", "-q", "--report", report)
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(report.read_text())["tensors"]["tensors"]) == 3
