@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from quantkit.errors import QuantkitError
 STATE = {"debug": False}
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 1
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE (128 + 13)
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: clean up, exit non-zero
@@ -34,6 +36,9 @@ def guarded(func: Callable) -> Callable:
             _fail(f"quantkit: error: {exc}", exc.exit_code)
         except KeyboardInterrupt as exc:  # str(exc): what is in place, when the output was complete
             _fail(f"quantkit: interrupted; {str(exc) or 'partial output removed'}", EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `quantkit inspect x | head`: the reader left, nothing to say
+            _stdout_to_devnull()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # an unexpected failure is a bug: say so in one line
@@ -42,6 +47,25 @@ def guarded(func: Callable) -> Callable:
             signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null so that Python's final flush does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (an in-process test runner)
+        pass
+
+
+def source_options(key: str | None, strip_prefix: str | None, allow_global: list[str] | None) -> dict:
+    """--key / --strip-prefix / --allow-global as ``open_checkpoint`` keywords."""
+    return {"key": key, "strip_prefix": strip_prefix, "allow_globals": tuple(allow_global or ())}
+
+
+def warn(message: str) -> None:
+    typer.echo(f"quantkit: warning: {message}", err=True)
 
 
 def _fail(message: str, code: int) -> None:

@@ -11,11 +11,11 @@ from quantkit.errors import UsageError
 from quantkit.sources import open_checkpoint
 from quantkit.writing.target import check_report_path
 
-from .common import byte_progress, guarded
-from .main import Quiet, app
+from .common import byte_progress, guarded, source_options
+from .main import AllowGlobal, Key, Quiet, StripPrefix, app
 
-Original = Annotated[Path, typer.Argument(help="The original checkpoint (file, index or Hugging Face folder).")]
-Converted = Annotated[Path, typer.Argument(help="The converted checkpoint to judge against it.")]
+Original = Annotated[Path, typer.Argument(metavar="ORIGINAL", help="The original checkpoint (file, index or Hugging Face folder).")]
+Converted = Annotated[Path, typer.Argument(metavar="CONVERTED", help="The converted checkpoint to judge against it.")]
 
 
 def model_shape(num_layers: int | None, hidden_size: int | None, num_heads: int | None) -> "ModelShape | None":  # noqa: F821
@@ -52,8 +52,14 @@ def compare_cmd(
     hidden_size: Annotated[Optional[int], typer.Option("--hidden-size", help="Hidden size, when there is no config.json.")] = None,
     num_heads: Annotated[Optional[int], typer.Option("--num-heads", help="Attention heads, when there is no config.json.")] = None,
     quiet: Quiet = False,
+    key: Key = None,
+    strip_prefix: StripPrefix = None,
+    allow_global: AllowGlobal = None,
 ) -> None:
-    """Compare a converted checkpoint with its original: size, per-tensor error, output accuracy, memory."""
+    """Compare a converted checkpoint with its original: size, per-tensor error, output accuracy, memory.
+
+    --key, --strip-prefix and --allow-global apply to ORIGINAL (a training checkpoint).
+    """
     from quantkit.reports import ReportOptions, build_report, render_json, render_text, write_report  # imports torch: only when run
     if text is not None and not text.is_file():
         raise UsageError(f"--text {text}: no such file")
@@ -64,12 +70,13 @@ def compare_cmd(
             check_report_path(path, src=original)
             check_report_path(path, src=converted)
     shape = model_shape(num_layers, hidden_size, num_heads)
-    with open_checkpoint(original) as probe:
+    opening = source_options(key, strip_prefix, allow_global)
+    with open_checkpoint(original, **opening) as probe:
         total = probe.total_bytes
     with byte_progress(total, "compare", quiet=quiet or json_out) as progress:
         options = ReportOptions(
             model_outputs=outputs, text=text, model=model, inputs=inputs, device=device,
-            max_tokens=max_tokens, top=top, gpu_gb=gpu_gb, batch_size=batch_size, seq_len=seq_len, shape=shape,
+            max_tokens=max_tokens, top=top, gpu_gb=gpu_gb, batch_size=batch_size, seq_len=seq_len, shape=shape, **opening,
         )
         report = build_report(original, converted, options, progress=progress)
     written = [write_report(report, path) for path in (markdown, html) if path is not None]

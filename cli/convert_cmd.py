@@ -10,27 +10,33 @@ import typer
 from quantkit.convert import ConvertOptions, ConvertResult, convert
 from quantkit.layout import default_output
 from quantkit.writing.target import check_output, check_report_path
-from quantkit.schemes.registry import SCHEMES, schemes_help
-from quantkit.planner import DEFAULT_MAX_SHARD_BYTES
+from quantkit.schemes import SchemeSettings
+from quantkit.schemes.registry import SCHEMES, get_scheme, schemes_help
 from quantkit.sizes import format_bytes, parse_size
 from quantkit.sources import open_checkpoint
 
-from .common import byte_progress, guarded, print_json
-from .main import SIZE_HELP, Force, Fsync, Quiet, Src, app
+from .common import byte_progress, guarded, print_json, source_options, warn
+from .main import DEFAULT_MAX_SIZE, SIZE_HELP, AllowGlobal, Force, Fsync, Key, Quiet, Src, StripPrefix, app
+
+DEFAULT_SETTINGS = SchemeSettings()
 
 
 @app.command("convert")
 @guarded
 def convert_cmd(
     src: Src,
-    to: Annotated[str, typer.Option("--to", help=f"Target, one of {', '.join(SCHEMES)}. {schemes_help()}.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-<to> beside SRC). Its parent folder must exist; it may not be SRC, inside SRC or hold SRC.")] = None,
-    max_size: Annotated[str, typer.Option("--max-size", help=SIZE_HELP)] = str(DEFAULT_MAX_SHARD_BYTES),
-    blocksize: Annotated[int, typer.Option("--blocksize", help="4-bit block size (32..4096).")] = 64,
+    to: Annotated[str, typer.Option("--to", metavar="SCHEME", help=f"Target (any case), one of {', '.join(SCHEMES)}. {schemes_help()}.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR", help="Output folder (default: <src>-<to> beside SRC). Its parent folder must exist; it may not be SRC, inside SRC or hold SRC.")] = None,
+    max_size: Annotated[str, typer.Option("--max-size", metavar="SIZE", help=SIZE_HELP)] = DEFAULT_MAX_SIZE,
+    blocksize: Annotated[Optional[int], typer.Option(
+        "--blocksize", metavar="N", help=f"4-bit block size (32..4096).  [default: {DEFAULT_SETTINGS.blocksize}]")] = None,
     double_quant: Annotated[bool, typer.Option("--double-quant", help="4-bit: quantize the block absmax values too.")] = False,
-    rest_dtype: Annotated[str, typer.Option("--rest-dtype", help="Quantizers: dtype of tensors left unquantized: keep, bf16 or fp16.")] = "keep",
-    skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Regex of tensor names to leave as they are (repeatable).")] = None,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Regex: convert only matching tensors (repeatable).")] = None,
+    rest_dtype: Annotated[Optional[str], typer.Option(
+        "--rest-dtype", metavar="DTYPE", help="Quantizers: dtype of tensors left unquantized: keep, bf16 or fp16.  [default: keep]")] = None,
+    skip: Annotated[Optional[list[str]], typer.Option("--skip", metavar="REGEX", help="Regex of tensor names to leave as they are (repeatable).")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(
+        "--only", metavar="REGEX",
+        help="Regex: convert only matching tensors (repeatable); a matched 2-D weight is quantized even where the defaults keep it.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     group_size: Annotated[int, typer.Option("--group-size", help="w8a16 / w4a16: weights per scale along the input dimension.")] = 128,
     rule: Annotated[Optional[list[str]], typer.Option("--rule", help="'REGEX=SCHEME': scheme of the tensors REGEX finds (repeatable, first match wins; keep, bf16, fp16 or a quantizer).")] = None,
@@ -40,6 +46,9 @@ def convert_cmd(
     fsync: Fsync = False,
     quiet: Quiet = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    key: Key = None,
+    strip_prefix: StripPrefix = None,
+    allow_global: AllowGlobal = None,
 ) -> None:
     """Convert a checkpoint to safetensors shards (a cast or a quantization) that transformers loads unchanged.
 
@@ -47,10 +56,12 @@ def convert_cmd(
     biases, the output head and tied weights stay as they are (see --skip/--only/--rest-dtype).
     """
     options = ConvertOptions(
-        scheme=to, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype,
-        skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
+        scheme=to, blocksize=DEFAULT_SETTINGS.blocksize if blocksize is None else blocksize, double_quant=double_quant,
+        rest_dtype=rest_dtype or "keep", skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
         group_size=group_size, rules=tuple(rule or ()),
     )
+    for flag in unused_options(options.scheme, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype):
+        warn(f"{flag} does nothing for {options.scheme}")
     if dry_run:
         from quantkit.dryrun import plan_conversion, plan_text
 
@@ -63,13 +74,14 @@ def convert_cmd(
     check_output(src, output if output is not None else default_output(src, options.scheme), force=force)  # before reading
     if report is not None:
         check_report_path(report, src=src)
-    with open_checkpoint(src) as source, byte_progress(source.total_bytes, f"convert to {to}", quiet=quiet or json_out) as progress:
+    opening = source_options(key, strip_prefix, allow_global)
+    with open_checkpoint(src, **opening) as source, byte_progress(source.total_bytes, f"convert to {options.scheme}", quiet=quiet or json_out) as progress:
         result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress)
         fetched = source.bytes_fetched
     if report is not None:
         from quantkit.reports import build_report, write_report
 
-        write_report(build_report(src, result.write.folder), report)
+        write_report(build_report(src, result.write.folder, **opening), report)
     if json_out:
         print_json({**summary(result), "bytes_fetched": fetched})
     else:
@@ -78,6 +90,16 @@ def convert_cmd(
             typer.echo(f"fetched: {fetched:,} bytes over the network ({format_bytes(result.input_bytes)} of tensors in the input)")
         if report is not None:
             typer.echo(f"report: {report}")
+
+
+def unused_options(scheme_name: str, *, blocksize: int | None, double_quant: bool, rest_dtype: str | None) -> list[str]:
+    """The options given that the scheme does not read (each scheme declares the settings it uses)."""
+    scheme = get_scheme(scheme_name)
+    given = {"blocksize": ("--blocksize", blocksize is not None), "double_quant": ("--double-quant", double_quant)}
+    unused = [flag for setting, (flag, on) in given.items() if on and setting not in scheme.uses_settings]
+    if rest_dtype is not None and not scheme.quantizes:
+        unused.append("--rest-dtype")
+    return unused
 
 
 def summary(r: ConvertResult) -> dict:
@@ -99,6 +121,9 @@ def summary(r: ConvertResult) -> dict:
         "kept": r.kept,
         "fp16_overflow": r.fp16_overflow,
         "nonfinite": r.nonfinite,
+        "nonfinite_created": r.nonfinite_created,
+        "source_extras": r.source_extras,
+        "dropped_extras": r.dropped_extras,
         "files": r.write.manifest["files"],
         "elapsed_s": r.elapsed_s,
         "throughput_bytes_per_s": r.input_bytes / r.elapsed_s if r.elapsed_s else None,
@@ -137,5 +162,14 @@ def summary_text(r: ConvertResult) -> str:
         total = sum(r.nonfinite.values())
         lines.append(f"warning: {total} NaN / inf weight values in {len(r.nonfinite)} tensor(s), stored as llm-compressor stores them "
                      "(their group's scale becomes NaN / inf): " + ", ".join(list(r.nonfinite)[:5]))
+    quantized_bad = {n: c for n, c in r.nonfinite_created.items() if n not in r.fp16_overflow}
+    if quantized_bad:
+        shown = ", ".join(f"{n} ({c})" for n, c in list(quantized_bad.items())[:5]) + (", ..." if len(quantized_bad) > 5 else "")
+        lines.append(f"warning: {sum(quantized_bad.values())} values became NaN or inf in {len(quantized_bad)} quantized tensor(s): {shown}; "
+                     "a value beyond the scheme's range or a NaN in the source poisons its whole row or block (see nonfinite_created in --json)")
+    if r.source_extras:
+        lines.append("kept in quantkit.json (source_extras): " + ", ".join(r.source_extras))
+    if r.dropped_extras:
+        lines.append("not kept (not JSON): " + ", ".join(r.dropped_extras))
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)

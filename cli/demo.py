@@ -38,7 +38,33 @@ def main(out_root: Path = Path("demo-output")) -> int:
         print(result.output, end="", flush=True)
         if result.exit_code != 0:
             return result.exit_code
+    print("\n" + summary(src, {s: out_root / f"minilm-{s}" for s in SCHEMES}, out_root), flush=True)
     return 0
+
+
+SCHEMES = ("int8", "nf4")  # the conversions above, by output name
+
+
+def summary(src: Path, outputs: dict[str, Path], out_root: Path) -> str:
+    """One screen: each scheme's size and accuracy against the original (``compare``'s figures)."""
+    import importlib.util
+
+    from quantkit.reports import build_report
+    from quantkit.reports.formatting import fmt_db
+    from quantkit.sizes import format_bytes
+
+    with_outputs = importlib.util.find_spec("transformers") is not None
+    rows = []
+    for scheme, out in outputs.items():
+        r = build_report(src, out, model_outputs=with_outputs, top=0)
+        m = r.outputs.metrics if r.outputs is not None else {}
+        cosine = f"{m['cosine_mean']:.5f} / {m['cosine_min']:.5f}" if "cosine_mean" in m else "-"
+        t = r.tensors.overall
+        rows.append(f"{scheme:<6}{format_bytes(r.size.converted.tensor_bytes):>12}{r.size.tensor_ratio:>8.1%}"
+                    f"{r.size.converted.bits_per_weight:>8.2f}{fmt_db(t.sqnr_db):>9}{fmt_db(t.min_sqnr_db):>9}   {cosine}")
+        original = format_bytes(r.size.original.tensor_bytes)
+    header = f"{'scheme':<6}{'tensors':>12}{'ratio':>8}{'bits/w':>8}{'SQNR dB':>9}{'worst':>9}   embedding cosine mean / min"
+    return "\n".join([f"summary: all-MiniLM-L6-v2, {original} of FP32 tensors (outputs in {out_root}/)", header, *rows])
 
 
 def _has_compare() -> bool:

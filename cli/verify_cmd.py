@@ -18,7 +18,7 @@ from .main import app
 @app.command("verify")
 @guarded
 def verify_cmd(
-    src: Annotated[Path, typer.Argument(help="Folder quantkit wrote, a Hugging Face folder, a .safetensors file or an index .json.")],
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="Folder quantkit wrote, a Hugging Face folder, a .safetensors file or an index .json.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check a checkpoint: headers, offsets, index coverage, sizes, and the SHA-256 recorded on writing.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .dtypes import short_name
 from .groups import GROUPS, group_of
-from .sources import open_checkpoint
+from .sources import CheckpointSource, opened
 
 
 @dataclass
@@ -51,19 +51,20 @@ class Anatomy:
         return asdict(self)
 
 
-def inspect_checkpoint(path: str | Path, *, top: int = 10, memory_options: dict | None = None) -> Anatomy:
+def inspect_checkpoint(path: str | Path | CheckpointSource, *, top: int = 10, memory_options: dict | None = None) -> Anatomy:
     """Describe a checkpoint without reading its tensor data.
 
     ``num_parameters`` counts elements of floating-point tensors (tied tensors once; a
     quantized weight counts its original elements). Groups are embeddings, attention, mlp,
     norms, output_head, convolution and other. ``memory`` holds memory estimates for that
     parameter count; ``memory_options`` (gpu_gb, batch_size, seq_len) go to
-    ``quantkit.memory.estimate_memory``.
+    ``quantkit.memory.estimate_memory``. ``path`` may be a source already opened with
+    ``open_checkpoint`` (it is left open).
     """
     from .memory import ModelShape, estimate_memory, read_config
     from .schemes import describe_quantization
 
-    with open_checkpoint(path) as source:
+    with opened(path) as source:
         specs = list(source.specs.values())
         quant = describe_quantization(source.specs)
         logical = quant.pop("logical_numel", {}) if quant else {}
@@ -86,7 +87,7 @@ def inspect_checkpoint(path: str | Path, *, top: int = 10, memory_options: dict 
             stat.byte_share = stat.bytes / total_bytes if total_bytes else 0.0
         largest = sorted(specs, key=lambda s: s.nbytes, reverse=True)[:top]
         return Anatomy(
-            path=str(path),
+            path=str(source.path if isinstance(path, CheckpointSource) else path),
             format=source.info.format,
             files={p.name: p.stat().st_size for p in source.info.files},
             num_tensors=len(specs),

@@ -10,19 +10,21 @@ from pathlib import Path
 
 from .devices import check_device, resolve_device
 from .dtypes import short_name
-from .errors import InputError, UsageError
-from .layout import CONFIG, SCHEME_KEY, TRANSPOSED_KEY, default_output, provenance
+from .errors import InputError, OutputError, UsageError
+from .layout import CONFIG, SCHEME_KEY, SOURCE_EXTRAS_KEY, TRANSPOSED_KEY, default_output, provenance
 from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
-from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .rules import KEEP, Rule, check_mix, parse_rules
+from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .schemes.ct import FAMILY as CT_FAMILY
-from .selection import Assignment, Kept, layout_for, select
+from .selection import Assignment, Kept, check_patterns, layout_for, only_matches, select
 from .sources import CheckpointSource, opened
 from .sources.remote import check_local_output
 from .specs import OutSpec
 from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint, write_checkpoint
 from .writing.folder import record_all_files, skipped_notes
 from .writing.target import check_output
+
+WEIGHTS_FOUND_UNDER = "weights found under"  # an ``extras`` entry describing where, not content
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,11 @@ class ConvertOptions:
     rules: tuple[str, ...] = ()  # "REGEX=SCHEME", first match wins (quantkit.rules)
 
     def __post_init__(self):
-        get_scheme(self.scheme)  # UsageError naming the choices
+        # names are case-insensitive (--to BF16): keep the registered spelling
+        object.__setattr__(self, "scheme", get_scheme(self.scheme).name)  # UsageError naming the choices
+        object.__setattr__(self, "rest_dtype", self.rest_dtype.lower())
+        check_patterns("--skip", self.skip)
+        check_patterns("--only", self.only)
         if isinstance(self.rules, str):
             object.__setattr__(self, "rules", (self.rules,))
         object.__setattr__(self, "rules", tuple(self.rules))
@@ -86,6 +92,11 @@ class ConvertResult:
     kept: dict[str, Kept]
     fp16_overflow: dict[str, int] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)  # compressed-tensors: NaN / inf values per weight
+    # values the conversion made NaN or inf, by tensor: a quantized weight's non-finite values
+    # beyond its source's (an overflowed scale, a NaN spread to its row or block), a cast's overflow
+    nonfinite_created: dict[str, int] = field(default_factory=dict)
+    source_extras: list[str] = field(default_factory=list)  # non-tensor entries kept in quantkit.json
+    dropped_extras: list[str] = field(default_factory=list)  # non-tensor entries not JSON: not kept
     input_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
     output_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -108,6 +119,7 @@ class _Converter:
         self.source, self.assignment, self.settings, self.device = source, assignment, settings, device
         self._local = threading.local()
         self.nonfinite: dict[str, int] = {}
+        self.nonfinite_created: dict[str, int] = {}
 
     def outputs(self, name: str) -> list[OutSpec]:
         spec = self.source.specs[name]
@@ -132,7 +144,15 @@ class _Converter:
             bad = int((~torch.isfinite(tensor)).sum())
             if bad:
                 self.nonfinite[name] = bad
-        return scheme.quantize(name, tensor, transpose=name in self.assignment.transpose, settings=self.settings)
+        stored = scheme.quantize(name, tensor, transpose=name in self.assignment.transpose, settings=self.settings)
+        converted = scheme.nonfinite_values(stored)
+        if converted:  # rare: only then is the source counted
+            import torch
+
+            created = converted - int((~torch.isfinite(tensor)).sum())
+            if created > 0:
+                self.nonfinite_created[name] = created
+        return stored
 
     def _read_reused(self, name: str):
         """A weight to quantize, read into this thread's reused buffer where the source copies
@@ -291,6 +311,9 @@ def convert(
             nonfinite=dict(converter.nonfinite),
             kept=dict(assignment.kept),
             fp16_overflow=dict(write.fp16_overflow),
+            nonfinite_created={**write.fp16_overflow, **converter.nonfinite_created},
+            source_extras=list(source.info.extras_json),
+            dropped_extras=[k for k in source.info.extras if k not in source.info.extras_json and k != WEIGHTS_FOUND_UNDER],
             input_bytes_by_dtype=bytes_by_dtype(source.specs.values()),
             output_bytes_by_dtype=bytes_by_dtype(spec for shard in write.shards for spec in shard.specs),
             elapsed_s=time.perf_counter() - started,
@@ -306,6 +329,8 @@ def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _
         extra[TRANSPOSED_KEY] = json.dumps(sorted(converter.assignment.transpose))
     metadata = provenance(source, **extra)
     manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
+    if source.info.extras_json:  # a training checkpoint's vocabulary, epoch, metrics: kept beside the weights
+        manifest[SOURCE_EXTRAS_KEY] = source.info.extras_json
     if not options.quantizing:  # every tensor in chunks, with numpy (for safetensors, torch is never imported)
         return write_cast_checkpoint(
             staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, self_checksum=True
@@ -321,6 +346,11 @@ def _notes(source: CheckpointSource, options: ConvertOptions, assignment: Assign
     notes = list(source.info.notes)
     if options.quantizing and not assignment.quantized({s.name for s in SCHEMES.values() if s.quantizes}):
         notes.append("no tensor matched the quantization rules: every tensor was kept (see the kept list)")
+    unquantizable = [f"{n} ({why})" for n, why in assignment.kept.items()
+                     if options.only and not why.by_user and why is not Kept.NOT_FLOATING and only_matches(n, options.only)]
+    if options.quantizing and unquantizable:
+        shown = ", ".join(unquantizable[:5]) + (f", ... ({len(unquantizable)} in all)" if len(unquantizable) > 5 else "")
+        notes.append(f"--only matches tensors that stay unquantized: {shown}; only 2-D .weight tensors not tied to another name can be quantized")
     return notes
 
 

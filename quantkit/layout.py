@@ -11,6 +11,7 @@ from .jsonio import BadJson, loads, read_json
 from .version import __version__
 
 MANIFEST = "quantkit.json"  # what quantkit wrote: source, operation, per-file sizes and SHA-256
+SOURCE_EXTRAS_KEY = "source_extras"  # quantkit.json: a training checkpoint's JSON-representable non-tensor entries
 ST_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 SINGLE_SHARD = "model.safetensors"

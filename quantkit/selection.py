@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from .groups import group_of
-from .errors import InputError
+from .errors import InputError, UsageError
 from .jsonio import read_json_object
 from .sources import CheckpointSource
 from .sources.hfconfig import too_large_to_build
@@ -151,6 +151,20 @@ def _excluded_by_transformers(module: str, patterns: tuple[str, ...]) -> bool:
     return any(re.match(rf"(?:{key}){boundary}", module) or module.endswith(key) for key in patterns)
 
 
+def check_patterns(flag: str, patterns: tuple[str, ...]) -> None:
+    """UsageError naming the first of ``patterns`` that is not a regular expression."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"{flag} {pattern!r} is not a regular expression ({exc}): escape special characters with a backslash") from None
+
+
+def only_matches(name: str, only: tuple[str, ...]) -> bool:
+    """Whether ``--only`` names ``name`` explicitly (quantized then even where the defaults keep it)."""
+    return any(re.search(p, name) for p in only)
+
+
 def select(
     source: CheckpointSource,
     *,
@@ -158,7 +172,12 @@ def select(
     only: tuple[str, ...] = (),
     layout: LinearLayout | None = None,
 ) -> Selection:
-    """Decide, from specs alone, which weights a 4/8-bit scheme quantizes."""
+    """Decide, from specs alone, which weights a 4/8-bit scheme quantizes.
+
+    A 2-D ``.weight`` matched by ``only`` is quantized even where the defaults keep it (an
+    output head, embeddings); tied weights and other shapes stay kept."""
+    check_patterns("--skip", skip)
+    check_patterns("--only", only)
     selection = Selection(structure="transformers" if layout else "names")
     tied_targets = set(source.aliases.values())
     for name, spec in source.specs.items():
@@ -177,7 +196,7 @@ def _keep_reason(name, spec, skip, only, layout, tied_targets) -> Kept | None:
         return Kept.NOT_FLOATING
     if any(re.search(p, name) for p in skip):
         return Kept.SKIP
-    if only and not any(re.search(p, name) for p in only):
+    if only and not only_matches(name, only):
         return Kept.NOT_ONLY
     if len(spec.shape) != 2:
         return Kept.OTHER_SHAPE if len(spec.shape) > 2 else (Kept.BIAS_OR_NORM if spec.shape else Kept.SCALAR)
@@ -185,6 +204,8 @@ def _keep_reason(name, spec, skip, only, layout, tied_targets) -> Kept | None:
         return Kept.NOT_LAYER_WEIGHT
     if name in tied_targets:
         return Kept.TIED
+    if only:  # named by --only: the user's choice overrides the defaults below
+        return None
     module = name.removesuffix(".weight")
     part = group_of(name, spec.shape)
     if layout is not None:

@@ -44,3 +44,16 @@ def format_bytes(num_bytes: int | float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
         value /= 1000
     raise AssertionError("unreachable")
+
+
+def format_size_option(num_bytes: int) -> str:
+    """The shortest size string ``parse_size`` reads back as exactly ``num_bytes``: ``2GB``.
+
+    Example:
+        >>> format_size_option(2 * 10**9), format_size_option(2**30), format_size_option(1000001)
+        ('2GB', '1GiB', '1000001')
+    """
+    for unit in ("TB", "TIB", "GB", "GIB", "MB", "MIB", "KB", "KIB"):
+        if num_bytes % _UNITS[unit] == 0:
+            return f"{num_bytes // _UNITS[unit]}{unit.replace('I', 'i')}"
+    return str(num_bytes)

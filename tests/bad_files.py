@@ -324,6 +324,32 @@ BAD_DATA: list[Bad] = [
 ]
 
 
+def _pair(folder: Path, original: dict, converted: dict) -> Path:
+    """ORIGINAL as ``original.pth`` (returned), CONVERTED as ``converted.pth`` beside it."""
+    torch.save(converted, folder / "converted.pth")
+    return _save(folder, original, "original.pth")
+
+
+_NET = "import torch\ndef build():\n    return torch.nn.Linear(2, 2)\ndef inputs():\n    return torch.ones(1, 2)\n"
+
+
+def _ddp_against_a_model(folder: Path) -> Path:
+    (folder / "net.py").write_text(_NET)
+    sd = {"module.weight": torch.ones(2, 2), "module.bias": torch.zeros(2)}
+    return _pair(folder, sd, sd)
+
+
+# `quantkit compare ORIGINAL converted.pth [extra args]`: two checkpoints that cannot be compared.
+# The extra arguments may name files in the folder as {folder}.
+BAD_COMPARES: list[tuple[Bad, tuple[str, ...]]] = [
+    (Bad("compare-no-shared-names", lambda f: _pair(f, {"module.w": torch.ones(2)}, {"w": torch.ones(2)}),
+         "share no tensor name (first: 'module.w' and 'w'): nothing to compare; the original's names start with 'module.': pass --strip-prefix module.", 3), ()),
+    (Bad("compare-model-names-prefixed", _ddp_against_a_model,
+         "the checkpoint's names start with 'module.': strip it with strip_prefix='module.' (CLI: --strip-prefix module.)", 3),
+     ("--model", "{folder}/net.py:build", "--inputs", "{folder}/net.py:inputs")),
+]
+
+
 def build(bad: Bad, folder: Path) -> tuple[Path, Path]:
     """(the path to pass, the file the message must name)."""
     folder.mkdir(parents=True, exist_ok=True)

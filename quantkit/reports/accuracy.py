@@ -6,6 +6,7 @@ library's own dequantizing reader (`iter_dequantized`), its original is read by 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,16 @@ class TensorComparison:
     max_abs: float
     cosine: float
     sqnr_db: float
+    nonfinite: int = 0  # values NaN or inf here that are finite in the original
+
+
+def badness(row: TensorComparison) -> tuple[int, float]:
+    """Sort key, worst first: values made non-finite, then the lowest SQNR (NaN counts as -inf)."""
+    return -row.nonfinite, _sqnr_key(row.sqnr_db)
+
+
+def _sqnr_key(sqnr_db: float) -> float:
+    return -math.inf if math.isnan(sqnr_db) else sqnr_db
 
 
 @dataclass
@@ -77,7 +88,7 @@ class _Pool:
     def add(self, name: str, moments: ErrorMoments) -> None:
         self.moments.add(moments)
         self.num_tensors += 1
-        if self.worst is None or moments.sqnr_db < self.worst[0]:
+        if self.worst is None or _sqnr_key(moments.sqnr_db) < _sqnr_key(self.worst[0]):
             self.worst = (moments.sqnr_db, name)
 
     def summary(self) -> ErrorSummary:
@@ -119,9 +130,12 @@ def compare_tensors(
         if tuple(approx.shape) != spec.shape:
             mismatched.append(f"{name}: {list(spec.shape)} -> {list(approx.shape)}")
             continue
-        moments = error_moments(original.get_tensor(ref_name), approx)
-        del approx
+        reference = original.get_tensor(ref_name)
+        moments = error_moments(reference, approx)
         row = _row(name, spec, info, moments)
+        if not (math.isfinite(moments.sum_diff_sq) and math.isfinite(moments.max_abs)):  # some value is NaN or inf
+            row.nonfinite = max(0, _count_nonfinite(approx) - _count_nonfinite(reference))
+        del approx, reference
         rows.append(row)
         if spec.dtype.is_floating_point:
             float_rows.append(row)
@@ -132,7 +146,7 @@ def compare_tensors(
         if progress is not None:
             progress(spec.nbytes)
     missing = [n for n in original.specs if n not in seen and n not in converted.aliases]
-    worst = sorted(float_rows, key=lambda r: r.sqnr_db)[:top]
+    worst = sorted(float_rows, key=badness)[:top]
     return TensorAccuracy(
         overall=overall.summary(),
         by_group={g: p.summary() for g, p in groups.items()},
@@ -143,6 +157,12 @@ def compare_tensors(
         unexpected=unexpected,
         mismatched=mismatched,
     )
+
+
+def _count_nonfinite(tensor) -> int:
+    import torch
+
+    return int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
 
 
 def _row(name: str, spec, info, moments: ErrorMoments) -> TensorComparison:

@@ -98,10 +98,14 @@ def _model_class(transformers, config, kind: str):
 
 def _tokenizer(transformers, folder: Path):
     try:
-        return transformers.AutoTokenizer.from_pretrained(folder), []
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         return None, [f"no usable tokenizer in {folder} ({reason[:120]}): inputs are seeded random token ids"]
+    # transformers builds an empty tokenizer for a folder without tokenizer files: it gives no tokens
+    if len(tokenizer(SAMPLE_TEXT[:200], add_special_tokens=False)["input_ids"]) < 2:
+        return None, [f"no usable tokenizer in {folder} (no tokenizer files: it gives no tokens): inputs are seeded random token ids"]
+    return tokenizer, []
 
 
 def _token_ids(tokenizer, text: str, config, max_tokens: int) -> torch.Tensor:

@@ -98,11 +98,12 @@ def params_on_meta() -> Iterator[None]:
         torch.nn.Module.register_parameter = register
 
 
-def load_model(build: Callable[[], torch.nn.Module], path: str | Path, device: str, *, strict: bool) -> torch.nn.Module:
-    """Build a module with meta parameters and fill it from ``path`` in float32 on ``device``."""
+def load_model(build: Callable[[], torch.nn.Module], path: str | Path, device: str, *, strict: bool, **open_options) -> torch.nn.Module:
+    """Build a module with meta parameters and fill it from ``path`` in float32 on ``device``
+    (``open_options``: ``key``, ``strip_prefix``, ``allow_globals``)."""
     with params_on_meta():
         model = build()
-    load_into(model, path, strict=strict, dtype=torch.float32)
+    load_into(model, path, strict=strict, dtype=torch.float32, **open_options)
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise QuantkitError(
@@ -134,14 +135,17 @@ def import_callable(spec: str, what: str) -> Callable:
     return func
 
 
-def compare_module_outputs(original: Path, converted: Path, *, factory: str, inputs: str, device: str = "auto") -> OutputComparison:
-    """Run the module ``factory()`` builds, loaded once from each checkpoint, on ``inputs()``."""
+def compare_module_outputs(
+    original: Path, converted: Path, *, factory: str, inputs: str, device: str = "auto", original_options: dict | None = None
+) -> OutputComparison:
+    """Run the module ``factory()`` builds, loaded once from each checkpoint, on ``inputs()``
+    (``original_options``: how the original is opened, as for ``open_checkpoint``)."""
     build, make_inputs = import_callable(factory, "--model"), import_callable(inputs, "--inputs")
     device = resolve_device(device)
     sample = _to_device(make_inputs(), device)
     outputs = []
-    for path in (original, converted):  # one model at a time: only its output is kept
-        model = load_model(build, path, device, strict=True)
+    for path, options in ((original, original_options or {}), (converted, {})):  # one model at a time: only its output is kept
+        model = load_model(build, path, device, strict=True, **options)
         with torch.no_grad():
             outputs.append(_first_tensor(_call(model, sample)).float().cpu())
         del model

@@ -57,10 +57,10 @@ def _text_accuracy(r: ComparisonReport) -> list[str]:
     for name, e in [("overall", a.overall), *sorted(a.by_group.items(), key=lambda kv: kv[1].sqnr_db)]:
         lines.append(f"{name:<13}{fmt_num(e.rel_l2):>11}{fmt_num(e.max_abs):>11}{fmt_cos(e.cosine):>11}"
                      f"{fmt_db(e.sqnr_db):>9}{fmt_db(e.min_sqnr_db):>9}  {e.worst_tensor or ''}")
-    lines += ["", "worst tensors (lowest SQNR):"]
+    lines += ["", "worst tensors (NaN/inf first, then lowest SQNR):"]
     for t in a.worst:
         lines.append(f"  {t.name:<48} {t.stored_dtype:<9} SQNR {fmt_db(t.sqnr_db):>6} dB  rel L2 {fmt_num(t.rel_l2)}"
-                     f"  cosine {fmt_cos(t.cosine)}")
+                     f"  cosine {fmt_cos(t.cosine)}" + (f"  {t.nonfinite} values NaN/inf" if t.nonfinite else ""))
     return lines
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..anatomy import inspect_checkpoint
-from ..errors import QuantkitError
+from ..errors import InputError, QuantkitError
+from ..sources.renamed import KNOWN_PREFIXES
 from ..memory import MemoryEstimate, ModelShape, estimate_memory, read_config
 from ..sources import open_checkpoint
 from ..version import __version__
@@ -35,8 +36,14 @@ class ComparisonReport:
     quantkit_version: str = __version__
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict; infinite or NaN figures (an exact tensor's SQNR) become null."""
-        return _json_safe(asdict(self))
+        """Plain JSON-able dict; infinite or NaN figures (an exact tensor's SQNR) become null.
+
+        A tensor's ``nonfinite`` count stays out of report_version 1's keys: the notes name
+        those tensors, and they lead ``tensors.worst``."""
+        data = asdict(self)
+        for row in [*data["tensors"]["worst"], *data["tensors"]["tensors"]]:
+            row.pop("nonfinite", None)
+        return _json_safe(data)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,8 @@ class ReportOptions:
     checkpoint, and ``"module:function"`` returning its inputs. ``device``: where the models
     run. ``top``: how many largest and worst tensors to list. ``gpu_gb`` (GiB), ``batch_size``,
     ``seq_len``, ``shape``: memory-estimate options (``estimate_memory``); ``shape`` defaults
-    to the original's config.json."""
+    to the original's config.json. ``key``, ``strip_prefix``, ``allow_globals``: how the
+    original is opened (``open_checkpoint``), e.g. a training checkpoint's DDP prefix."""
 
     model_outputs: bool = True
     text: str | Path | None = None
@@ -61,6 +69,14 @@ class ReportOptions:
     batch_size: int = 1
     seq_len: int | None = None
     shape: ModelShape | None = None
+    key: str | None = None
+    strip_prefix: str | None = None
+    allow_globals: tuple[str, ...] = ()
+
+    @property
+    def original_options(self) -> dict:
+        """``open_checkpoint`` keywords for the original (``key``, ``strip_prefix``, ``allow_globals``)."""
+        return {"key": self.key, "strip_prefix": self.strip_prefix, "allow_globals": self.allow_globals}
 
 
 def build_report(
@@ -85,10 +101,12 @@ def build_report(
     """
     o = options or ReportOptions(**option_values)
     original, converted = Path(original), Path(converted)
-    with open_checkpoint(original) as before, open_checkpoint(converted) as after:
+    with open_checkpoint(original, **o.original_options) as before, open_checkpoint(converted) as after:
         accuracy = compare_tensors(before, after, top=o.top, progress=progress)
+        if not accuracy.tensors and not accuracy.mismatched:
+            raise InputError(_nothing_shared(original, converted, before, after))
         config_dir = before.info.config_dir
-    anatomies = [inspect_checkpoint(p, top=0) for p in (original, converted)]
+        anatomies = [replace(inspect_checkpoint(before, top=0), path=str(original)), inspect_checkpoint(converted, top=0)]
     size = compare_sizes(anatomies[0], anatomies[1], accuracy.tensors, top=o.top)
     notes = _accuracy_notes(accuracy)
     outputs = _outputs(original, converted, config_dir, o, notes) if o.model_outputs else None
@@ -110,7 +128,7 @@ def _outputs(original, converted, config_dir, o: ReportOptions, notes) -> Output
         if inputs is None:
             raise QuantkitError("--model needs --inputs module:function returning the model's sample inputs")
         try:
-            return compare_module_outputs(original, converted, factory=model, inputs=inputs, device=device)
+            return compare_module_outputs(original, converted, factory=model, inputs=inputs, device=device, original_options=o.original_options)
         except QuantkitError:
             raise
         except Exception as exc:  # the user's factory or model failed: say where, in one line
@@ -132,8 +150,24 @@ def _outputs(original, converted, config_dir, o: ReportOptions, notes) -> Output
         return None
 
 
+def _nothing_shared(original: Path, converted: Path, before, after) -> str:
+    """The one line for two checkpoints with no tensor name in common, with a prefix hint."""
+    first = lambda source: next(iter(source.specs), "-")  # noqa: E731
+    hint = ""
+    for prefix in KNOWN_PREFIXES:
+        if any(n.removeprefix(prefix) in after.specs for n in before.specs if n.startswith(prefix)):
+            hint = f"; the original's names start with {prefix!r}: pass --strip-prefix {prefix}"
+            break
+    return (f"{original} and {converted} share no tensor name (first: {first(before)!r} and {first(after)!r}): "
+            f"nothing to compare{hint}")
+
+
 def _accuracy_notes(accuracy: TensorAccuracy) -> list[str]:
     notes = []
+    broken = [t for t in accuracy.tensors if t.nonfinite]
+    if broken:
+        shown = ", ".join(f"{t.name} ({t.nonfinite})" for t in broken[:5]) + (f", ... ({len(broken)} in all)" if len(broken) > 5 else "")
+        notes.append(f"{len(broken)} tensor(s) hold NaN or inf values that are finite in the original (listed first among the worst): {shown}")
     for label, names in (
         ("in the original but not in the converted checkpoint", accuracy.missing),
         ("in the converted checkpoint but not in the original", accuracy.unexpected),

@@ -49,6 +49,8 @@ class Scheme(ABC):
     family: ClassVar[str]
     quantizes: ClassVar[bool]
     mixes_within_family: ClassVar[bool] = True
+    # the SchemeSettings fields it reads: the CLI warns when another one is given
+    uses_settings: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def outputs(self, spec: TensorSpec, *, transpose: bool = False, settings: SchemeSettings = SchemeSettings()) -> list[OutSpec]:
@@ -98,3 +100,22 @@ class QuantScheme(Scheme):
     @abstractmethod
     def logical_numel(self, stored: StoredWeight, specs: dict[str, TensorSpec]) -> int:
         """How many values the original weight held, from the stored specs."""
+
+    def nonfinite_values(self, stored: list[tuple[str, torch.Tensor]]) -> int:
+        """How many values of one weight, as ``quantize`` stored it, dequantize to NaN or inf.
+
+        A scale that overflowed (INT8 goes through FP16) or a NaN in a block poisons every
+        value it scales. Finite stored values dequantize to finite ones in every linear
+        scheme, so the weight is only dequantized when some stored float is not finite; a
+        scheme where that does not hold overrides this."""
+        import torch
+
+        floats = [t for _, t in stored if t.is_floating_point()]
+        if all(bool(torch.isfinite(t).all()) for t in floats):
+            return 0
+        from ..dtypes import dtype_of
+
+        parts = dict(stored)
+        specs = {n: TensorSpec(n, dtype_of(t.dtype), tuple(t.shape)) for n, t in parts.items()}
+        found = self.stored_weights(specs)
+        return sum(int((~torch.isfinite(self.dequantize(w, parts))).sum()) for w in found.values())

@@ -82,6 +82,8 @@ class Int8Scheme(BitsAndBytesScheme):
 class FourBitScheme(BitsAndBytesScheme):
     """Blockwise 4-bit with a 16-value code table (NF4 or FP4)."""
 
+    uses_settings: ClassVar[frozenset[str]] = frozenset({"blocksize", "double_quant"})
+
     def outputs(self, spec, *, transpose=False, settings=SchemeSettings()):
         """With double quantization the quant state's JSON holds a data-dependent float, so its
         length is declared variable, bounded by the longest a float can print."""

@@ -13,9 +13,12 @@ many shapes, dtypes and value distributions (zeros, infs, NaNs, subnormals).
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -169,12 +172,10 @@ def quantize_4bit(A: torch.Tensor, *, blocksize: int, quant_type: str, double_qu
     packed, absmax = quantize_4bit_codes(A, blocksize, quant_type)
     state = {"absmax": absmax, "quant_map": code_table(quant_type)}
     nested_offset = None
-    if double_quant:  # the absmax values, 8-bit blockwise: small, so bitsandbytes' own kernel
-        import bitsandbytes.functional as bnbf
-
+    if double_quant:  # the absmax values, 8-bit blockwise: small, so bitsandbytes' own C kernel
         offset = absmax.mean()
-        nested, nested_state = bnbf.quantize_blockwise(absmax - offset, blocksize=NESTED_BLOCKSIZE)
-        state.update({"absmax": nested, "nested_absmax": nested_state.absmax, "nested_quant_map": nested_state.code.clone()})
+        nested, nested_absmax, code = quantize_blockwise_8bit(absmax - offset, NESTED_BLOCKSIZE)
+        state.update({"absmax": nested, "nested_absmax": nested_absmax, "nested_quant_map": code})
         nested_offset = offset.item()
     raw = state_json(quant_type, blocksize, A.dtype, A.shape, nested_offset)
     state[f"quant_state.bitsandbytes__{quant_type}"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
@@ -203,3 +204,55 @@ def dequantize_4bit(parts: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _per_value(scales: torch.Tensor, blocksize: int, n: int) -> torch.Tensor:
     return scales.repeat_interleave(blocksize)[:n]
+
+
+def dynamic_map() -> torch.Tensor:
+    """bitsandbytes' signed 8-bit dynamic code (``functional.create_dynamic_map()``), the same
+    float32 values computed the same way."""
+    data: list[float] = []
+    for i in range(7):
+        boundaries = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += ((10 ** (-6 + i)) * means).tolist()
+        data += (-(10 ** (-6 + i)) * means).tolist()
+    data += [0, 1.0]
+    data += [0] * (256 - len(data))
+    data.sort()
+    return torch.tensor(data, dtype=torch.float32)
+
+
+def quantize_blockwise_8bit(values: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``bitsandbytes.functional.quantize_blockwise`` of a float32 CPU tensor: (codes uint8,
+    absmax float32 per block, the code table). bitsandbytes' own C kernel is called through
+    ctypes: importing the bitsandbytes package costs seconds (it loads torch's compiler stack)."""
+    kernel = _blockwise_kernel()
+    if kernel is None:  # no CPU library beside the package: bitsandbytes' Python route
+        import bitsandbytes.functional as bnbf
+
+        codes, state = bnbf.quantize_blockwise(values, blocksize=blocksize)
+        return codes, state.absmax, state.code.clone()
+    A = values.float().contiguous()
+    code = dynamic_map()
+    absmax = torch.empty(-(A.numel() // -blocksize), dtype=torch.float32)
+    out = torch.empty(A.shape, dtype=torch.uint8)
+    ptr = ctypes.c_void_p
+    kernel(ptr(code.data_ptr()), ptr(A.data_ptr()), ptr(absmax.data_ptr()), ptr(out.data_ptr()),
+           ctypes.c_longlong(blocksize), ctypes.c_longlong(A.numel()))
+    return out, absmax, code
+
+
+@functools.cache
+def _blockwise_kernel():
+    """``cquantize_blockwise_cpu_fp32`` from bitsandbytes' CPU library, found without importing
+    the package; None where it is not installed or has no such library."""
+    spec = importlib.util.find_spec("bitsandbytes")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        library = Path(folder) / "libbitsandbytes_cpu.so"
+        if library.is_file():
+            try:
+                return ctypes.CDLL(str(library)).cquantize_blockwise_cpu_fp32
+            except (OSError, AttributeError):
+                return None
+    return None

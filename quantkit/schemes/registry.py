@@ -19,10 +19,10 @@ def register(scheme: Scheme) -> Scheme:
 
 
 def get_scheme(name: str) -> Scheme:
-    """The scheme registered as ``name``; UsageError naming the choices otherwise."""
+    """The scheme registered as ``name`` (any case); UsageError naming the choices otherwise."""
     try:
-        return SCHEMES[name]
-    except KeyError:
+        return SCHEMES[name] if name in SCHEMES else SCHEMES[name.lower()]
+    except (KeyError, AttributeError):
         raise UsageError(f"unknown scheme {name!r}: choose one of {', '.join(SCHEMES)}") from None
 
 
