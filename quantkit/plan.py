@@ -57,9 +57,11 @@ class AutoPlan:
     settings: dict  # the quantizers' settings the profile measured with (blocksize, double_quant): convert must use them
 
 
-def default_family() -> str:
-    """compressed-tensors once its schemes are registered, else bitsandbytes."""
-    families = {s.family for s in quantizers()}
+def default_family(profile: "Profile | None" = None) -> str:
+    """compressed-tensors where its schemes are registered (and, for a profile, were
+    measured), else bitsandbytes."""
+    names = profile.schemes if profile is not None else list(SCHEMES)
+    families = {SCHEMES[n].family for n in names if n in SCHEMES and SCHEMES[n].quantizes}
     return "compressed-tensors" if "compressed-tensors" in families else "bitsandbytes"
 
 
@@ -77,7 +79,7 @@ def family_groups(profile: Profile, family: str) -> list[list[str]]:
 
 def choose(profile: Profile, target: Target, *, family: str | None = None, method: str = "auto") -> Solution:
     """The least-size (or least-error) choice meeting ``target`` among the family's scheme sets."""
-    family = family or default_family()
+    family = family or default_family(profile)
     best: Solution | None = None
     errors = []
     for allowed in family_groups(profile, family):
@@ -150,7 +152,7 @@ def plan_auto(source_or_profile: str | Path | CheckpointSource | Profile, target
     return AutoPlan(
         rules=choice_as_rules(solution.schemes, names),
         schemes=solution.schemes,
-        family=family or default_family(),
+        family=family or default_family(profile),
         predicted_bytes=solution.stored_bytes + profile.kept_bytes,
         predicted_bits=8 * solution.stored_bytes / decided_values if decided_values else 0.0,
         predicted_sqnr_db=_sqnr(profile.total_signal_energy, solution.error),

@@ -81,6 +81,11 @@ class TensorProfile:
     transpose: bool
     candidates: dict[str, Candidate]  # by scheme name; "keep" first
 
+    def candidate(self, scheme: str) -> Candidate:
+        """The scheme's candidate, or "keep" where the scheme cannot store this weight (a
+        Conv1D weight or a non-dividing group size for compressed-tensors: convert keeps it)."""
+        return self.candidates.get(scheme) or self.candidates[KEEP]
+
 
 @dataclass
 class Profile:
@@ -229,10 +234,21 @@ def profile_checkpoint(
         )
 
 
+def _takes(scheme: QuantScheme, spec, transpose: bool, settings: SchemeSettings) -> bool:
+    """Whether ``scheme`` can store this weight (a compressed-tensors scheme keeps Conv1D
+    weights and refuses a group size that does not divide the input dimension)."""
+    try:
+        scheme.outputs(spec, transpose=transpose, settings=settings)
+    except UsageError:
+        return False
+    return True
+
+
 def _profile_tensor(name, spec, tensor, tried, transpose, settings, pool) -> TensorProfile:
     """The candidates of one weight, measured side by side on the pool's threads."""
     candidates = {KEEP: Candidate(KEEP, spec.nbytes, 0.0, 0.0, math.inf, 0.0, 1.0)}
     signal = None
+    tried = [scheme for scheme in tried if _takes(scheme, spec, transpose, settings)]
     measured = pool.map(lambda scheme: _measure(scheme, name, tensor, transpose=transpose, settings=settings), tried)
     for scheme, (candidate, moments) in zip(tried, measured):
         candidates[scheme.name] = candidate

@@ -31,13 +31,13 @@ def uniform_figures(profile: Profile) -> list[UniformFigures]:
     values = sum(t.numel for t in profile.tensors)
     rows = []
     for scheme in profile.schemes:
-        stored = sum(t.candidates[scheme].stored_bytes for t in profile.tensors)
-        noise = math.fsum(t.candidates[scheme].noise_energy for t in profile.tensors)
-        worst = min(profile.tensors, key=lambda t: t.candidates[scheme].sqnr_db, default=None)
+        stored = sum(t.candidate(scheme).stored_bytes for t in profile.tensors)
+        noise = math.fsum(t.candidate(scheme).noise_energy for t in profile.tensors)
+        worst = min(profile.tensors, key=lambda t: t.candidate(scheme).sqnr_db, default=None)
         rows.append(UniformFigures(
             scheme, stored + profile.kept_bytes, 8 * stored / values if values else 0.0,
             10 * math.log10(profile.total_signal_energy / noise) if noise > 0 else math.inf,
-            worst.candidates[scheme].sqnr_db if worst else math.inf, worst.name if worst else None,
+            worst.candidate(scheme).sqnr_db if worst else math.inf, worst.name if worst else None,
         ))
     return rows
 
@@ -50,7 +50,7 @@ def layer_sqnr(profile: Profile) -> tuple[list[str], dict[str, list[float | None
         values = []
         for layer in layers:
             members = [t for t in profile.tensors if t.layer == layer]
-            noise = math.fsum(t.candidates[scheme].noise_energy for t in members)
+            noise = math.fsum(t.candidate(scheme).noise_energy for t in members)
             signal = math.fsum(t.signal_energy for t in members)
             values.append(10 * math.log10(signal / noise) if noise > 0 and signal > 0 else None)
         series[scheme] = values
@@ -76,7 +76,7 @@ def render_profile_text(profile: Profile, *, top: int | None = None) -> str:
                      f"{fmt_db(u.min_sqnr_db):>8}  {u.worst_tensor or ''}")
     lines += ["", f"{'tensor':<48}" + "".join(f"{sch:>16}" for sch in profile.schemes), f"{'':<48}" + f"{'dB / bits':>16}" * len(profile.schemes)]
     for t in profile.tensors[:top] if top else profile.tensors:
-        cells = "".join(f"{fmt_db(t.candidates[sch].sqnr_db) + ' / ' + f'{8 * t.candidates[sch].stored_bytes / t.numel:.2f}':>16}"
+        cells = "".join(f"{fmt_db(t.candidate(sch).sqnr_db) + ' / ' + f'{8 * t.candidate(sch).stored_bytes / t.numel:.2f}':>16}"
                         for sch in profile.schemes)
         lines.append(f"{t.name[-48:]:<48}{cells}")
     return "\n".join(lines)
@@ -94,8 +94,8 @@ def render_profile_html(profile: Profile) -> str:
                        x_label="layer (input side on the left)") if labels else ""
     tensors = _table(
         ["tensor", "shape", *(f"{s} dB" for s in profile.schemes), *(f"{s} bits" for s in profile.schemes)],
-        [[f"<code>{escape(t.name)}</code>", escape(str(t.shape)), *(fmt_db(t.candidates[s].sqnr_db) for s in profile.schemes),
-          *(fmt_num(8 * t.candidates[s].stored_bytes / t.numel, 4) for s in profile.schemes)] for t in profile.tensors],
+        [[f"<code>{escape(t.name)}</code>", escape(str(t.shape)), *(fmt_db(t.candidate(s).sqnr_db) for s in profile.schemes),
+          *(fmt_num(8 * t.candidate(s).stored_bytes / t.numel, 4) for s in profile.schemes)] for t in profile.tensors],
     )
     src = profile.source
     return (

@@ -71,7 +71,7 @@ def test_reused_profile_is_refused_for_a_changed_checkpoint(model, tmp_path):
         (("--target-bits", "1"), 2, "below the smallest achievable"),
         (("--target-bits", "4", "--min-sqnr", "20"), 2, "exactly one target"),
         (("--family", "bitsandbytes"), 2, "--family goes with a target"),
-        (("--target-bits", "8", "--family", "compressed-tensors"), 2, "no compressed-tensors scheme"),
+        (("--schemes", "int8", "--target-bits", "8", "--family", "compressed-tensors"), 2, "no compressed-tensors scheme"),
     ],
 )
 def test_errors_are_one_line_with_exit_codes(model, args, code, message):
