@@ -104,8 +104,24 @@ class _Converter:
     def produce(self, name: str) -> list:
         """The stored tensors of one quantized weight (on a worker thread)."""
         scheme = SCHEMES[self.assignment.schemes[name]]
+        transpose = name in self.assignment.transpose
+        if self.device == "cpu" and self.source.reads_into_buffer and scheme.quantizes_arrays:
+            return scheme.quantize_array(name, self._read_array(name), transpose=transpose, settings=self.settings)
         tensor = self._read_reused(name).to(self.device)
-        return scheme.quantize(name, tensor, transpose=name in self.assignment.transpose, settings=self.settings)
+        return scheme.quantize(name, tensor, transpose=transpose, settings=self.settings)
+
+    def _read_array(self, name: str):
+        """A weight as a numpy array in this thread's reused buffer (no torch)."""
+        import numpy as np
+
+        spec = self.source.specs[name]
+        buffer = getattr(self._local, "array", None)
+        if buffer is None or buffer.size < spec.nbytes:
+            buffer = self._local.array = np.empty(spec.nbytes, dtype=np.uint8)
+        data = buffer[: spec.nbytes]
+        if spec.nbytes:
+            self.source.read_into(name, 0, memoryview(data))
+        return data.view(spec.dtype.numpy).reshape(spec.shape)
 
     def _read_reused(self, name: str):
         """A weight to quantize, read into this thread's reused buffer where the source copies
