@@ -78,3 +78,10 @@ def test_safetensors_conversion_imports_no_torch(tmp_path: Path, scheme):
     quantized, imported = json.loads(done.stdout.strip().splitlines()[-1])
     assert quantized == ["fc1.weight", "fc2.weight"]
     assert imported is False
+
+
+def test_auto_device_without_torch_agrees_with_torch():
+    from quantkit.devices import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
