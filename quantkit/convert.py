@@ -135,6 +135,17 @@ class _Converter:
     def produce(self, name: str) -> list:
         """The stored tensors of one quantized weight (on a worker thread)."""
         scheme = SCHEMES[self.assignment.schemes[name]]
+        transpose = name in self.assignment.transpose
+        if self.device == "cpu" and self.source.reads_into_buffer and scheme.quantizes_arrays:
+            array = self._read_array(name)
+            stored = scheme.quantize_array(name, array, transpose=transpose, settings=self.settings)
+            if not _floats_finite(stored):  # rare: a scale overflowed or a NaN spread; counted with torch
+                import numpy as np
+                import torch
+
+                as_torch = [(n, torch.from_numpy(np.ascontiguousarray(a))) for n, a in stored]
+                self._count_created(name, scheme.nonfinite_values(as_torch), int(np.count_nonzero(~np.isfinite(array))))
+            return stored
         tensor = self._read_reused(name)
         if scheme.family != CT_FAMILY:  # compressed-tensors kernels are numpy, on the CPU
             tensor = tensor.to(self.device)
@@ -144,15 +155,30 @@ class _Converter:
             bad = int((~torch.isfinite(tensor)).sum())
             if bad:
                 self.nonfinite[name] = bad
-        stored = scheme.quantize(name, tensor, transpose=name in self.assignment.transpose, settings=self.settings)
+        stored = scheme.quantize(name, tensor, transpose=transpose, settings=self.settings)
         converted = scheme.nonfinite_values(stored)
         if converted:  # rare: only then is the source counted
             import torch
 
-            created = converted - int((~torch.isfinite(tensor)).sum())
-            if created > 0:
-                self.nonfinite_created[name] = created
+            self._count_created(name, converted, int((~torch.isfinite(tensor)).sum()))
         return stored
+
+    def _count_created(self, name: str, converted: int, in_source: int) -> None:
+        if converted - in_source > 0:
+            self.nonfinite_created[name] = converted - in_source
+
+    def _read_array(self, name: str):
+        """A weight as a numpy array in this thread's reused buffer (no torch)."""
+        import numpy as np
+
+        spec = self.source.specs[name]
+        buffer = getattr(self._local, "array", None)
+        if buffer is None or buffer.size < spec.nbytes:
+            buffer = self._local.array = np.empty(spec.nbytes, dtype=np.uint8)
+        data = buffer[: spec.nbytes]
+        if spec.nbytes:
+            self.source.read_into(name, 0, memoryview(data))
+        return data.view(spec.dtype.numpy).reshape(spec.shape)
 
     def _read_reused(self, name: str):
         """A weight to quantize, read into this thread's reused buffer where the source copies
@@ -377,3 +403,10 @@ def update_hf_config(path: Path, options: ConvertOptions, assignment: Assignment
     writer = get_scheme(options.scheme) if not quantizers or get_scheme(options.scheme) in quantizers else quantizers[0]
     writer.update_hf_config(config, assignment, options.settings)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _floats_finite(stored) -> bool:
+    """Whether every floating-point array a kernel stored (scales, absmax) is finite."""
+    import numpy as np
+
+    return all(bool(np.isfinite(a).all()) for _, a in stored if np.asarray(a).dtype.kind == "f")

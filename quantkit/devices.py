@@ -19,6 +19,8 @@ def resolve_device(device: str) -> str:
 
     Raises UsageError for an unknown device, or CUDA asked for where there is none.
     """
+    if device == "cpu" or (device == "auto" and not _may_have_cuda()):
+        return check_device(device) if device == "cpu" else "cpu"
     import torch
 
     if device == "auto":
@@ -27,3 +29,20 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA device is available (use --device cpu or auto)")
     return device
+
+
+def _may_have_cuda() -> bool:
+    """False where torch certainly sees no CUDA device, found without importing torch (which
+    takes seconds): a CPU-only torch build, or Linux with no NVIDIA or ROCm device node."""
+    import os
+    import sys
+    from importlib import metadata
+
+    try:
+        if metadata.version("torch").endswith("+cpu"):
+            return False
+    except metadata.PackageNotFoundError:
+        return True  # let torch's own import say what is missing
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+    return True

@@ -82,6 +82,14 @@ class QuantScheme(Scheme):
     """A quantizer of 2-D linear weights: one whole tensor in, its stored tensors out."""
 
     quantizes: ClassVar[bool] = True
+    # True where ``quantize_array`` runs on numpy arrays without torch (CPU only)
+    quantizes_arrays: ClassVar[bool] = False
+
+    def quantize_array(self, name: str, array, *, transpose: bool = False, settings: SchemeSettings = SchemeSettings()) -> list[tuple[str, object]]:
+        """``quantize`` on the CPU for a numpy array (bfloat16 as ``ml_dtypes.bfloat16``), e.g. a
+        ``read_into`` buffer; the stored tensors as numpy arrays, none a view of ``array``.
+        Only schemes with ``quantizes_arrays`` have it."""
+        raise NotImplementedError(f"{self.name} quantizes torch tensors only")
 
     @abstractmethod
     def quantize(

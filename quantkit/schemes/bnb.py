@@ -2,8 +2,10 @@
 transformers stores ``Linear8bitLt`` / ``Linear4bit`` layers.
 
 This module declares the schemes and needs no torch (the byte-level facts they share with
-the kernels are in ``bnb_layout``); the kernels (``int8``, ``fourbit``, ``fourbit_cpu``) are
-imported when a tensor is converted.
+the kernels are in ``bnb_layout``). On the CPU, numpy weights (``quantize_array``) go through
+quantkit's fused kernels (``quantkit.kernels``, no torch unless a weight holds NaN or double
+quantization is asked); torch tensors through the torch kernels (``int8``, ``fourbit``,
+``fourbit_cpu``), imported when a tensor is converted.
 
 INT8, for a linear layer ``P``: ``P.weight`` I8 ``[out, in]``, ``P.SCB`` F32 ``[out]``,
 ``P.weight_format`` U8 scalar. 4-bit: ``P.weight`` U8 ``[ceil(numel/2), 1]`` and under
@@ -14,17 +16,21 @@ INT8, for a linear layer ``P``: ``P.weight`` I8 ``[out, in]``, ``P.SCB`` F32 ``[
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import ClassVar
+
+import numpy as np
 
 from ..dtypes import FLOAT32, INT8 as I8, UINT8
 from ..specs import OutSpec
 from .base import QuantScheme, SchemeSettings, StoredWeight
-from .bnb_layout import FOURBIT_PARTS, FOURBIT_STATE, LONGEST_FLOAT, NESTED_BLOCKSIZE, state_json
+from .bnb_layout import FOURBIT_PARTS, FOURBIT_STATE, LONGEST_FLOAT, NESTED_BLOCKSIZE, ROW_FORMAT, state_json
 
 @dataclass(frozen=True)
 class BitsAndBytesScheme(QuantScheme):
     family: ClassVar[str] = "bitsandbytes"
+    quantizes_arrays: ClassVar[bool] = True
     mixes_within_family: ClassVar[bool] = False  # one load_in_8bit / load_in_4bit method per model
 
     def update_hf_config(self, config, assignment, settings):
@@ -54,6 +60,13 @@ class Int8Scheme(BitsAndBytesScheme):
         rows, cols = (spec.shape[1], spec.shape[0]) if transpose else spec.shape
         p = spec.name.removesuffix(".weight")
         return [OutSpec(f"{p}.weight", I8, (rows, cols)), OutSpec(f"{p}.SCB", FLOAT32, (rows,)), OutSpec(f"{p}.weight_format", UINT8, ())]
+
+    def quantize_array(self, name, array, *, transpose=False, settings=SchemeSettings()):
+        from ..kernels import quantize_int8
+
+        codes, scales = quantize_int8(array, transpose=transpose, name=name)
+        p = name.removesuffix(".weight")
+        return [(f"{p}.weight", codes), (f"{p}.SCB", scales), (f"{p}.weight_format", np.array(ROW_FORMAT, dtype=np.uint8))]
 
     def quantize(self, name, tensor, *, transpose=False, settings=SchemeSettings()):
         from .int8 import apply_int8
@@ -103,6 +116,25 @@ class FourBitScheme(BitsAndBytesScheme):
         outs.append(OutSpec(f"{w}.quant_state.bitsandbytes__{self.name}", UINT8, (len(state),), variable=double))
         return outs
 
+    def quantize_array(self, name, array, *, transpose=False, settings=SchemeSettings()):
+        """The fused kernel's codes and absmax; with double quantization the absmax values go
+        through bitsandbytes' own 8-bit blockwise kernel (small: torch is imported then)."""
+        from ..kernels import code_table, quantize_4bit_codes
+
+        packed, absmax = quantize_4bit_codes(array, blocksize=settings.blocksize, quant_type=self.name, transpose=transpose, name=name)
+        shape = array.shape[::-1] if transpose else array.shape
+        out = [(name, packed)]
+        nested_offset = None
+        if settings.double_quant:
+            nested_offset, parts = _double_quant(absmax)
+            out += [(f"{name}.absmax", parts[0]), (f"{name}.quant_map", code_table(self.name))]
+            out += [(f"{name}.nested_absmax", parts[1]), (f"{name}.nested_quant_map", parts[2])]
+        else:
+            out += [(f"{name}.absmax", absmax), (f"{name}.quant_map", code_table(self.name))]
+        state = state_json(self.name, settings.blocksize, array.dtype.name, shape, nested_offset)
+        out.append((f"{name}.quant_state.bitsandbytes__{self.name}", np.frombuffer(state, dtype=np.uint8).copy()))
+        return out
+
     def quantize(self, name, tensor, *, transpose=False, settings=SchemeSettings()):
         from .fourbit import apply_fourbit
 
@@ -129,6 +161,29 @@ class FourBitScheme(BitsAndBytesScheme):
 
     def logical_numel(self, stored, specs):
         return specs[stored.parts[0]].shape[0] * 2
+
+
+_ONE_THREAD = threading.Lock()
+
+
+def _double_quant(absmax):
+    """bitsandbytes' nested quantization of 4-bit absmax values: their float32 mean, and the
+    centred values 8-bit blockwise with its own kernel. torch sums more than 32K values in
+    one chunk per intra-op thread, so the mean's last bit depends on the thread count: it
+    is taken on one thread, the same on every machine."""
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    values = torch.from_numpy(absmax)
+    with _ONE_THREAD:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            offset = values.mean()
+        finally:
+            torch.set_num_threads(before)
+    nested, state = bnbf.quantize_blockwise(values - offset, blocksize=NESTED_BLOCKSIZE)
+    return offset.item(), (nested.numpy(), state.absmax.numpy(), state.code.numpy().copy())
 
 
 INT8 = Int8Scheme("int8", "LLM.int8 row-wise, as transformers' load_in_8bit")

@@ -106,7 +106,7 @@ class ShardWriter:
         data = tensor_bytes(tensor.cpu() if hasattr(tensor, "cpu") else tensor)
         self._written.add(name)
         if spec.variable:
-            if tensor.dim() != 1 or len(data) > spec.nbytes:
+            if len(tensor.shape) != 1 or len(data) > spec.nbytes:
                 raise VerificationError(f"{self.path}: tensor {name!r} is larger than its planned bound of {spec.nbytes} bytes")
             self._pending[name] = bytes(data)
             return len(data)

@@ -1,0 +1,87 @@
+"""The CPU quantizers on numpy arrays (read_into buffers): the same bytes as on torch tensors,
+and a safetensors conversion that never imports torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+from quantkit.schemes import SCHEMES, SchemeSettings
+
+NUMPY = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def _bytes(parts) -> list[tuple[str, str, tuple, bytes]]:
+    out = []
+    for name, value in parts:
+        array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+        out.append((name, array.dtype.name, tuple(array.shape), np.ascontiguousarray(array).tobytes()))
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["int8", "nf4", "fp4"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_quantize_array_matches_quantize(scheme, dtype, transpose, double_quant):
+    if scheme == "int8" and double_quant:
+        pytest.skip("INT8 has no double quantization")
+    rng = np.random.default_rng(7)
+    values = (rng.standard_normal((192, 320)) * 0.05).astype(np.float32)
+    values[3, :] = 0.0  # an all-zero row and a zero block
+    array = values.astype(NUMPY[dtype])
+    tensor = torch.from_numpy(values).to(getattr(torch, dtype))
+    settings = SchemeSettings(blocksize=64, double_quant=double_quant)
+    s = SCHEMES[scheme]
+    assert s.quantizes_arrays
+    got = s.quantize_array("fc.weight", array, transpose=transpose, settings=settings)
+    want = s.quantize("fc.weight", tensor, transpose=transpose, settings=settings)
+    assert _bytes(got) == _bytes(want)
+
+
+def test_quantize_array_of_nan_weight_matches_quantize():
+    values = np.linspace(-1, 1, 128 * 64, dtype=np.float32).reshape(128, 64)
+    values[5, 7] = np.nan
+    for scheme in ("int8", "nf4"):
+        s = SCHEMES[scheme]
+        got = s.quantize_array("w.weight", values, settings=SchemeSettings())
+        want = s.quantize("w.weight", torch.from_numpy(values), settings=SchemeSettings())
+        assert _bytes(got) == _bytes(want)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "nf4"])
+def test_safetensors_conversion_imports_no_torch(tmp_path: Path, scheme):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "fc1.weight": rng.standard_normal((64, 128)).astype(np.float32),
+        "fc1.bias": rng.standard_normal(64).astype(np.float32),
+        "fc2.weight": rng.standard_normal((32, 64)).astype(ml_dtypes.bfloat16),
+    }
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    code = textwrap.dedent(f"""
+        import json, sys
+        from quantkit.convert import ConvertOptions, convert
+        result = convert({str(tmp_path / 'model.safetensors')!r}, {str(tmp_path / 'out')!r}, options=ConvertOptions({scheme!r}, device="cpu"))
+        print(json.dumps([sorted(result.quantized), "torch" in sys.modules]))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    quantized, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert quantized == ["fc1.weight", "fc2.weight"]
+    assert imported is False
+
+
+def test_auto_device_without_torch_agrees_with_torch():
+    from quantkit.devices import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
