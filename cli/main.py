@@ -21,7 +21,7 @@ from quantkit.sources import open_checkpoint
 from .common import STATE, byte_progress, guarded, print_json, source_options
 from .render import anatomy_text
 
-COMMAND_ORDER = ("inspect", "convert", "reshard", "compare", "verify")  # the order a user needs them
+COMMAND_ORDER = ("inspect", "convert", "reshard", "compare", "profile", "verify")  # the order a user needs them
 
 
 class _Commands(TyperGroup):

@@ -15,7 +15,7 @@ import quantkit
 from bad_files import BAD_COMPARES, _lightning_with_path, build
 from quantkit.errors import UsageError
 
-COMMANDS = ["inspect", "convert", "reshard", "compare", "verify"]
+COMMANDS = ["inspect", "convert", "reshard", "compare", "profile", "verify"]
 
 
 def _save(path: Path, obj) -> Path:
