@@ -39,13 +39,16 @@ class ConvertOptions:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     group_size: int = 128  # compressed-tensors w8a16 / w4a16
     rules: tuple[str, ...] = ()  # "REGEX=SCHEME", first match wins (quantkit.rules)
+    auto: dict | None = field(default=None, compare=False)  # set by convert_auto: the target, rules and predictions
 
     def __post_init__(self):
-        get_scheme(self.scheme)  # UsageError naming the choices
+        if self.scheme != "auto":  # "auto" is made concrete by convert_auto (quantkit.auto)
+            get_scheme(self.scheme)  # UsageError naming the choices
         if isinstance(self.rules, str):
             object.__setattr__(self, "rules", (self.rules,))
         object.__setattr__(self, "rules", tuple(self.rules))
-        check_mix(self.scheme, self.parsed_rules)  # before anything is read
+        if self.scheme != "auto":
+            check_mix(self.scheme, self.parsed_rules)  # before anything is read
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size <= 0:
             raise UsageError(f"--group-size must be a positive integer, not {self.group_size!r}")
         rest = rest_choices()
@@ -91,6 +94,7 @@ class ConvertResult:
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     copied_files: list[str] = field(default_factory=list)
+    auto: dict | None = None  # --to auto: target, family, rules, predicted_* (quantkit.auto.auto_record)
 
     @property
     def output_bytes(self) -> int:
@@ -258,6 +262,8 @@ def convert(
     Example:
         >>> convert("model.pth", options=ConvertOptions("nf4", double_quant=True))  # doctest: +SKIP
     """
+    if options.scheme == "auto":
+        raise UsageError("--to auto needs a target: use convert_auto (quantkit.auto) or the CLI's --target-bits / --target-size / --min-sqnr / --min-overall-sqnr")
     started = time.perf_counter()
     src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
     check_local_output(output)
@@ -296,6 +302,7 @@ def convert(
             elapsed_s=time.perf_counter() - started,
             notes=_notes(source, options, assignment) + staging_notes,
             copied_files=copied,
+            auto=options.auto,
         )
 
 
@@ -306,6 +313,8 @@ def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _
         extra[TRANSPOSED_KEY] = json.dumps(sorted(converter.assignment.transpose))
     metadata = provenance(source, **extra)
     manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
+    if options.auto is not None:
+        manifest["auto"] = options.auto
     if not options.quantizing:  # every tensor in chunks, with numpy (for safetensors, torch is never imported)
         return write_cast_checkpoint(
             staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, self_checksum=True
