@@ -233,6 +233,7 @@ def _profile_tensor(name, spec, tensor, tried, transpose, settings, pool) -> Ten
     """The candidates of one weight, measured side by side on the pool's threads."""
     candidates = {KEEP: Candidate(KEEP, spec.nbytes, 0.0, 0.0, math.inf, 0.0, 1.0)}
     signal = None
+    tried = [scheme for scheme in tried if _takes(scheme, spec, transpose, settings)]
     measured = pool.map(lambda scheme: _measure(scheme, name, tensor, transpose=transpose, settings=settings), tried)
     for scheme, (candidate, moments) in zip(tried, measured):
         candidates[scheme.name] = candidate
@@ -242,6 +243,17 @@ def _profile_tensor(name, spec, tensor, tried, transpose, settings, pool) -> Ten
         layer=layer_of(name), numel=spec.numel, original_bytes=spec.nbytes,
         signal_energy=signal_energy(tensor) if signal is None else signal, transpose=transpose, candidates=candidates,
     )
+
+
+def _takes(scheme: QuantScheme, spec: TensorSpec, transpose: bool, settings: SchemeSettings) -> bool:
+    """Whether convert could store ``spec`` with ``scheme`` (a compressed-tensors scheme refuses a
+    Conv1D weight and a group size that does not divide the input dimension): the others are
+    not candidates of that tensor, so a plan never chooses them."""
+    try:
+        scheme.outputs(spec, transpose=transpose, settings=settings)
+    except (UsageError, InputError):
+        return False
+    return True
 
 
 @contextmanager
