@@ -55,7 +55,7 @@ def test_text_table_and_target_choice_with_rules(model, tmp_path):
 def test_reused_profile_is_refused_for_a_changed_checkpoint(model, tmp_path):
     out = tmp_path / "p.json"
     assert run("profile", model, "--schemes", "int8", "-o", out, "-q").exit_code == 0
-    again = run("profile", model, "--profile", out, "--target-bits", "16")
+    again = run("profile", model, "--profile", out, "--target-bits", "16", "--family", "bitsandbytes")
     assert again.exit_code == 0, again.output
     other = save(tiny_state_dict() | {"extra.weight": torch.ones(4, 4)}, tmp_path / "other.safetensors")
     refused = run("profile", other, "--profile", out)
@@ -71,7 +71,7 @@ def test_reused_profile_is_refused_for_a_changed_checkpoint(model, tmp_path):
         (("--target-bits", "1"), 2, "below the smallest achievable"),
         (("--target-bits", "4", "--min-sqnr", "20"), 2, "exactly one target"),
         (("--family", "bitsandbytes"), 2, "--family goes with a target"),
-        (("--target-bits", "8", "--family", "compressed-tensors"), 2, "no compressed-tensors scheme"),
+        (("--schemes", "int8", "--target-bits", "8", "--family", "compressed-tensors"), 2, "no compressed-tensors scheme"),
     ],
 )
 def test_errors_are_one_line_with_exit_codes(model, args, code, message):
