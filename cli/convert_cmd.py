@@ -15,8 +15,11 @@ from quantkit.schemes.registry import SCHEMES, get_scheme, schemes_help
 from quantkit.sizes import format_bytes, parse_size
 from quantkit.sources import open_checkpoint
 
+from quantkit.errors import UsageError
+
 from .common import byte_progress, guarded, print_json, source_options, warn
 from .main import DEFAULT_MAX_SIZE, SIZE_HELP, AllowGlobal, Force, Fsync, Key, Quiet, Src, StripPrefix, app
+from .profile_cmd import FAMILY_HELP
 
 DEFAULT_SETTINGS = SchemeSettings()
 
@@ -25,7 +28,7 @@ DEFAULT_SETTINGS = SchemeSettings()
 @guarded
 def convert_cmd(
     src: Src,
-    to: Annotated[str, typer.Option("--to", metavar="SCHEME", help=f"Target (any case), one of {', '.join(SCHEMES)}. {schemes_help()}.")],
+    to: Annotated[str, typer.Option("--to", metavar="SCHEME", help=f"Target (any case), one of {', '.join(SCHEMES)}, or auto (a scheme per tensor for one of --target-bits, --target-size, --min-sqnr, --min-overall-sqnr). {schemes_help()}.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR", help="Output folder (default: <src>-<to> beside SRC). Its parent folder must exist; it may not be SRC, inside SRC or hold SRC.")] = None,
     max_size: Annotated[str, typer.Option("--max-size", metavar="SIZE", help=SIZE_HELP)] = DEFAULT_MAX_SIZE,
     blocksize: Annotated[Optional[int], typer.Option(
@@ -41,6 +44,13 @@ def convert_cmd(
     group_size: Annotated[int, typer.Option("--group-size", help="w8a16 / w4a16: weights per scale along the input dimension.")] = 128,
     rule: Annotated[Optional[list[str]], typer.Option("--rule", help="'REGEX=SCHEME': scheme of the tensors REGEX finds (repeatable, first match wins; keep, bf16, fp16 or a quantizer).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each tensor's scheme and why, and the planned shards; write nothing.")] = False,
+    target_bits: Annotated[Optional[float], typer.Option("--target-bits", help="--to auto: average stored bits per weight of the weights it decides (the quantizable linear weights), at most.")] = None,
+    target_size: Annotated[Optional[str], typer.Option("--target-size", help="--to auto: the whole checkpoint's tensor bytes, at most (e.g. 12MB; --max-size stays the shard size).")] = None,
+    min_sqnr: Annotated[Optional[float], typer.Option("--min-sqnr", help="--to auto: SQNR floor in dB for every decided tensor.")] = None,
+    min_overall_sqnr: Annotated[Optional[float], typer.Option("--min-overall-sqnr", help="--to auto: SQNR floor in dB over the whole checkpoint (compare's overall SQNR).")] = None,
+    family: Annotated[Optional[str], typer.Option("--family", help="--to auto: " + FAMILY_HELP)] = None,
+    profile: Annotated[Optional[Path], typer.Option("--profile", help="--to auto: reuse a profile written by 'quantkit profile -o' (refused if SRC changed).")] = None,
+    schemes: Annotated[Optional[str], typer.Option("--schemes", help="--to auto: comma-separated quantizers it may choose (default: every one of the family).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write a comparison report (.json, .md or .html).")] = None,
     force: Force = False,
     fsync: Fsync = False,
@@ -55,28 +65,53 @@ def convert_cmd(
     Linear-layer weights are quantized as transformers + bitsandbytes do; embeddings, norms,
     biases, the output head and tied weights stay as they are (see --skip/--only/--rest-dtype).
     """
+    auto_given = [n for n, v in (("--target-bits", target_bits), ("--target-size", target_size), ("--min-sqnr", min_sqnr),
+                                 ("--min-overall-sqnr", min_overall_sqnr), ("--family", family), ("--profile", profile), ("--schemes", schemes)) if v is not None]
+    if to.lower() != "auto" and auto_given:
+        raise UsageError(f"{auto_given[0]} applies to --to auto only")
     options = ConvertOptions(
         scheme=to, blocksize=DEFAULT_SETTINGS.blocksize if blocksize is None else blocksize, double_quant=double_quant,
         rest_dtype=rest_dtype or "keep", skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
         group_size=group_size, rules=tuple(rule or ()),
     )
-    for flag in unused_options(options.scheme, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype):
-        warn(f"{flag} does nothing for {options.scheme}")
+    if options.scheme == "auto":
+        from quantkit.plan import Target
+
+        target = Target(bits=target_bits, size_bytes=parse_size(target_size) if target_size is not None else None,
+                        min_sqnr_db=min_sqnr, min_overall_sqnr_db=min_overall_sqnr)
+        names = [s.strip() for s in schemes.split(",") if s.strip()] if schemes else None
+        if output is None:
+            output = default_output(src, "auto")
+    else:
+        for flag in unused_options(options.scheme, blocksize=blocksize, double_quant=double_quant, rest_dtype=rest_dtype):
+            warn(f"{flag} does nothing for {options.scheme}")
     if dry_run:
         from quantkit.dryrun import plan_conversion, plan_text
 
-        plan = plan_conversion(src, output, options=options)
+        with open_checkpoint(src, **source_options(key, strip_prefix, allow_global)) as source:
+            if options.scheme == "auto":
+                from quantkit.auto import auto_options
+
+                options, _ = auto_options(source, options, target, family=family, profile=profile, schemes=names)
+            plan = plan_conversion(source, output, options=options)
         if json_out:
-            print_json(plan.to_dict())
+            print_json({**plan.to_dict(), **({"auto": options.auto} if options.auto else {})})
         else:
             typer.echo(plan_text(plan))
+            if options.auto:
+                typer.echo(auto_text(options.auto))
         return
     check_output(src, output if output is not None else default_output(src, options.scheme), force=force)  # before reading
     if report is not None:
         check_report_path(report, src=src)
     opening = source_options(key, strip_prefix, allow_global)
-    with open_checkpoint(src, **opening) as source, byte_progress(source.total_bytes, f"convert to {options.scheme}", quiet=quiet or json_out) as progress:
-        result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress)
+    with open_checkpoint(src, **opening) as source:
+        if options.scheme == "auto":
+            from quantkit.auto import auto_options
+
+            options, _ = auto_options(source, options, target, family=family, profile=profile, schemes=names)
+        with byte_progress(source.total_bytes, f"convert to {to}", quiet=quiet or json_out) as progress:
+            result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress)
         fetched = source.bytes_fetched
     if report is not None:
         from quantkit.reports import build_report, write_report
@@ -128,7 +163,25 @@ def summary(r: ConvertResult) -> dict:
         "elapsed_s": r.elapsed_s,
         "throughput_bytes_per_s": r.input_bytes / r.elapsed_s if r.elapsed_s else None,
         "notes": r.notes,
+        **({"auto": r.auto} if r.auto else {}),
     }
+
+
+def _db(value) -> str:
+    return "inf" if value is None else f"{value:.2f}"
+
+
+def auto_text(auto: dict) -> str:
+    """The choice of --to auto as the equivalent command line and what the profile predicts."""
+    target = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v:,}" for k, v in auto["target"].items())
+    lines = [
+        f"auto ({auto['family']}, target {target}): predicted {format_bytes(auto['predicted_bytes'])} of tensors, "
+        f"{auto['predicted_bits']:.3f} bits per decided weight, overall SQNR {_db(auto['predicted_sqnr_db'])} dB, "
+        f"worst tensor {_db(auto['predicted_min_sqnr_db'])} dB",
+        "equivalent rules:",
+    ]
+    lines += [f"  --rule '{r}'" for r in auto["rules"]]
+    return "\n".join(lines)
 
 
 def _dtypes(by_dtype: dict[str, int]) -> str:
@@ -172,4 +225,6 @@ def summary_text(r: ConvertResult) -> str:
     if r.dropped_extras:
         lines.append("not kept (not JSON): " + ", ".join(r.dropped_extras))
     lines += [f"note: {n}" for n in r.notes]
+    if r.auto:
+        lines.append(auto_text(r.auto))
     return "\n".join(lines)

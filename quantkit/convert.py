@@ -41,17 +41,23 @@ class ConvertOptions:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     group_size: int = 128  # compressed-tensors w8a16 / w4a16
     rules: tuple[str, ...] = ()  # "REGEX=SCHEME", first match wins (quantkit.rules)
+    auto: dict | None = field(default=None, compare=False)  # set by convert_auto: the target, rules and predictions
 
     def __post_init__(self):
-        # names are case-insensitive (--to BF16): keep the registered spelling
-        object.__setattr__(self, "scheme", get_scheme(self.scheme).name)  # UsageError naming the choices
+        # names are case-insensitive (--to BF16): keep the registered spelling; "auto" is made
+        # concrete by convert_auto (quantkit.auto)
+        if self.scheme.lower() == "auto":
+            object.__setattr__(self, "scheme", "auto")
+        else:
+            object.__setattr__(self, "scheme", get_scheme(self.scheme).name)  # UsageError naming the choices
         object.__setattr__(self, "rest_dtype", self.rest_dtype.lower())
         check_patterns("--skip", self.skip)
         check_patterns("--only", self.only)
         if isinstance(self.rules, str):
             object.__setattr__(self, "rules", (self.rules,))
         object.__setattr__(self, "rules", tuple(self.rules))
-        check_mix(self.scheme, self.parsed_rules)  # before anything is read
+        if self.scheme != "auto":
+            check_mix(self.scheme, self.parsed_rules)  # before anything is read
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size <= 0:
             raise UsageError(f"--group-size must be a positive integer, not {self.group_size!r}")
         rest = rest_choices()
@@ -102,6 +108,7 @@ class ConvertResult:
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     copied_files: list[str] = field(default_factory=list)
+    auto: dict | None = None  # --to auto: target, family, rules, predicted_* (quantkit.auto.auto_record)
 
     @property
     def output_bytes(self) -> int:
@@ -304,6 +311,8 @@ def convert(
     Example:
         >>> convert("model.pth", options=ConvertOptions("nf4", double_quant=True))  # doctest: +SKIP
     """
+    if options.scheme == "auto":
+        raise UsageError("--to auto needs a target: use convert_auto (quantkit.auto) or the CLI's --target-bits / --target-size / --min-sqnr / --min-overall-sqnr")
     started = time.perf_counter()
     src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
     check_local_output(output)
@@ -345,6 +354,7 @@ def convert(
             elapsed_s=time.perf_counter() - started,
             notes=_notes(source, options, assignment) + staging_notes,
             copied_files=copied,
+            auto=options.auto,
         )
 
 
@@ -357,6 +367,8 @@ def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _
     manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "convert", "scheme": options.scheme, "aliases": source.aliases}
     if source.info.extras_json:  # a training checkpoint's vocabulary, epoch, metrics: kept beside the weights
         manifest[SOURCE_EXTRAS_KEY] = source.info.extras_json
+    if options.auto is not None:
+        manifest["auto"] = options.auto
     if not options.quantizing:  # every tensor in chunks, with numpy (for safetensors, torch is never imported)
         return write_cast_checkpoint(
             staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, self_checksum=True

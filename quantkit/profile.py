@@ -260,6 +260,17 @@ def _profile_tensor(name, spec, tensor, tried, transpose, settings, pool) -> Ten
     )
 
 
+def _takes(scheme: QuantScheme, spec: TensorSpec, transpose: bool, settings: SchemeSettings) -> bool:
+    """Whether convert could store ``spec`` with ``scheme`` (a compressed-tensors scheme refuses a
+    Conv1D weight and a group size that does not divide the input dimension): the others are
+    not candidates of that tensor, so a plan never chooses them."""
+    try:
+        scheme.outputs(spec, transpose=transpose, settings=settings)
+    except (UsageError, InputError):
+        return False
+    return True
+
+
 @contextmanager
 def _shared_cores(workers: int) -> Iterator[None]:
     """Give each worker thread its share of torch's intra-op threads: oversubscribed, torch's

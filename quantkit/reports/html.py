@@ -149,6 +149,16 @@ def render_html(report: ComparisonReport) -> str:
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
         f"<h1>Conversion report</h1><p><code>{escape(report.original)}</code> → <code>{escape(report.converted)}</code>"
         f' <span class="muted">(quantkit {escape(report.quantkit_version)})</span></p>'
-        f"{_cards(report)}{notes}{_size_section(report)}{_accuracy_section(report)}{_outputs_section(report)}{_memory_section(report)}"
+        f"{_cards(report)}{notes}{_size_section(report)}{_accuracy_section(report)}{_outputs_section(report)}{_memory_section(report)}{_auto_section(report)}"
         "</body></html>\n"
     )
+
+
+def _auto_section(report: ComparisonReport) -> str:
+    """convert --to auto's choice, predicted vs measured, and its rules."""
+    from .render import auto_lines
+
+    if not report.auto:
+        return ""
+    head, _, *rules = auto_lines(report)[1:]
+    return f"<h2>Chosen by --to auto</h2><p>{escape(head)}</p><pre>{escape(chr(10).join(rules))}</pre>"

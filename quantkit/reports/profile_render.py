@@ -26,18 +26,29 @@ class UniformFigures:
     worst_tensor: str | None
 
 
+def _candidate(t, scheme: str):
+    """``t``'s figures for ``scheme``, or as stored (exact) where the scheme cannot take ``t``
+    (convert keeps a Conv1D weight under a compressed-tensors scheme)."""
+    return t.candidates.get(scheme) or t.candidates[KEEP]
+
+
+def _cell(t, scheme: str, text) -> str:
+    return text(t.candidates[scheme]) if scheme in t.candidates else "n/a"
+
+
 def uniform_figures(profile: Profile) -> list[UniformFigures]:
-    """Each measured scheme applied uniformly, predicted from the profile."""
+    """Each measured scheme applied uniformly, predicted from the profile (a weight the scheme
+    cannot store counted as kept)."""
     values = sum(t.numel for t in profile.tensors)
     rows = []
     for scheme in profile.schemes:
-        stored = sum(t.candidate(scheme).stored_bytes for t in profile.tensors)
-        noise = math.fsum(t.candidate(scheme).noise_energy for t in profile.tensors)
-        worst = min(profile.tensors, key=lambda t: t.candidate(scheme).sqnr_db, default=None)
+        stored = sum(_candidate(t, scheme).stored_bytes for t in profile.tensors)
+        noise = math.fsum(_candidate(t, scheme).noise_energy for t in profile.tensors)
+        worst = min(profile.tensors, key=lambda t: _candidate(t, scheme).sqnr_db, default=None)
         rows.append(UniformFigures(
             scheme, stored + profile.kept_bytes, 8 * stored / values if values else 0.0,
             10 * math.log10(profile.total_signal_energy / noise) if noise > 0 else math.inf,
-            worst.candidate(scheme).sqnr_db if worst else math.inf, worst.name if worst else None,
+            _candidate(worst, scheme).sqnr_db if worst else math.inf, worst.name if worst else None,
         ))
     return rows
 
@@ -50,7 +61,7 @@ def layer_sqnr(profile: Profile) -> tuple[list[str], dict[str, list[float | None
         values = []
         for layer in layers:
             members = [t for t in profile.tensors if t.layer == layer]
-            noise = math.fsum(t.candidate(scheme).noise_energy for t in members)
+            noise = math.fsum(_candidate(t, scheme).noise_energy for t in members)
             signal = math.fsum(t.signal_energy for t in members)
             values.append(10 * math.log10(signal / noise) if noise > 0 and signal > 0 else None)
         series[scheme] = values
@@ -76,7 +87,7 @@ def render_profile_text(profile: Profile, *, top: int | None = None) -> str:
                      f"{fmt_db(u.min_sqnr_db):>8}  {u.worst_tensor or ''}")
     lines += ["", f"{'tensor':<48}" + "".join(f"{sch:>16}" for sch in profile.schemes), f"{'':<48}" + f"{'dB / bits':>16}" * len(profile.schemes)]
     for t in profile.tensors[:top] if top else profile.tensors:
-        cells = "".join(f"{fmt_db(t.candidate(sch).sqnr_db) + ' / ' + f'{8 * t.candidate(sch).stored_bytes / t.numel:.2f}':>16}"
+        cells = "".join(f"{_cell(t, sch, lambda c: fmt_db(c.sqnr_db) + ' / ' + f'{8 * c.stored_bytes / t.numel:.2f}'):>16}"
                         for sch in profile.schemes)
         lines.append(f"{t.name[-48:]:<48}{cells}")
     return "\n".join(lines)
@@ -94,8 +105,8 @@ def render_profile_html(profile: Profile) -> str:
                        x_label="layer (input side on the left)") if labels else ""
     tensors = _table(
         ["tensor", "shape", *(f"{s} dB" for s in profile.schemes), *(f"{s} bits" for s in profile.schemes)],
-        [[f"<code>{escape(t.name)}</code>", escape(str(t.shape)), *(fmt_db(t.candidate(s).sqnr_db) for s in profile.schemes),
-          *(fmt_num(8 * t.candidate(s).stored_bytes / t.numel, 4) for s in profile.schemes)] for t in profile.tensors],
+        [[f"<code>{escape(t.name)}</code>", escape(str(t.shape)), *(_cell(t, s, lambda c: fmt_db(c.sqnr_db)) for s in profile.schemes),
+          *(_cell(t, s, lambda c: fmt_num(8 * c.stored_bytes / t.numel, 4)) for s in profile.schemes)] for t in profile.tensors],
     )
     src = profile.source
     return (

@@ -32,6 +32,7 @@ class ComparisonReport:
     outputs: OutputComparison | None
     memory: MemoryEstimate
     notes: list[str] = field(default_factory=list)
+    auto: dict | None = None  # convert --to auto: quantkit.json's ``auto`` (target, family, rules, predicted_*)
     report_version: int = REPORT_VERSION
     quantkit_version: str = __version__
 
@@ -118,7 +119,23 @@ def build_report(
         gpu_gb=o.gpu_gb,
         stored_bytes=size.converted.tensor_bytes,
     )
-    return ComparisonReport(str(original), str(converted), size, accuracy, outputs, memory, notes)
+    return ComparisonReport(str(original), str(converted), size, accuracy, outputs, memory, notes, auto=_auto_record(converted))
+
+
+def _auto_record(converted: Path) -> dict | None:
+    """The choice ``convert --to auto`` recorded in the converted folder's quantkit.json, if any."""
+    import json
+
+    from ..layout import MANIFEST
+
+    path = converted / MANIFEST if converted.is_dir() else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        auto = json.loads(path.read_text()).get("auto")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return auto if isinstance(auto, dict) else None
 
 
 def _outputs(original, converted, config_dir, o: ReportOptions, notes) -> OutputComparison | None:

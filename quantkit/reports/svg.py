@@ -132,3 +132,58 @@ def _finite_runs(values: list[float | None]) -> list[list[int]]:
     if current:
         runs.append(current)
     return runs
+
+
+def scatter_chart(
+    series: dict[str, list[tuple[float, float, str]]],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    connect: tuple[str, ...] = (),
+    width: int = 720,
+    height: int = 360,
+) -> str:
+    """Points on numeric axes, each with a label; the series named in ``connect`` are joined in x order."""
+    left, right, top, bottom = 70, 30, 48, 50
+    plot_w, plot_h = width - left - right, height - top - bottom
+    xs = [p[0] for pts in series.values() for p in pts if _finite(p[0]) and _finite(p[1])]
+    ys = [p[1] for pts in series.values() for p in pts if _finite(p[0]) and _finite(p[1])]
+    x_low, x_high = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    y_low, y_high = (min(ys), max(ys)) if ys else (0.0, 1.0)
+    if x_high - x_low < 1e-12:
+        x_low, x_high = x_low - 1.0, x_high + 1.0
+    if y_high - y_low < 1e-12:
+        y_low, y_high = y_low - 1.0, y_high + 1.0
+    x_pad, y_pad = 0.05 * (x_high - x_low), 0.08 * (y_high - y_low)
+    x_low, x_high, y_low, y_high = x_low - x_pad, x_high + x_pad, y_low - y_pad, y_high + y_pad
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + plot_w * (x - x_low) / (x_high - x_low), top + plot_h * (1 - (y - y_low) / (y_high - y_low))
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="0" y="16" {FONT} font-weight="bold">{escape(title)}</text>',
+        *_legend(list(series), left, 36),
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>',
+        f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" {FONT}>{y_high:.4g}</text>',
+        f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" {FONT}>{y_low:.4g}</text>',
+        f'<text x="{left}" y="{top + plot_h + 16}" text-anchor="middle" {FONT}>{x_low:.3g}</text>',
+        f'<text x="{left + plot_w}" y="{top + plot_h + 16}" text-anchor="middle" {FONT}>{x_high:.3g}</text>',
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 10}" text-anchor="middle" {FONT}>{escape(x_label)}</text>',
+        f'<text x="14" y="{top + plot_h / 2:.1f}" transform="rotate(-90 14 {top + plot_h / 2:.1f})" text-anchor="middle" {FONT}>{escape(y_label)}</text>',
+    ]
+    for s, (name, points) in enumerate(series.items()):
+        color = PALETTE[s % len(PALETTE)]
+        shown = sorted((p for p in points if _finite(p[0]) and _finite(p[1])), key=lambda p: p[0])
+        if name in connect and len(shown) > 1:
+            line = " ".join("{:.1f},{:.1f}".format(*at(x, y)) for x, y, _ in shown)
+            parts.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="4 3"/>')
+        for x, y, label in shown:
+            cx, cy = at(x, y)
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{color}"><title>{escape(label)}: {x:.4g}, {y:.5g}</title></circle>')
+            parts.append(f'<text x="{cx + 6:.1f}" y="{cy - 6:.1f}" {FONT} font-size="10" fill="{color}">{escape(label)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)

@@ -55,7 +55,7 @@ def test_text_table_and_target_choice_with_rules(model, tmp_path):
 def test_reused_profile_is_refused_for_a_changed_checkpoint(model, tmp_path):
     out = tmp_path / "p.json"
     assert run("profile", model, "--schemes", "int8", "-o", out, "-q").exit_code == 0
-    again = run("profile", model, "--profile", out, "--target-bits", "16")
+    again = run("profile", model, "--profile", out, "--target-bits", "16", "--family", "bitsandbytes")
     assert again.exit_code == 0, again.output
     other = save(tiny_state_dict() | {"extra.weight": torch.ones(4, 4)}, tmp_path / "other.safetensors")
     refused = run("profile", other, "--profile", out)

@@ -16,7 +16,7 @@ from quantkit_cli.main import app
 from report_helpers import HIDDEN, cast_floats, save, tiny_state_dict, with_noise
 
 NOISY = "model.layers.1.mlp.up_proj.weight"
-TOP_KEYS = {"original", "converted", "size", "tensors", "outputs", "memory", "notes", "report_version", "quantkit_version"}
+TOP_KEYS = {"original", "converted", "size", "tensors", "outputs", "memory", "notes", "auto", "report_version", "quantkit_version"}
 
 
 @pytest.fixture(scope="module")
