@@ -119,7 +119,8 @@ class QuantScheme(Scheme):
         import torch
 
         floats = [t for _, t in stored if t.is_floating_point()]
-        if all(bool(torch.isfinite(t).all()) for t in floats):
+        # torch has no isfinite for float8 on the CPU: those are widened first (one byte each: cheap)
+        if all(bool(torch.isfinite(t if t.dtype.itemsize > 1 else t.float()).all()) for t in floats):
             return 0
         from ..dtypes import dtype_of
 
