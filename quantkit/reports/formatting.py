@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ..sizes import format_bytes
+
 OUTPUT_LABELS = {
     "perplexity_original": "perplexity (original)",
     "perplexity_converted": "perplexity (converted)",
@@ -47,3 +49,18 @@ def sample_count(o) -> str:
     """Causal LMs run windows of one text; encoders run sentences; other models a batch."""
     unit = {"causal_lm": "window(s)", "encoder": "sentence(s)"}.get(o.kind, "sample(s)")
     return f"{o.num_samples} {unit}"
+
+
+def auto_lines(report, rule_prefix: str = "  --rule ") -> list[str]:
+    """convert --to auto's choice: the target, predicted vs measured, and the equivalent rules."""
+    auto = report.auto
+    if not auto:
+        return []
+    target = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v:,}" for k, v in auto["target"].items())
+    a = report.tensors
+    return [
+        "", f"auto ({auto['family']}, target {target}): predicted {format_bytes(auto['predicted_bytes'])} of tensors, "
+        f"overall SQNR {fmt_db(auto['predicted_sqnr_db'])} dB, worst tensor {fmt_db(auto['predicted_min_sqnr_db'])} dB; "
+        f"measured {format_bytes(report.size.converted.tensor_bytes)}, {fmt_db(a.overall.sqnr_db)} dB, worst {fmt_db(a.overall.min_sqnr_db)} dB",
+        "equivalent rules:", *[f"{rule_prefix}'{r}'" for r in auto["rules"]],
+    ]

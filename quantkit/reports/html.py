@@ -6,7 +6,7 @@ import math
 from html import escape
 
 from ..sizes import format_bytes
-from .formatting import OUTPUT_LABELS, fmt_cos, fmt_db, fmt_num, ratio_text, sample_count
+from .formatting import OUTPUT_LABELS, auto_lines, fmt_cos, fmt_db, fmt_num, ratio_text, sample_count
 from .report import ComparisonReport
 from .svg import bar_chart, line_chart
 
@@ -156,8 +156,6 @@ def render_html(report: ComparisonReport) -> str:
 
 def _auto_section(report: ComparisonReport) -> str:
     """convert --to auto's choice, predicted vs measured, and its rules."""
-    from .render import auto_lines
-
     if not report.auto:
         return ""
     head, _, *rules = auto_lines(report)[1:]

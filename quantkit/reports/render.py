@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import OutputError, UsageError
 from ..sizes import format_bytes
-from .formatting import OUTPUT_LABELS, fmt_cos, fmt_db, fmt_num, ratio_text, sample_count
+from .formatting import auto_lines, OUTPUT_LABELS, fmt_cos, fmt_db, fmt_num, ratio_text, sample_count
 from .report import ComparisonReport
 
 def render_json(report: ComparisonReport) -> str:
@@ -19,21 +19,6 @@ def render_text(report: ComparisonReport) -> str:
     """A compact table for the terminal: sizes, shares, error by group, worst tensors, outputs, memory."""
     return "\n".join([*_text_size(report), "", *_text_accuracy(report), *_text_outputs(report), "", *_text_memory(report)]
                      + [f"note: {n}" for n in report.notes] + auto_lines(report))
-
-
-def auto_lines(report: ComparisonReport, rule_prefix: str = "  --rule ") -> list[str]:
-    """convert --to auto's choice: the target, predicted vs measured, and the equivalent rules."""
-    auto = report.auto
-    if not auto:
-        return []
-    target = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v:,}" for k, v in auto["target"].items())
-    a = report.tensors
-    return [
-        "", f"auto ({auto['family']}, target {target}): predicted {format_bytes(auto['predicted_bytes'])} of tensors, "
-        f"overall SQNR {fmt_db(auto['predicted_sqnr_db'])} dB, worst tensor {fmt_db(auto['predicted_min_sqnr_db'])} dB; "
-        f"measured {format_bytes(report.size.converted.tensor_bytes)}, {fmt_db(a.overall.sqnr_db)} dB, worst {fmt_db(a.overall.min_sqnr_db)} dB",
-        "equivalent rules:", *[f"{rule_prefix}'{r}'" for r in auto["rules"]],
-    ]
 
 
 def _side_line(label: str, side) -> str:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import OutputError, UsageError
+from ..sources.remote import check_local_output
 
 REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
 
@@ -19,16 +20,18 @@ def check_output(src: str | Path, target: str | Path, *, force: bool) -> Path:
     existing output without ``force``, or a parent folder that does not exist, is an
     OutputError. Nothing is created; the staging step checks again under its lock.
     """
+    check_local_output(target)  # a URL (or one a Path folded into s3:/b) is not written locally
     target = Path(target)
+    local = isinstance(src, (str, Path)) and "://" not in str(src)  # a remote source has nothing local to destroy
     if target.name in ("", ".", ".."):
-        raise UsageError(f"{target}: the output must be a new folder's name, not {str(target)!r}; e.g. -o {Path(src).name}-out")
-    real_src, real_target = _real(Path(src)), _real(target)
-    if _within(real_src, real_target):
+        raise UsageError(f"{target}: the output must be a new folder's name, not {str(target)!r}; e.g. -o {default_name(src)}-out")
+    real_src, real_target = (_real(Path(src)) if local else None), _real(target)
+    if local and _within(real_src, real_target):
         what = "is the input" if real_src == real_target else "holds the input"
         raise UsageError(f"{target}: the output {what} ({src}); replacing it would delete the input: choose another output folder")
-    if Path(src).is_dir() and _within(real_target, real_src):
+    if local and Path(src).is_dir() and _within(real_target, real_src):
         raise UsageError(f"{target}: the output lies inside the input folder {src}: choose an output folder outside it")
-    if _is_sibling_shard(Path(src), real_target):
+    if local and _is_sibling_shard(Path(src), real_target):
         raise UsageError(f"{target}: the output is a weight file beside the input index {src}: choose another output folder")
     if _within(Path.cwd().resolve(), real_target):
         raise UsageError(f"{target}: the output is the current folder or holds it: choose a new folder's name")
@@ -69,3 +72,8 @@ def _is_sibling_shard(src: Path, real_target: Path) -> bool:
     if not src.name.endswith(".index.json") or not real_target.is_file():
         return False
     return real_target.parent == _real(src).parent and real_target.name.endswith((".safetensors", ".bin"))
+
+
+def default_name(src: object) -> str:
+    """The last part of a local path or of a remote source's URL, for messages."""
+    return str(src).rstrip("/").rsplit("/", 1)[-1] or "model"
