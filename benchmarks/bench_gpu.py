@@ -86,12 +86,20 @@ def quantkit_cmd(src: Path, out: Path, scheme: str, device: str) -> list[str]:
     return [sys.executable, "-m", "quantkit", "convert", str(src), "--to", scheme, "-o", str(out), "--device", device, "--quiet", "--force"]
 
 
+def source_for(size: str, scheme: str) -> Path:
+    """GPT-2's Conv1D weights are kept by the compressed-tensors schemes (their serving loaders
+    expect Linear), so those schemes run on the Llama-shaped folder of the same size name."""
+    if scheme in CT_SCHEMES and not size.startswith("llama-"):
+        size = f"llama-{size}"
+    return build_checkpoint(size)
+
+
 def run(args) -> dict:
-    src = build_checkpoint(args.size)
     work = CACHE / "gpu-out"
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"device": args.device, "size": args.size, "input_bytes": folder_bytes(src), "schemes": {}}
+    results: dict = {"device": args.device, "size": args.size, "schemes": {}}
     for scheme in args.schemes:
+        src = source_for(args.size, scheme)
         reference = work / f"cpu-{scheme}"
         shutil.rmtree(reference, ignore_errors=True)
         cpu = measure(quantkit_cmd(src, reference, scheme, "cpu"))
@@ -115,18 +123,21 @@ def run(args) -> dict:
                 print(f"  {scheme:9s} {tool:12s} run {rep + 1}/{args.repeat}: {m['wall_s']:7.2f}s  rss {m['peak_rss'] / 1e9:5.2f} GB", flush=True)
         shutil.rmtree(reference, ignore_errors=True)
         median = {t: {k: statistics.median(s[k] for s in v) for k in v[0]} for t, v in samples.items()}
-        results["schemes"][scheme] = {"cpu_reference": cpu, "median": median, "samples": samples, "cpu_vs_device": comparison}
+        results["schemes"][scheme] = {"source": src.name, "input_bytes": folder_bytes(src), "cpu_reference": cpu,
+                                      "median": median, "samples": samples, "cpu_vs_device": comparison}
+        if args.json:  # after each scheme: a run cut short still leaves what it measured
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
 def table(results: dict) -> str:
-    lines = [f"{'scheme':9s} {'qk cpu s':>9s} {'qk dev s':>9s} {'tf dev s':>9s} {'qk/tf':>6s} {'identical':>10s} {'differing':>9s}"]
+    lines = [f"{'scheme':9s} {'source':12s} {'qk cpu s':>9s} {'qk dev s':>9s} {'tf dev s':>9s} {'qk/tf':>6s} {'identical':>10s} {'differing':>9s}"]
     for scheme, r in results["schemes"].items():
         q, t = r["median"]["quantkit"], r["median"].get("transformers")
         c = r["cpu_vs_device"] or {}
         ratio = f"{q['wall_s'] / t['wall_s']:.2f}x" if t else "-"
         lines.append(
-            f"{scheme:9s} {r['cpu_reference']['wall_s']:9.2f} {q['wall_s']:9.2f} {t['wall_s'] if t else float('nan'):9.2f} {ratio:>6s} "
+            f"{scheme:9s} {r['source']:12s} {r['cpu_reference']['wall_s']:9.2f} {q['wall_s']:9.2f} {t['wall_s'] if t else float('nan'):9.2f} {ratio:>6s} "
             f"{c.get('identical', 0):>5d}/{c.get('tensors', 0):<4d} {len(c.get('differing', {})):>9d}"
         )
     return "\n".join(lines)

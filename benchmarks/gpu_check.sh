@@ -10,7 +10,8 @@
 #   2. prints the GPU, torch, CUDA and bitsandbytes versions, and fails if CUDA is not usable;
 #   3. runs the tests marked `gpu`;
 #   4. converts the seeded GPT-2-large-shaped folder with `--device cuda` for int8 and nf4 (and
-#      every compressed-tensors scheme quantkit has), compares the stored tensors with the CPU
+#      fp8 on the Llama-shaped folder of that size: GPT-2's Conv1D weights are kept by the
+#      compressed-tensors schemes, whose kernels run on the CPU whatever --device says), compares the stored tensors with the CPU
 #      output, and times it against transformers + bitsandbytes on the same GPU
 #      (benchmarks/bench_gpu.py), writing JSON to $OUT (default /tmp/gpu-check).
 #
