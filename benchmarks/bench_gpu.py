@@ -105,7 +105,8 @@ def run(args) -> dict:
         cpu = measure(quantkit_cmd(src, reference, scheme, "cpu"))
         tools = ["quantkit"] + (["transformers"] if scheme not in CT_SCHEMES else [])
         samples: dict[str, list] = {t: [] for t in tools}
-        comparison = None
+        comparison = against_peer = None
+        kept: dict[str, Path] = {}
         for rep in range(args.repeat):
             for tool in tools:
                 out = work / f"{tool}-{scheme}"
@@ -119,26 +120,37 @@ def run(args) -> dict:
                 samples[tool].append(m)
                 if tool == "quantkit" and comparison is None:
                     comparison = compare_outputs(reference, out)
-                shutil.rmtree(out, ignore_errors=True)
+                if rep == 0 and len(tools) > 1:  # kept until both tools' first outputs are compared
+                    kept[tool] = out.rename(out.with_name(out.name + "-first"))
+                else:
+                    shutil.rmtree(out, ignore_errors=True)
                 print(f"  {scheme:9s} {tool:12s} run {rep + 1}/{args.repeat}: {m['wall_s']:7.2f}s  rss {m['peak_rss'] / 1e9:5.2f} GB", flush=True)
+            if len(kept) == 2:
+                against_peer = compare_outputs(kept["transformers"], kept["quantkit"])
+                for folder in kept.values():
+                    shutil.rmtree(folder, ignore_errors=True)
+                kept.clear()
         shutil.rmtree(reference, ignore_errors=True)
         median = {t: {k: statistics.median(s[k] for s in v) for k in v[0]} for t, v in samples.items()}
         results["schemes"][scheme] = {"source": src.name, "input_bytes": folder_bytes(src), "cpu_reference": cpu,
-                                      "median": median, "samples": samples, "cpu_vs_device": comparison}
+                                      "median": median, "samples": samples, "cpu_vs_device": comparison,
+                                      "peer_vs_device": against_peer}
         if args.json:  # after each scheme: a run cut short still leaves what it measured
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
 def table(results: dict) -> str:
-    lines = [f"{'scheme':9s} {'source':12s} {'qk cpu s':>9s} {'qk dev s':>9s} {'tf dev s':>9s} {'qk/tf':>6s} {'identical':>10s} {'differing':>9s}"]
+    lines = [f"{'scheme':9s} {'source':12s} {'qk cpu s':>9s} {'qk dev s':>9s} {'tf dev s':>9s} {'qk/tf':>6s} "
+             f"{'=cpu':>10s} {'=tf dev':>10s}"]
     for scheme, r in results["schemes"].items():
         q, t = r["median"]["quantkit"], r["median"].get("transformers")
-        c = r["cpu_vs_device"] or {}
+        c, p = r["cpu_vs_device"] or {}, r.get("peer_vs_device") or {}
         ratio = f"{q['wall_s'] / t['wall_s']:.2f}x" if t else "-"
         lines.append(
             f"{scheme:9s} {r['source']:12s} {r['cpu_reference']['wall_s']:9.2f} {q['wall_s']:9.2f} {t['wall_s'] if t else float('nan'):9.2f} {ratio:>6s} "
-            f"{c.get('identical', 0):>5d}/{c.get('tensors', 0):<4d} {len(c.get('differing', {})):>9d}"
+            f"{c.get('identical', 0):>5d}/{c.get('tensors', 0):<4d} "
+            + (f"{p.get('identical', 0):>5d}/{p.get('tensors', 0):<4d}" if p else f"{'-':>10s}")
         )
     return "\n".join(lines)
 
