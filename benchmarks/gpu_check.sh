@@ -13,7 +13,9 @@
 #      fp8 on the Llama-shaped folder of that size: GPT-2's Conv1D weights are kept by the
 #      compressed-tensors schemes, whose kernels run on the CPU whatever --device says), compares the stored tensors with the CPU
 #      output, and times it against transformers + bitsandbytes on the same GPU
-#      (benchmarks/bench_gpu.py), writing JSON to $OUT (default /tmp/gpu-check).
+#      (benchmarks/bench_gpu.py), writing JSON to $OUT (default /tmp/gpu-check);
+#   5. loads the fp8 output with transformers on the GPU, compressed (FP8 kernels where the GPU has
+#      them), and compares its logits with the CPU dequantized path (benchmarks/gpu_ct_load.py).
 #
 # GPU_CHECK_DEVICE=cpu runs steps 3 and 4 on the CPU (the GPU tests then skip and the
 # comparison is CPU against CPU): the way to test the script's steps on a machine without a GPU.
@@ -32,7 +34,8 @@ if [ "${1:-}" = "--prepare" ]; then
   platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
              --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
-    -d "$WHEELS" bitsandbytes==0.50.2 compressed-tensors==0.19.0
+    -d "$WHEELS" bitsandbytes==0.50.2 compressed-tensors==0.19.0 \
+    pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 loguru==0.7.3
   $PY -m pip wheel -q --no-deps -w "$WHEELS" .
   ls -la "$WHEELS"
   exit 0
@@ -76,4 +79,7 @@ schemes=${GPU_CHECK_SCHEMES:-$($PY -c "
 from quantkit.schemes import SCHEMES as REGISTRY
 print(','.join(n for n in ('int8', 'nf4', 'fp8') if n in REGISTRY))" 2>/dev/null || echo int8,nf4)}
 $PY benchmarks/bench_gpu.py --size "$SIZE" --schemes "$schemes" --device "$DEVICE" --repeat "${GPU_CHECK_REPEAT:-2}" --json "$OUT/bench_gpu.json"
+
+echo "== fp8 output loaded by transformers on $DEVICE against the CPU dequantized path"
+$PY benchmarks/gpu_ct_load.py --device "$DEVICE" --json "$OUT/gpu_ct_load.json"
 echo "results: $OUT"
