@@ -40,7 +40,7 @@ def convert_cmd(
     only: Annotated[Optional[list[str]], typer.Option(
         "--only", metavar="REGEX",
         help="Regex: convert only matching tensors (repeatable); a matched 2-D weight is quantized even where the defaults keep it.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="Where int8 / nf4 / fp4 quantize: auto (the default) and cpu run quantkit's CPU kernels (the same bytes on every machine); cuda or cuda:N run bitsandbytes' CUDA kernels (the bytes transformers + bitsandbytes write on that GPU; a few values round the other way). Casts and compressed-tensors schemes always run on the CPU.")] = "auto",
     group_size: Annotated[int, typer.Option("--group-size", metavar="N", help="w8a16 / w4a16: weights per scale along the input dimension.")] = 128,
     rule: Annotated[Optional[list[str]], typer.Option("--rule", metavar="REGEX=SCHEME", help="'REGEX=SCHEME': scheme of the tensors REGEX finds (repeatable, first match wins; keep, bf16, fp16 or a quantizer).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each tensor's scheme and why, and the planned shards; write nothing.")] = False,

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .devices import check_device, resolve_device
+from .devices import check_device, conversion_device
 from .dtypes import short_name
 from .errors import InputError, OutputError, UsageError
 from .layout import CONFIG, SCHEME_KEY, SOURCE_EXTRAS_KEY, TRANSPOSED_KEY, default_output, provenance
@@ -318,7 +318,7 @@ def convert(
     check_local_output(output)
     target = Path(output) if output is not None else default_output(src_path, options.scheme)
     # casts run on the CPU (they are bound by reading and writing); quantizers where asked
-    device = resolve_device(options.device) if options.quantizing else "cpu"
+    device = conversion_device(options.device) if options.quantizing else "cpu"
     check_output(src_path, target, force=force)  # before anything is read
     staging_notes: list[str] = []
     with opened(src) as source:

@@ -14,6 +14,18 @@ def check_device(device: str) -> str:
     return device
 
 
+def conversion_device(device: str) -> str:
+    """The device a conversion quantizes on: ``auto`` -> ``cpu``, else as ``resolve_device``.
+
+    quantkit's CPU kernels write the same bytes on every machine (bitsandbytes' CPU backend's,
+    the compressed-tensors reference's), while bitsandbytes' CUDA kernels round a few values
+    on a boundary the other way; and where it was measured (one H200 and 16 cores) the CUDA
+    path took 2.2x as long end to end, 7.6 s of it importing bitsandbytes' CUDA library
+    (README, "On a GPU"). ``cuda`` / ``cuda:N`` still choose it.
+    """
+    return "cpu" if device == "auto" else resolve_device(device)
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` as given.
 

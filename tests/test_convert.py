@@ -190,6 +190,14 @@ def test_cli_convert_writes_a_report(tiny_pth, tmp_path, suffix):
         assert text.lstrip().lower().startswith("<!doctype html") and "<svg" in text
 
 
+def test_conversion_quantizes_on_the_cpu_unless_cuda_is_named(tiny_pth, tmp_path):
+    from quantkit.devices import conversion_device
+
+    assert conversion_device("auto") == "cpu" and conversion_device("cpu") == "cpu"
+    r = convert(tiny_pth, tmp_path / "o", options=ConvertOptions("int8"))  # device defaults to auto
+    assert r.device == "cpu"
+
+
 def test_options_accept_every_device_resolve_device_accepts():
     assert ConvertOptions("int8", device="cuda:1").device == "cuda:1"
     for bad in ("cuda:", "cuda:x", "gpu"):
