@@ -287,6 +287,20 @@ def _check_mix(assignment: Assignment) -> None:
             raise UsageError(f"{scheme.name} cannot be mixed with {', '.join(others)} in one {scheme.family} checkpoint")
 
 
+def _check_quantizes_something(source: CheckpointSource, assignment: Assignment, options: ConvertOptions) -> None:
+    """Refuse, before anything is read, a quantizing --to that would quantize no tensor of a
+    model folder: its config.json's quantization_config would describe quantized layers that
+    are not there (a compressed-tensors one cannot even be written). A bare ``.pth`` has no
+    config to contradict: its tensors are written, none quantized, as the summary says."""
+    if not options.quantizing or source.info.config_dir is None or any(SCHEMES[s].quantizes for s in assignment.schemes.values()):
+        return
+    counts: dict[str, int] = {}
+    for reason in assignment.kept.values():
+        counts[str(reason)] = counts.get(str(reason), 0) + 1
+    kept = ", ".join(f"{n} {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])[:4]) or "no weight found"
+    raise UsageError(f"--to {options.scheme} quantizes no tensor of this checkpoint (kept: {kept}); choose another scheme, or bf16 / fp16 to cast")
+
+
 def convert(
     src: str | Path | CheckpointSource,
     output: str | Path | None = None,
@@ -325,6 +339,7 @@ def convert(
         _check_convertible(source)
         assignment = assign(source, options)
         _check_mix(assignment)
+        _check_quantizes_something(source, assignment, options)
         converter = _Converter(source, assignment, options.settings, device)
         outputs = {name: converter.outputs(name) for name in source.specs}
         with staged_output(target, force=force, notes=staging_notes) as staging:

@@ -90,6 +90,22 @@ def test_gpt2_conv1d_weights_stay_unquantized(tmp_path):
     assert torch.equal(stored(result.write.folder)["transformer.h.0.mlp.c_fc.weight"], sd["transformer.h.0.mlp.c_fc.weight"])
 
 
+def test_a_model_folder_with_nothing_to_quantize_is_refused_before_reading(cli, tmp_path):
+    """GPT-2 (Conv1D weights only) to fp8: exit 2 naming the kept reasons, nothing written."""
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    sd = {"transformer.wte.weight": torch.randn(64, 128), "transformer.h.0.attn.c_attn.weight": torch.randn(128, 384),
+          "transformer.h.0.ln_1.weight": torch.ones(128)}
+    save_file(sd, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 128, "n_layer": 1,
+                                                    "n_head": 2, "vocab_size": 64, "n_positions": 32}))
+    result = cli("convert", folder, "--to", "fp8", "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.stderr
+    assert "--to fp8 quantizes no tensor of this checkpoint" in result.stderr and "Conv1D weight" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert cli("convert", folder, "--to", "int8", "-o", tmp_path / "int8").exit_code == 0  # bitsandbytes takes Conv1D
+
+
 def test_folder_config_and_ignore(llama_folder, tmp_path):
     out = convert(llama_folder, tmp_path / "out", options=ConvertOptions("w4a16", group_size=64)).write.folder
     config = json.loads((out / "config.json").read_text())["quantization_config"]
