@@ -51,6 +51,7 @@ import platform
 import shutil
 import statistics
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -77,6 +78,8 @@ SEED = 0
 SHARD_BYTES = 1 << 30
 CHUNK = 8 << 20
 TOOLS = ("quantkit", "transformers", "llmcompressor", "raw")
+# "quantkit-before" runs the checkout given by --quantkit-from, side by side with this one
+EXTRA_TOOLS = ("quantkit-before",)
 
 
 def _parse_size(text: str) -> int:
@@ -254,11 +257,11 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def measure(cmd: list[str], interval: float = 0.02, cwd: Path | None = None) -> dict:
+def measure(cmd: list[str], interval: float = 0.02, cwd: Path | None = None, env: dict | None = None) -> dict:
     """Run ``cmd``; wall time, peak summed RSS / RssAnon of its tree, and ru_maxrss."""
     peak = {"rss": 0, "anon": 0, "hwm": 0}
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd or ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     done = threading.Event()
 
     def poll():
@@ -292,7 +295,7 @@ def measure(cmd: list[str], interval: float = 0.02, cwd: Path | None = None) -> 
 
 def command(tool: str, scheme: str, src: Path, out: Path, max_size: str, out_bytes: int) -> list[str]:
     py = sys.executable
-    if tool == "quantkit":
+    if tool in ("quantkit", "quantkit-before"):
         return [py, "-m", "quantkit", "convert", str(src), "--to", scheme, "-o", str(out), "--max-size", max_size, "--quiet", "--force"]
     if tool in ("transformers", "llmcompressor"):
         return [py, __file__, "_worker", tool, str(src), str(out), scheme]
@@ -300,6 +303,20 @@ def command(tool: str, scheme: str, src: Path, out: Path, max_size: str, out_byt
 
 
 # ---------------------------------------------------------------- driver
+
+
+def _checkout(args, tool: str) -> tuple[Path | None, dict | None]:
+    """Where a quantkit tool runs from: ``quantkit-before`` from --quantkit-from (its own
+    ``quantkit`` package from the working folder, its ``cli/`` as ``quantkit_cli`` through a
+    PYTHONPATH link), plain ``quantkit`` from --quantkit-from only when no ``quantkit-before``
+    runs beside it."""
+    if tool == "quantkit-before":
+        links = Path(tempfile.mkdtemp(prefix="quantkit-before-"))
+        (links / "quantkit_cli").symlink_to(Path(args.quantkit_from).resolve() / "cli")
+        return Path(args.quantkit_from), {**os.environ, "PYTHONPATH": str(links)}
+    if tool == "quantkit" and "quantkit-before" not in args.tools:
+        return args.quantkit_from, None
+    return None, None
 
 
 def run(args) -> dict:
@@ -329,8 +346,8 @@ def run(args) -> dict:
                     shutil.rmtree(out, ignore_errors=True)
                     if tool == "raw" and not out_bytes:
                         out_bytes = _expected_bytes(src, scheme, work, args.max_size)
-                    cwd = args.quantkit_from if tool == "quantkit" else None
-                    m = measure(command(tool, scheme, src, out, args.max_size, out_bytes), cwd=cwd)
+                    cwd, env = _checkout(args, tool)
+                    m = measure(command(tool, scheme, src, out, args.max_size, out_bytes), cwd=cwd, env=env)
                     if tool == "quantkit":
                         out_bytes = folder_bytes(out)
                     m["out_bytes"] = folder_bytes(out)
@@ -359,19 +376,20 @@ def _expected_bytes(src: Path, scheme: str, work: Path, max_size: str) -> int:
 
 def table(results: dict) -> str:
     head = (
-        f"{'input/scheme':14s} {'quantkit s':>10s} {'tf|lc s':>10s} {'raw s':>8s} {'qk/ref':>7s} {'qk/raw':>7s} "
+        f"{'input/scheme':20s} {'quantkit s':>10s} {'tf|lc s':>10s} {'raw s':>8s} {'qk/ref':>7s} {'qk/raw':>7s} "
         f"{'qk RSS':>8s} {'qk anon':>8s} {'ref RSS':>8s} {'ref anon':>8s} {'raw RSS':>8s} {'qk/refRSS':>9s} {'qk out':>7s} {'ref out':>7s}"
     )
     lines = [head, "-" * len(head)]
     gb = lambda b: f"{b / 1e9:.2f}G"  # noqa: E731
-    for key, run_ in results["runs"].items():
-        m = run_["median"]
+    rows = [(key, run_["median"], tool) for key, run_ in results["runs"].items() for tool in ("quantkit", "quantkit-before") if tool in run_["median"]]
+    for key, m, tool in rows:
+        key = key if tool == "quantkit" else f"{key} before"
         # the contender: transformers (bf16, bitsandbytes) or llm-compressor's model_free_ptq (compressed-tensors)
-        q, t, r = m.get("quantkit"), m.get("transformers") or m.get("llmcompressor"), m.get("raw")
+        q, t, r = m.get(tool), m.get("transformers") or m.get("llmcompressor"), m.get("raw")
         cell = lambda d, k, f: f(d[k]) if d else "-"  # noqa: E731
         ratio = lambda a, b, k: f"{a[k] / b[k]:.2f}x" if a and b and b[k] else "-"  # noqa: E731
         lines.append(
-            f"{key:14s} {cell(q, 'wall_s', lambda v: f'{v:.2f}'):>10s} {cell(t, 'wall_s', lambda v: f'{v:.2f}'):>10s} "
+            f"{key:20s} {cell(q, 'wall_s', lambda v: f'{v:.2f}'):>10s} {cell(t, 'wall_s', lambda v: f'{v:.2f}'):>10s} "
             f"{cell(r, 'wall_s', lambda v: f'{v:.2f}'):>8s} {ratio(q, t, 'wall_s'):>7s} {ratio(q, r, 'wall_s'):>7s} "
             f"{cell(q, 'peak_rss', gb):>8s} {cell(q, 'peak_anon', gb):>8s} {cell(t, 'peak_rss', gb):>8s} "
             f"{cell(t, 'peak_anon', gb):>8s} {cell(r, 'peak_rss', gb):>8s} {ratio(q, t, 'peak_rss'):>9s} "
@@ -394,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="large", help="comma-separated: small, large, xl, llama-small, llama-large (default large; compressed-tensors schemes run on llama-<size>)")
     parser.add_argument("--schemes", default="bf16,int8,nf4", help="comma-separated (default bf16,int8,nf4)")
-    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,llmcompressor,raw (transformers runs bf16 and bitsandbytes, llmcompressor the compressed-tensors schemes)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,llmcompressor,raw (transformers runs bf16 and bitsandbytes, llmcompressor the compressed-tensors schemes), and quantkit-before: the checkout given by --quantkit-from, alternating with this one")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the median is reported (default 3)")
     parser.add_argument(
         "--input", choices=("safetensors", "pth"), default="safetensors",
@@ -415,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         if s not in SIZES:
             parser.error(f"unknown size {s!r}: choose from {', '.join(SIZES)}")
     for t in args.tools:
-        if t not in TOOLS:
-            parser.error(f"unknown tool {t!r}: choose from {', '.join(TOOLS)}")
+        if t not in TOOLS + EXTRA_TOOLS:
+            parser.error(f"unknown tool {t!r}: choose from {', '.join(TOOLS + EXTRA_TOOLS)}")
+    if "quantkit-before" in args.tools and not args.quantkit_from:
+        parser.error("the tool quantkit-before needs --quantkit-from (a checkout of the earlier code)")
     _parse_size(args.max_size)
     if args.build_only:
         for s in args.sizes:
