@@ -2,7 +2,7 @@
 
 The runs are real ``python -m quantkit`` processes. To make "mid-run" certain rather than a
 race, the first tests slow each tensor write down with a wrapper that patches
-``ShardWriter.write`` before running the module (no environment variable involved); the last
+``ShardWriter.write`` and ``write_piece`` before running the module (no environment variable involved); the last
 test uses a checkpoint big enough to take a while unpatched.
 """
 
@@ -22,11 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 SLOW_MAIN = """
 import runpy, sys, time
 from quantkit.writing import shard as writer
-_write = writer.ShardWriter.write
-def slow_write(self, name, tensor):
-    time.sleep(0.05)
-    return _write(self, name, tensor)
-writer.ShardWriter.write = slow_write
+def slowed(method):
+    def slow(self, *args):
+        time.sleep(0.05)
+        return method(self, *args)
+    return slow
+# whole tensors go through write, chunks (casts, reshard) through write_piece
+writer.ShardWriter.write = slowed(writer.ShardWriter.write)
+writer.ShardWriter.write_piece = slowed(writer.ShardWriter.write_piece)
 sys.argv[0] = "quantkit"
 runpy.run_module("quantkit", run_name="__main__", alter_sys=True)
 """
