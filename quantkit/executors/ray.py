@@ -33,6 +33,7 @@ from .resume import RunRecord, plan_digest, source_files
 from .shard_task import CRASH_SHARD_ENV, ShardDone, ShardJob, convert_shard
 
 INSTALL_HINT = "--executor ray needs Ray: pip install 'quantkit[ray]'"
+CANCEL_WAIT_S = 30  # after an interrupt, how long the driver waits for its cancelled tasks to end
 TASK_RETRIES = 2  # a task whose worker died is run again this many times (tasks are idempotent)
 
 
@@ -153,6 +154,10 @@ class RayExecutor:
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            try:  # a killed task must not still be writing its shard when a resumed run rewrites it
+                ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
+            except KeyboardInterrupt:
+                pass
             raise InterruptedWithPartial(self._kept_message(record)) from None
         if failed:
             name, exc = failed[0]
