@@ -127,7 +127,8 @@ def convert_cmd(
 
         write_report(build_report(src, result.write.folder, **opening), report)
     if json_out:
-        ran = {"executor": "ray", "shards_kept": runner.kept, "shards_converted": sorted(runner.converted)} if runner is not None else {}
+        ran = {"executor": "ray", "shards_kept": runner.kept, "shards_converted": sorted(runner.converted),
+               "shard_seconds": dict(sorted(runner.task_seconds.items()))} if runner is not None else {}
         print_json({**summary(result), "bytes_fetched": fetched, **ran})
     else:
         typer.echo(summary_text(result))

@@ -28,7 +28,7 @@ from ..safetensors_format import read_header
 from ..sources.remote import is_url
 from ..writing.folder import WriteResult, write_index
 from ..writing.shard import WrittenShard
-from ..writing.staging import staged_output
+from ..writing.staging import InterruptedAfterOutput, partial_folder, staged_output
 from .resume import RunRecord, plan_digest, source_files
 from .shard_task import CRASH_SHARD_ENV, ShardDone, ShardJob, convert_shard
 
@@ -40,6 +40,8 @@ TASK_RETRIES = 2  # a task whose worker died is run again this many times (tasks
 class ShardTaskError(QuantkitError):
     """A shard's task failed (its worker died, after Ray's retries); the shards finished are
     kept for --resume. A task that raised a quantkit error is reported as that error instead."""
+
+    exit_code = 7
 
 
 class InterruptedWithPartial(KeyboardInterrupt):
@@ -75,11 +77,22 @@ class RayExecutor:
         self.resume = resume
         self.kept: list[str] = []  # the shards a resumed run kept, by file name
         self.converted: list[str] = []  # the shards this run's tasks wrote
+        self.task_seconds: dict[str, float] = {}  # each converted shard's task time
 
     @contextmanager
     def staged(self, target: Path, *, force: bool, notes: list[str]):
-        with staged_output(target, force=force, notes=notes, resumable=True, resume=self.resume) as staging:
-            yield staging
+        """``staged_output``, resumable: the partial folder is kept when the run fails."""
+        try:
+            with staged_output(target, force=force, notes=notes, resumable=True, resume=self.resume) as staging:
+                yield staging
+        except (InterruptedWithPartial, InterruptedAfterOutput):
+            raise
+        except KeyboardInterrupt:  # outside the tasks' loop (checking kept shards, writing the index)
+            if not partial_folder(target).is_dir():
+                raise
+            raise InterruptedWithPartial(
+                f"the partial output is kept in {partial_folder(target)}: rerun the same command with --resume to finish it"
+            ) from None
 
     def write(self, staging: Path, plan: ShardPlan, outputs, converter, *, metadata: dict[str, str], manifest: dict,
               quantizing: bool, fsync: bool, progress) -> WriteResult:
@@ -148,6 +161,7 @@ class RayExecutor:
                     continue
                 done[name] = result
                 self.converted.append(name)
+                self.task_seconds[name] = result.elapsed_s
                 record.finished(result.shard)
                 if progress:
                     progress(result.input_bytes)

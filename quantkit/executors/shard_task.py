@@ -10,6 +10,7 @@ to the same shard of a local run.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class ShardDone:
     fp16_overflow: dict[str, int] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)
     nonfinite_created: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # the task's time, opening the source included
 
 
 def convert_shard(job: ShardJob) -> ShardDone:
@@ -67,6 +69,7 @@ def convert_shard(job: ShardJob) -> ShardDone:
 
     The shard's file is (re)written from the start, so a task run again after a failure
     leaves the same bytes (tasks are idempotent)."""
+    started = time.perf_counter()
     with open_checkpoint(job.src, **job.open_options) as source:
         converter = _Converter(source, job.assignment, job.settings, job.device)
         plan = ShardPlan((job.units,), (job.output_bytes,))
@@ -79,7 +82,8 @@ def convert_shard(job: ShardJob) -> ShardDone:
             file_names=[job.file_name],
         )
         input_bytes = sum(source.specs[u].nbytes for u in job.units if u in source.specs)
-    return ShardDone(shards[0], input_bytes, dict(overflow), dict(converter.nonfinite), dict(converter.nonfinite_created))
+    return ShardDone(shards[0], input_bytes, dict(overflow), dict(converter.nonfinite), dict(converter.nonfinite_created),
+                     time.perf_counter() - started)
 
 
 def _crash_partway(num_bytes: int) -> None:

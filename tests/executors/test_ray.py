@@ -86,7 +86,7 @@ def test_a_worker_killed_mid_shard_then_resume_converts_only_that_shard(cluster,
     victim = shards[1]
     monkeypatch.setenv(CRASH_SHARD_ENV, victim)
     failed = cli(*args)
-    assert failed.exit_code == 1
+    assert failed.exit_code == 7
     assert f"1 shard task(s) failed, first {victim}:" in failed.stderr and "rerun the same command with --resume" in failed.stderr
     partial = tmp_path / ".ray.quantkit-partial"
     assert not out.exists() and partial.is_dir()
@@ -130,7 +130,7 @@ def test_resume_of_another_command_is_refused_and_a_run_without_resume_starts_ov
     out = tmp_path / "ray"
     args = ["convert", model, "--to", "bf16", "-o", out, "--max-size", MAX_SIZE, "--executor", "ray"]
     monkeypatch.setenv(CRASH_SHARD_ENV, "model-00001-of-00007.safetensors")  # bf16: 7 shards of 150KB
-    assert cli(*args).exit_code == 1
+    assert cli(*args).exit_code == 7
     monkeypatch.delenv(CRASH_SHARD_ENV)
     refused = cli(*args[:-4], "--max-size", "1MB", "--executor", "ray", "--resume")
     assert refused.exit_code == 2 and "made by a different command" in refused.stderr
