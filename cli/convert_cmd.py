@@ -122,6 +122,8 @@ def convert_cmd(
         with byte_progress(source.total_bytes, f"convert to {to}", quiet=quiet or json_out) as progress:
             result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress, executor=runner)
         fetched = source.bytes_fetched
+        if fetched is not None and runner is not None:  # the tasks read the tensors; the driver, the headers
+            fetched += runner.bytes_fetched
     if report is not None:
         from quantkit.reports import build_report, write_report
 

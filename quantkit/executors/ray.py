@@ -78,6 +78,7 @@ class RayExecutor:
         self.kept: list[str] = []  # the shards a resumed run kept, by file name
         self.converted: list[str] = []  # the shards this run's tasks wrote
         self.task_seconds: dict[str, float] = {}  # each converted shard's task time
+        self.bytes_fetched = 0  # by the tasks, over the network (a remote source)
 
     @contextmanager
     def staged(self, target: Path, *, force: bool, notes: list[str]):
@@ -119,10 +120,10 @@ class RayExecutor:
         shards = [kept[name] if name in kept else _checked(done[name].shard, jobs[name]) for name in names]
         record.remove()  # the folder now holds the shards only; the manifest lists every file in it
         overflow: dict[str, int] = {}
-        for result in done.values():
-            overflow.update(result.fp16_overflow)
-            converter.nonfinite.update(result.nonfinite)
-            converter.nonfinite_created.update(result.nonfinite_created)
+        for counts in [record.counts(name) for name in kept] + [_counts(result) for result in done.values()]:
+            overflow.update(counts.get("fp16_overflow", {}))
+            converter.nonfinite.update(counts.get("nonfinite", {}))
+            converter.nonfinite_created.update(counts.get("nonfinite_created", {}))
         weight_map = {tensor: shard.path.name for shard in shards for tensor in shard.names}
         result = write_index(staging, shards, weight_map, manifest)
         result.fp16_overflow = overflow
@@ -162,7 +163,8 @@ class RayExecutor:
                 done[name] = result
                 self.converted.append(name)
                 self.task_seconds[name] = result.elapsed_s
-                record.finished(result.shard)
+                self.bytes_fetched += result.bytes_fetched or 0
+                record.finished(result.shard, _counts(result))
                 if progress:
                     progress(result.input_bytes)
         except KeyboardInterrupt:
@@ -184,6 +186,11 @@ class RayExecutor:
         target = record.folder.name.removeprefix(".").removesuffix(".quantkit-partial")
         return (f"{len(record.done)} finished shard(s) are kept in {record.folder}: rerun the same command with --resume "
                 f"to convert only the rest (without --resume the output {target} is started over)")
+
+
+def _counts(result: ShardDone) -> dict:
+    found = {"fp16_overflow": result.fp16_overflow, "nonfinite": result.nonfinite, "nonfinite_created": result.nonfinite_created}
+    return {k: v for k, v in found.items() if v}
 
 
 def _checked(shard: WrittenShard, job: ShardJob) -> WrittenShard:

@@ -92,9 +92,15 @@ class RunRecord:
         record.save()
         return record, kept
 
-    def finished(self, shard: WrittenShard) -> None:
-        self.done[shard.path.name] = {"bytes": shard.file_bytes, "sha256": shard.sha256}
+    def finished(self, shard: WrittenShard, counts: dict | None = None) -> None:
+        """Record a shard as written; ``counts``: what its conversion counted (non-finite
+        values by kind and tensor), given back by ``counts`` when a resumed run keeps it."""
+        self.done[shard.path.name] = {"bytes": shard.file_bytes, "sha256": shard.sha256, **({"counts": counts} if counts else {})}
         self.save()
+
+    def counts(self, name: str) -> dict:
+        found = self.done.get(name, {}).get("counts", {})
+        return found if isinstance(found, dict) else {}
 
     def save(self) -> None:
         path = self.folder / PLAN_FILE

@@ -62,6 +62,7 @@ class ShardDone:
     nonfinite: dict[str, int] = field(default_factory=dict)
     nonfinite_created: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0  # the task's time, opening the source included
+    bytes_fetched: int | None = None  # over the network, for a remote source
 
 
 def convert_shard(job: ShardJob) -> ShardDone:
@@ -82,8 +83,9 @@ def convert_shard(job: ShardJob) -> ShardDone:
             file_names=[job.file_name],
         )
         input_bytes = sum(source.specs[u].nbytes for u in job.units if u in source.specs)
+        fetched = source.bytes_fetched
     return ShardDone(shards[0], input_bytes, dict(overflow), dict(converter.nonfinite), dict(converter.nonfinite_created),
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, fetched)
 
 
 def _crash_partway(num_bytes: int) -> None:

@@ -140,3 +140,48 @@ def test_resume_of_another_command_is_refused_and_a_run_without_resume_starts_ov
     summary = json.loads(fresh.stdout)
     assert summary["shards_kept"] == [] and len(summary["shards_converted"]) == 7
     assert any("quantkit-partial" in note for note in summary["notes"])
+
+
+def test_counts_of_kept_shards_are_reported_after_resume(cluster, cli, tmp_path, monkeypatch):
+    """Values an FP16 cast made inf, in shards a resumed run kept, still reach the summary."""
+    src = tmp_path / "big.safetensors"
+    tensors = {f"layer.{i}.weight": torch.full((64, 64), 1e6 if i % 2 else 1.0) for i in range(4)}  # 16 KB each
+    save_file(tensors, str(src))
+    args = ["convert", src, "--to", "fp16", "--max-size", "8KB", "--json", "-q"]
+    local = json.loads(cli(*args, "-o", tmp_path / "local").stdout)
+    assert len(local["files"]) == 4 and sorted(local["fp16_overflow"]) == ["layer.1.weight", "layer.3.weight"]
+    monkeypatch.setenv(CRASH_SHARD_ENV, "model-00003-of-00004.safetensors")
+    assert cli(*args, "-o", tmp_path / "ray", "--executor", "ray").exit_code == 7
+    monkeypatch.delenv(CRASH_SHARD_ENV)
+    resumed = json.loads(cli(*args, "-o", tmp_path / "ray", "--executor", "ray", "--resume").stdout)
+    assert resumed["shards_converted"] == ["model-00003-of-00004.safetensors"]
+    assert resumed["fp16_overflow"] == local["fp16_overflow"] and resumed["nonfinite_created"] == local["nonfinite_created"]
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+
+
+def test_a_remote_source_is_read_by_the_tasks(cluster, cli, tmp_path):
+    pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
+    from remote_fixtures import RangeServer, write_model
+
+    model = tmp_path / "model"
+    write_model(model)
+    server = RangeServer(model).start()
+    try:
+        url = f"{server.url}/model.safetensors.index.json"
+        ray_run = cli("convert", url, "--to", "int8", "-o", tmp_path / "ray", "--max-size", "20KB", "--executor", "ray", "-q")
+        assert ray_run.exit_code == 0, ray_run.stderr
+        fetched = sum(server.served.values())
+        assert f"fetched: {fetched:,} bytes" in ray_run.stdout  # the driver's headers and every task's reads
+        for shard in model.glob("*.safetensors"):  # each tensor byte once, beside the headers each task reads
+            assert server.served[f"/{shard.name}"] >= shard.stat().st_size
+        local = cli("convert", url, "--to", "int8", "-o", tmp_path / "local", "--max-size", "20KB", "-q")
+        assert local.exit_code == 0, local.stderr
+    finally:
+        server.stop()
+    ray_files = _files(tmp_path / "ray")
+    assert len([n for n in ray_files if n.endswith(".safetensors")]) >= 2
+    assert ray_files == _files(tmp_path / "local")
