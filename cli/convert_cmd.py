@@ -59,6 +59,9 @@ def convert_cmd(
     key: Key = None,
     strip_prefix: StripPrefix = None,
     allow_global: AllowGlobal = None,
+    executor: Annotated[str, typer.Option("--executor", metavar="NAME", help="Where the shards are converted: local (this process) or ray (one Ray task per shard; pip install 'quantkit[ray]'; the output must be on a filesystem every node shares).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", help="--executor ray: the cluster to use (default: RAY_ADDRESS, else a new local one).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="--executor ray: keep the shards a failed or interrupted run of the same command finished (checked by size and SHA-256) and convert only the rest.")] = False,
 ) -> None:
     """Convert a checkpoint to safetensors shards (a cast or a quantization) that transformers loads unchanged.
 
@@ -69,6 +72,7 @@ def convert_cmd(
                                  ("--min-overall-sqnr", min_overall_sqnr), ("--family", family), ("--profile", profile), ("--schemes", schemes)) if v is not None]
     if to.lower() != "auto" and auto_given:
         raise UsageError(f"{auto_given[0]} applies to --to auto only")
+    check_executor(executor, ray_address=ray_address, resume=resume)
     options = ConvertOptions(
         scheme=to, blocksize=DEFAULT_SETTINGS.blocksize if blocksize is None else blocksize, double_quant=double_quant,
         rest_dtype=rest_dtype or "keep", skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
@@ -105,26 +109,47 @@ def convert_cmd(
     if report is not None:
         check_report_path(report, src=src)
     opening = source_options(key, strip_prefix, allow_global)
+    runner = None
+    if executor == "ray":  # imports Ray (or says how to install it) before anything is read
+        from quantkit.executors.ray import RayExecutor
+
+        runner = RayExecutor(src, open_options=opening, address=ray_address, resume=resume)
     with open_checkpoint(src, **opening) as source:
         if options.scheme == "auto":
             from quantkit.auto import auto_options
 
             options, _ = auto_options(source, options, target, family=family, profile=profile, schemes=names)
         with byte_progress(source.total_bytes, f"convert to {to}", quiet=quiet or json_out) as progress:
-            result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress)
+            result = convert(source, output, options=options, force=force, fsync=fsync, progress=progress, executor=runner)
         fetched = source.bytes_fetched
+        if fetched is not None and runner is not None:  # the tasks read the tensors; the driver, the headers
+            fetched += runner.bytes_fetched
     if report is not None:
         from quantkit.reports import build_report, write_report
 
         write_report(build_report(src, result.write.folder, **opening), report)
     if json_out:
-        print_json({**summary(result), "bytes_fetched": fetched})
+        ran = {"executor": "ray", "shards_kept": runner.kept, "shards_converted": sorted(runner.converted),
+               "shard_seconds": dict(sorted(runner.task_seconds.items()))} if runner is not None else {}
+        print_json({**summary(result), "bytes_fetched": fetched, **ran})
     else:
         typer.echo(summary_text(result))
         if fetched is not None:
             typer.echo(f"fetched: {fetched:,} bytes over the network ({format_bytes(result.input_bytes)} of tensors in the input)")
         if report is not None:
             typer.echo(f"report: {report}")
+        if runner is not None and runner.kept:
+            typer.echo(f"resumed: {len(runner.kept)} shard(s) kept from the earlier run, {len(runner.converted)} converted")
+
+
+def check_executor(executor: str, *, ray_address: str | None, resume: bool) -> None:
+    """--executor and the options that go with --executor ray, before anything is read."""
+    if executor not in ("local", "ray"):
+        raise UsageError(f"unknown --executor {executor!r}: choose local or ray")
+    if executor != "ray":
+        given = [flag for flag, on in (("--ray-address", ray_address is not None), ("--resume", resume)) if on]
+        if given:
+            raise UsageError(f"{given[0]} applies to --executor ray only")
 
 
 def unused_options(scheme_name: str, *, blocksize: int | None, double_quant: bool, rest_dtype: str | None) -> list[str]:

@@ -309,6 +309,7 @@ def convert(
     force: bool = False,
     fsync: bool = False,
     progress: ProgressFn | None = None,
+    executor=None,
 ) -> ConvertResult:
     """Convert ``src`` into a folder of safetensors shards in the layout transformers loads.
 
@@ -321,6 +322,8 @@ def convert(
         fsync: flush every shard to disk before the folder is renamed into place.
         progress: called with input byte counts as tensors (for casts, chunks of them) are
             converted, possibly from worker threads; the calls add up to the input's tensor bytes.
+        executor: where the shards are written: None, here (threads of this process); or an
+            object with ``staged`` and ``write`` (``quantkit.executors``, e.g. on Ray).
 
     Example:
         >>> convert("model.pth", options=ConvertOptions("nf4", double_quant=True))  # doctest: +SKIP
@@ -342,8 +345,9 @@ def convert(
         _check_quantizes_something(source, assignment, options)
         converter = _Converter(source, assignment, options.settings, device)
         outputs = {name: converter.outputs(name) for name in source.specs}
-        with staged_output(target, force=force, notes=staging_notes) as staging:
-            write = _write(staging, source, src_path, converter, outputs, options, fsync=fsync, progress=progress)
+        staging_context = (executor.staged if executor is not None else staged_output)(target, force=force, notes=staging_notes)
+        with staging_context as staging:
+            write = _write(staging, source, src_path, converter, outputs, options, fsync=fsync, progress=progress, executor=executor)
             skipped: dict[str, str] = {}
             copied = copy_model_files(source.model_files_dir(), staging, target=target, skipped=skipped)
             if source.info.config_dir is not None and (staging / CONFIG).is_file():
@@ -373,7 +377,7 @@ def convert(
         )
 
 
-def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _Converter, outputs, options: ConvertOptions, *, fsync, progress) -> WriteResult:
+def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _Converter, outputs, options: ConvertOptions, *, fsync, progress, executor) -> WriteResult:
     plan = plan_shards([(n, sum(o.nbytes for o in outs)) for n, outs in outputs.items()], options.max_shard_bytes)
     extra = {SCHEME_KEY: options.scheme}
     if converter.assignment.transpose:
@@ -384,6 +388,8 @@ def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _
         manifest[SOURCE_EXTRAS_KEY] = source.info.extras_json
     if options.auto is not None:
         manifest["auto"] = options.auto
+    if executor is not None:
+        return executor.write(staging, plan, outputs, converter, metadata=metadata, manifest=manifest, quantizing=options.quantizing, fsync=fsync, progress=progress)
     if not options.quantizing:  # every tensor in chunks, with numpy (for safetensors, torch is never imported)
         return write_cast_checkpoint(
             staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, self_checksum=True

@@ -85,18 +85,41 @@ def write_checkpoint(
     ``source`` (without a source, each tensor's written bytes). ``options`` (or
     its fields as keywords: ``workers``, ``window``, ...) say how the pipeline runs.
     """
+    shards, overflow = write_shards(folder, plan, outputs, produce, metadata=metadata, source=source, chunked=chunked,
+                                    progress=progress, options=options, **option_values)
+    weight_map = {name: shard.path.name for shard in shards for name in shard.names}
+    result = write_index(folder, shards, weight_map, manifest)
+    return replace(result, fp16_overflow=overflow)
+
+
+def write_shards(
+    folder: Path,
+    plan: ShardPlan,
+    outputs: dict[str, list[OutSpec]],
+    produce: ProduceFn | None = None,
+    *,
+    metadata: dict[str, str],
+    source=None,
+    chunked: Callable[[str], bool] = lambda unit: False,
+    progress: ProgressFn | None = None,
+    options: WriteOptions | None = None,
+    file_names: list[str] | None = None,
+    **option_values,
+) -> tuple[list[WrittenShard], dict[str, int]]:
+    """``write_checkpoint``'s shards alone (no index, no manifest): the shards written, and the
+    finite values a chunked FP16 cast made inf, by tensor. ``file_names``: the shards' names
+    (default ``plan.file_names()``); an executor writing one shard of a larger plan per task
+    passes a one-shard plan and that shard's name in the whole plan."""
     options = options or WriteOptions(**option_values)
     chunk_bytes = max(options.chunk_bytes or chunks.CHUNK_BYTES, 8)  # at least one element of any dtype
     ordered = [units_in_file_order(units, outputs) for units in plan.shards]
     tasks = [_tasks(unit, index, outputs, source, chunked(unit), chunk_bytes) for index, units in enumerate(ordered) for unit in units]
-    names = plan.file_names()
+    names = file_names if file_names is not None else plan.file_names()
     writers = ShardWriters([folder / n for n in names], [[s for u in units for s in outputs[u]] for units in ordered], metadata, options.fsync, options.self_checksum)
     run = _Run(writers, produce, source, progress, chunks.Buffers(chunk_bytes, max(options.window, 1)))
     with _intra_op_threads(options.workers), _pool(options.workers) as pool, _pool(1 if options.workers else 0, "finish") as finisher:
         shards = run.all(pool, finisher, [t for unit_tasks in tasks for t in unit_tasks], len(ordered), options)
-    weight_map = {name: shard.path.name for shard in shards for name in shard.names}
-    result = write_index(folder, shards, weight_map, manifest)
-    return replace(result, fp16_overflow=run.overflow)
+    return shards, run.overflow
 
 
 def write_cast_checkpoint(folder: Path, plan: ShardPlan, outputs: dict[str, list[OutSpec]], source, **kwargs) -> WriteResult:

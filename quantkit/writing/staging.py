@@ -12,6 +12,11 @@ replaced. With ``force``, ``renameat2(RENAME_EXCHANGE)`` swaps the new folder an
 output in one step, so the target always holds one complete output, whatever kills the
 process; the old one is then removed. Where renameat2 is missing (not Linux, old glibc, a
 file system without it), the lock guards a check-then-rename and a two-rename replacement.
+
+A resumable run (the Ray executor) stages into ``.X.quantkit-partial`` instead, and keeps it
+when it fails or is interrupted, so that a rerun with ``resume`` finds the shards already
+written there. Any run of the same target without ``resume`` (resumable or not) removes it
+with the other leftovers.
 """
 
 from __future__ import annotations
@@ -43,11 +48,15 @@ class InterruptedAfterOutput(KeyboardInterrupt):
 
 
 @contextmanager
-def staged_output(target: Path, *, force: bool, notes: list[str] | None = None) -> Iterator[Path]:
+def staged_output(
+    target: Path, *, force: bool, notes: list[str] | None = None, resumable: bool = False, resume: bool = False
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` atomically.
 
     An existing ``target`` is refused unless ``force``; with ``force`` it is replaced only after
-    the new folder is complete. On any error or interrupt the temporary folder is removed.
+    the new folder is complete. On any error or interrupt the temporary folder is removed,
+    except for a ``resumable`` run: its folder (``partial_folder(target)``) is kept, and a
+    later run with ``resume`` is given it back as it was left (or a new one if there is none).
     ``notes``: gets one line when leftovers of an interrupted run were cleaned.
     """
     target = Path(target)
@@ -56,14 +65,14 @@ def staged_output(target: Path, *, force: bool, notes: list[str] | None = None) 
         what = "is not a folder" if parent.exists() else "does not exist"
         raise OutputError(f"{parent}: cannot create {target.name} there: {parent} {what}")
     with _target_lock(parent, target):
-        cleaned = _clean_leftovers(parent, target)
+        cleaned = _clean_leftovers(parent, target, keep_partial=resume)
         if cleaned and notes is not None:
             notes.append(cleaned)
         if os.path.lexists(target) and not force:
             raise OutputError(f"{target}: already exists; choose another output or pass --force to replace it")
-        staging = parent / f".{target.name}.quantkit-tmp-{uuid.uuid4().hex[:8]}"
+        staging = partial_folder(target) if resumable else parent / f".{target.name}.quantkit-tmp-{uuid.uuid4().hex[:8]}"
         try:
-            staging.mkdir()
+            staging.mkdir(exist_ok=resumable and resume)
         except OSError as exc:
             raise OutputError(f"{parent}: cannot write here: {os_reason(exc)}") from None
         try:
@@ -71,8 +80,15 @@ def staged_output(target: Path, *, force: bool, notes: list[str] | None = None) 
             with _signals_deferred(target):
                 _swap_into_place(staging, target, force=force)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            if not resumable:
+                shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def partial_folder(target: Path) -> Path:
+    """Where a resumable run of ``target`` stages its output (kept when the run fails)."""
+    target = Path(target)
+    return target.parent / f".{target.name}.quantkit-partial"
 
 
 @contextmanager
@@ -123,16 +139,18 @@ def _read_pid(fd: int) -> str:
     return f" (pid {pid})" if pid.isdigit() else ""
 
 
-def _leftovers(parent: Path, target: Path) -> tuple[list[Path], list[Path]]:
+def _leftovers(parent: Path, target: Path, *, keep_partial: bool) -> tuple[list[Path], list[Path]]:
     prefix = f".{target.name}.quantkit-"
     found = [p for p in parent.iterdir() if p.name.startswith(prefix)]
-    return sorted(p for p in found if p.name.startswith(prefix + "tmp-")), sorted(p for p in found if p.name.startswith(prefix + "old-"))
+    temporary = [p for p in found if p.name.startswith(prefix + "tmp-") or (p.name == prefix + "partial" and not keep_partial)]
+    return sorted(temporary), sorted(p for p in found if p.name.startswith(prefix + "old-"))
 
 
-def _clean_leftovers(parent: Path, target: Path) -> str:
+def _clean_leftovers(parent: Path, target: Path, *, keep_partial: bool = False) -> str:
     """Under the lock, every staging or old folder of ``target`` belongs to a run that died:
-    put back an old output the target lost, remove the rest; one line saying what was done."""
-    temporary, old = _leftovers(parent, target)
+    put back an old output the target lost, remove the rest (a resumable run's partial folder
+    too, unless ``keep_partial``); one line saying what was done."""
+    temporary, old = _leftovers(parent, target, keep_partial=keep_partial)
     if not temporary and not old:
         return ""
     done = []

@@ -116,3 +116,29 @@ def test_copy_model_files_skips_weights_and_an_output_inside_the_model_folder(tm
     copied = folder.copy_model_files(model, staging, target=model / "old-out")
     assert copied == ["config.json", "sub", "tokenizer.json"]
     assert sorted(p.name for p in (staging / "sub").iterdir()) == ["x.txt"]
+
+
+def test_a_resumable_run_keeps_its_partial_folder_on_failure_and_resume_gets_it_back(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output(target, force=False, resumable=True) as staging:
+            assert staging == staging_module.partial_folder(target) == tmp_path / ".out.quantkit-partial"
+            (staging / "shard").write_text("done")
+            raise KeyboardInterrupt
+    assert _entries(tmp_path) == [".out.quantkit-partial"]
+    notes: list[str] = []
+    with staged_output(target, force=False, notes=notes, resumable=True, resume=True) as staging:
+        assert _entries(staging) == ["shard"] and (staging / "shard").read_text() == "done"
+    assert notes == [] and _entries(tmp_path) == ["out"] and _entries(target) == ["shard"]
+
+
+@pytest.mark.parametrize("resumable", [False, True], ids=["local-run", "resumable-run"])
+def test_a_run_without_resume_removes_a_partial_folder_and_says_so(tmp_path, resumable):
+    partial = staging_module.partial_folder(tmp_path / "out")
+    partial.mkdir()
+    (partial / "shard").write_text("old")
+    notes: list[str] = []
+    with staged_output(tmp_path / "out", force=False, notes=notes, resumable=resumable) as staging:
+        assert _entries(staging) == []
+    assert _entries(tmp_path) == ["out"] and _entries(tmp_path / "out") == []
+    assert len(notes) == 1 and ".out.quantkit-partial" in notes[0]

@@ -1,0 +1,222 @@
+"""The Ray executor: each output shard is one Ray task (``shard_task.convert_shard``).
+
+The driver (the process running ``convert``) plans from the headers alone, as a local run
+does. Each task opens the source itself (a path on a filesystem every node shares, or a
+URL), converts the tensors of its shard and writes the shard into the run's partial folder
+beside the output; it returns the shard's size and SHA-256, a few hundred bytes: no tensor
+passes through Ray's object store. The driver records each finished shard
+(``resume.RunRecord``), then writes the index, the copied config and tokenizer files and
+``quantkit.json``, checks every shard it did not write itself, and renames the folder into place.
+
+A failed or interrupted run keeps its partial folder (``.X.quantkit-partial``): the same
+command with ``--resume`` converts only the shards not finished; without ``--resume`` the
+folder is removed first and everything is converted again.
+
+Ray is imported only here, when an executor is made (``pip install quantkit[ray]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import QuantkitError, UsageError, VerificationError
+from ..planner import ShardPlan
+from ..safetensors_format import read_header
+from ..sources.remote import is_url
+from ..writing.folder import WriteResult, write_index
+from ..writing.shard import WrittenShard
+from ..writing.staging import InterruptedAfterOutput, partial_folder, staged_output
+from .resume import RunRecord, plan_digest, source_files
+from .shard_task import CRASH_SHARD_ENV, ShardDone, ShardJob, convert_shard
+
+INSTALL_HINT = "--executor ray needs Ray: pip install 'quantkit[ray]'"
+CANCEL_WAIT_S = 30  # after an interrupt, how long the driver waits for its cancelled tasks to end
+TASK_RETRIES = 2  # a task whose worker died is run again this many times (tasks are idempotent)
+
+
+class ShardTaskError(QuantkitError):
+    """A shard's task failed (its worker died, after Ray's retries); the shards finished are
+    kept for --resume. A task that raised a quantkit error is reported as that error instead."""
+
+    exit_code = 7
+
+
+class InterruptedWithPartial(KeyboardInterrupt):
+    """The driver was interrupted; its message says where the finished shards are kept."""
+
+
+def import_ray():
+    """The ``ray`` module, or a UsageError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    return ray
+
+
+class RayExecutor:
+    """``convert(..., executor=RayExecutor(src, ...))``: the shards of one conversion as Ray tasks.
+
+    Args:
+        src: the checkpoint, as given to ``open_checkpoint`` (each task opens it again).
+        open_options: ``open_checkpoint``'s keywords (``key``, ``strip_prefix``, ``allow_globals``).
+        address: a running cluster's address (``ray start --head`` prints it); None: the
+            cluster this process is connected to already, or ``RAY_ADDRESS``, or a new local one.
+        resume: keep the shards a failed run of the same command finished (checked by size and
+            SHA-256) and convert only the rest.
+    """
+
+    def __init__(self, src, *, open_options: dict | None = None, address: str | None = None, resume: bool = False):
+        self.ray = import_ray()
+        self.src = str(src) if is_url(str(src)) else os.path.abspath(src)  # tasks may run in another folder
+        self.open_options = dict(open_options or {})
+        self.address = address
+        self.resume = resume
+        self.kept: list[str] = []  # the shards a resumed run kept, by file name
+        self.converted: list[str] = []  # the shards this run's tasks wrote
+        self.task_seconds: dict[str, float] = {}  # each converted shard's task time
+        self.bytes_fetched = 0  # by the tasks, over the network (a remote source)
+
+    @contextmanager
+    def staged(self, target: Path, *, force: bool, notes: list[str]):
+        """``staged_output``, resumable: the partial folder is kept when the run fails."""
+        try:
+            with staged_output(target, force=force, notes=notes, resumable=True, resume=self.resume) as staging:
+                yield staging
+        except (InterruptedWithPartial, InterruptedAfterOutput):
+            raise
+        except KeyboardInterrupt:  # outside the tasks' loop (checking kept shards, writing the index)
+            if not partial_folder(target).is_dir():
+                raise
+            raise InterruptedWithPartial(
+                f"the partial output is kept in {partial_folder(target)}: rerun the same command with --resume to finish it"
+            ) from None
+
+    def write(self, staging: Path, plan: ShardPlan, outputs, converter, *, metadata: dict[str, str], manifest: dict,
+              quantizing: bool, fsync: bool, progress) -> WriteResult:
+        """Run one task per shard not kept, record each as it finishes; then the index and manifest."""
+        names = plan.file_names()
+        assignment = converter.assignment
+        digest = plan_digest(
+            source=self.src, source_files=source_files(converter.source.info.files), plan=plan, names=names, outputs=outputs,
+            schemes=assignment.schemes, transpose=assignment.transpose, settings=converter.settings, metadata=metadata,
+        )
+        record, kept = RunRecord.start(staging, digest, resume=self.resume)
+        self.kept = sorted(kept)
+        crash = os.environ.get(CRASH_SHARD_ENV)
+        jobs = {
+            name: ShardJob(self.src, self.open_options, str(staging), name, units, {u: outputs[u] for u in units}, assignment,
+                           converter.settings, converter.device, quantizing, metadata, fsync, crash_partway=crash == name)
+            for name, units in zip(names, plan.shards) if name not in kept
+        }
+        if progress:
+            for name in kept:
+                progress(sum(converter.source.specs[u].nbytes for u in plan.shards[names.index(name)] if u in converter.source.specs))
+        with self._connected():
+            done = self._run(jobs, record, converter, progress)
+        shards = [kept[name] if name in kept else _checked(done[name].shard, jobs[name]) for name in names]
+        record.remove()  # the folder now holds the shards only; the manifest lists every file in it
+        overflow: dict[str, int] = {}
+        for counts in [record.counts(name) for name in kept] + [_counts(result) for result in done.values()]:
+            overflow.update(counts.get("fp16_overflow", {}))
+            converter.nonfinite.update(counts.get("nonfinite", {}))
+            converter.nonfinite_created.update(counts.get("nonfinite_created", {}))
+        weight_map = {tensor: shard.path.name for shard in shards for tensor in shard.names}
+        result = write_index(staging, shards, weight_map, manifest)
+        result.fp16_overflow = overflow
+        return result
+
+    @contextmanager
+    def _connected(self):
+        ray = self.ray
+        started = not ray.is_initialized()
+        if started:
+            try:
+                ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            except ConnectionError as exc:
+                raise UsageError(f"--ray-address {self.address}: cannot connect to a Ray cluster there: {exc}") from None
+        try:
+            yield
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, jobs: dict[str, ShardJob], record: RunRecord, converter, progress) -> dict[str, ShardDone]:
+        ray = self.ray
+        gpus = 1 if str(converter.device).startswith("cuda") else 0
+        task = ray.remote(convert_shard).options(max_retries=TASK_RETRIES, num_gpus=gpus)
+        pending = {task.remote(job): name for name, job in jobs.items()}
+        done: dict[str, ShardDone] = {}
+        failed: list[tuple[str, Exception]] = []
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                name = pending.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except Exception as exc:  # noqa: BLE001 (the others go on: their shards count for --resume)
+                    failed.append((name, exc))
+                    continue
+                done[name] = result
+                self.converted.append(name)
+                self.task_seconds[name] = result.elapsed_s
+                self.bytes_fetched += result.bytes_fetched or 0
+                record.finished(result.shard, _counts(result))
+                if progress:
+                    progress(result.input_bytes)
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            try:  # a killed task must not still be writing its shard when a resumed run rewrites it
+                ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
+            except KeyboardInterrupt:
+                pass
+            raise InterruptedWithPartial(self._kept_message(record)) from None
+        if failed:
+            name, exc = failed[0]
+            cause = getattr(exc, "cause", None)
+            kind = type(cause) if isinstance(cause, QuantkitError) else ShardTaskError
+            raise kind(f"{len(failed)} shard task(s) failed, first {name}: {_task_reason(exc)}; {self._kept_message(record)}")
+        return done
+
+    def _kept_message(self, record: RunRecord) -> str:
+        target = record.folder.name.removeprefix(".").removesuffix(".quantkit-partial")
+        return (f"{len(record.done)} finished shard(s) are kept in {record.folder}: rerun the same command with --resume "
+                f"to convert only the rest (without --resume the output {target} is started over)")
+
+
+def _counts(result: ShardDone) -> dict:
+    found = {"fp16_overflow": result.fp16_overflow, "nonfinite": result.nonfinite, "nonfinite_created": result.nonfinite_created}
+    return {k: v for k, v in found.items() if v}
+
+
+def _checked(shard: WrittenShard, job: ShardJob) -> WrittenShard:
+    """The driver's check of a shard a task wrote: there, on the driver's filesystem, with the
+    size the task reported and the planned tensors."""
+    path = Path(job.folder) / job.file_name
+    try:
+        size = path.stat().st_size
+        header = read_header(path)
+    except Exception:  # noqa: BLE001 (missing or unreadable: said below)
+        size, header = -1, None
+    if size != shard.file_bytes:
+        raise VerificationError(
+            f"{path}: the shard a Ray task wrote ({shard.file_bytes} bytes) is not here ({'missing' if size < 0 else f'{size} bytes'}): "
+            "the output must be on a filesystem every node of the cluster shares"
+        )
+    planned = {o.name for unit in job.units for o in job.outputs[unit]}
+    if header is None or set(header.entries) != planned:
+        raise VerificationError(f"{path}: the shard's tensors differ from the plan")
+    return shard
+
+
+def _task_reason(exc: Exception) -> str:
+    """One line from a failed task: the quantkit error it raised, or what happened to its worker."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None and not isinstance(cause, type):
+        return str(cause).splitlines()[0] if str(cause) else cause.__class__.__name__
+    text = str(exc).strip().splitlines()
+    return next((line.strip() for line in text if line.strip()), exc.__class__.__name__)

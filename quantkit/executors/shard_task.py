@@ -1,0 +1,92 @@
+"""One output shard as a self-contained task: open the source, convert the shard's tensors,
+write the shard. Nothing here imports Ray: the Ray executor (``executors.ray``) runs
+``convert_shard`` as a remote task, and it can run in-process as well.
+
+The task goes through the same code as a local run (``convert._Converter`` and
+``writing.pipeline.write_shards``, with the same shard writer), so its file is byte-identical
+to the same shard of a local run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..convert import _Converter
+from ..planner import ShardPlan
+from ..schemes import SchemeSettings
+from ..selection import Assignment
+from ..sources import open_checkpoint
+from ..specs import OutSpec
+from ..writing.pipeline import write_shards
+from ..writing.shard import WrittenShard
+
+# Test hook, read on the driver when the jobs are made: a task writing the shard of this file
+# name ends its process (os._exit) once part of the shard is written, as a killed worker would.
+CRASH_SHARD_ENV = "QUANTKIT_TEST_CRASH_IN_SHARD"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a task needs: where to read, what to convert, where to write."""
+
+    src: str  # an absolute local path (on a filesystem every node shares) or a URL
+    open_options: dict
+    folder: str  # the run's staging folder (absolute)
+    file_name: str  # the shard's name in the whole plan
+    units: tuple[str, ...]
+    outputs: dict[str, list[OutSpec]]
+    assignment: Assignment
+    settings: SchemeSettings
+    device: str
+    quantizing: bool
+    metadata: dict[str, str]
+    fsync: bool = False
+    crash_partway: bool = False  # the test hook (CRASH_SHARD_ENV)
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(spec.nbytes for unit in self.units for spec in self.outputs[unit])
+
+
+@dataclass
+class ShardDone:
+    """What a task reports: the shard as written (size, SHA-256, tensors) and what the
+    conversion counted (values a cast or a quantizer made non-finite)."""
+
+    shard: WrittenShard
+    input_bytes: int
+    fp16_overflow: dict[str, int] = field(default_factory=dict)
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    nonfinite_created: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # the task's time, opening the source included
+    bytes_fetched: int | None = None  # over the network, for a remote source
+
+
+def convert_shard(job: ShardJob) -> ShardDone:
+    """Convert and write one shard of ``job``; the shard as written.
+
+    The shard's file is (re)written from the start, so a task run again after a failure
+    leaves the same bytes (tasks are idempotent)."""
+    started = time.perf_counter()
+    with open_checkpoint(job.src, **job.open_options) as source:
+        converter = _Converter(source, job.assignment, job.settings, job.device)
+        plan = ShardPlan((job.units,), (job.output_bytes,))
+        chunked = (lambda unit: True) if not job.quantizing else (lambda unit: not converter.quantized(unit))
+        # as a local run: casts on two threads, quantizers on two where the source allows it
+        workers = 2 if not job.quantizing or source.concurrent_reads else 1
+        shards, overflow = write_shards(
+            Path(job.folder), plan, job.outputs, converter.produce, metadata=job.metadata, source=source, chunked=chunked,
+            progress=_crash_partway if job.crash_partway else None, fsync=job.fsync, workers=workers, self_checksum=True,
+            file_names=[job.file_name],
+        )
+        input_bytes = sum(source.specs[u].nbytes for u in job.units if u in source.specs)
+        fetched = source.bytes_fetched
+    return ShardDone(shards[0], input_bytes, dict(overflow), dict(converter.nonfinite), dict(converter.nonfinite_created),
+                     time.perf_counter() - started, fetched)
+
+
+def _crash_partway(num_bytes: int) -> None:
+    os._exit(17)  # the first bytes of the shard are written: die as a killed worker would
