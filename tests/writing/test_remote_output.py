@@ -237,3 +237,11 @@ def test_compare_reads_both_checkpoints_from_s3(cli, s3):
     report = json.loads(result.stdout)
     assert report["original"] == f"s3://{BUCKET}/model" and report["converted"] == url
     assert any("model outputs not compared" in n and "remote" in n for n in report["notes"])
+
+
+def test_a_dry_run_names_the_prefix_and_writes_nothing(cli, s3):
+    local, fs, _ = s3
+    result = cli("convert", f"s3://{BUCKET}/model", "--to", "int8", "-o", f"s3://{BUCKET}/dry", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert f"-> s3://{BUCKET}/dry (nothing written)" in result.stdout.splitlines()[0]
+    assert _objects(fs, f"{BUCKET}/dry") == {}
