@@ -62,8 +62,8 @@ def check_remote_output(src: object, url: str, *, force: bool) -> RemoteLocation
 
 @dataclass(frozen=True)
 class RemoteStage:
-    """Where a run writes: ``folder`` (local, temporary); ``shard_done``: to be called with each
-    shard once finished (it uploads and then deletes it)."""
+    """Where a run writes: ``folder`` (local: staged beside the target, or temporary for S3);
+    ``shard_done``: to be called with each shard once finished (for S3 it uploads, then deletes it)."""
 
     folder: Path
     shard_done: Callable[[WrittenShard], None] | None  # None: nothing to do (a local folder)

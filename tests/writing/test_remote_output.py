@@ -245,3 +245,23 @@ def test_a_dry_run_names_the_prefix_and_writes_nothing(cli, s3):
     assert result.exit_code == 0, result.stderr
     assert f"-> s3://{BUCKET}/dry (nothing written)" in result.stdout.splitlines()[0]
     assert _objects(fs, f"{BUCKET}/dry") == {}
+
+
+def test_a_shard_is_gone_from_the_local_disk_before_the_next_is_uploaded(cli, s3, monkeypatch):
+    """Disk use stays at the shard uploading, the one being written and the bytes written
+    ahead (``WriteOptions.ahead_bytes``): never the shards before them."""
+    local, fs, _ = s3
+    real = remote_output._Uploader.upload_shard
+    seen = []
+
+    def checking(self, shard):
+        seen.append((shard.path.name, sorted(p.name for p in shard.path.parent.glob("*.safetensors"))))
+        real(self, shard)
+        assert not shard.path.exists()
+
+    monkeypatch.setattr(remote_output._Uploader, "upload_shard", checking)
+    result = cli("reshard", f"s3://{BUCKET}/model", "--max-size", "10KB", "-o", f"s3://{BUCKET}/disk", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert [name for name, _ in seen] == sorted(name for name, _ in seen) and len(seen) >= 4
+    for name, on_disk in seen:
+        assert on_disk[0] == name  # every earlier shard is uploaded and deleted
