@@ -152,7 +152,7 @@ def serve_s3(folder: Path, *, as_is: bool = False):
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update(env)
     moto = subprocess.Popen([sys.executable, "-c", f"import bench_remote; bench_remote.moto_main({as_is}, {str(folder)!r})"], cwd=HERE,
-                            env={**os.environ, **env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            env={**os.environ, **env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(os.devnull if os.environ.get("BENCH_MOTO_LOG") is None else os.environ["BENCH_MOTO_LOG"], "w"), text=True)
     port, seconds = moto.stdout.readline().split()
     env["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
     print(f"uploaded to moto (s3fs put_file) in {float(seconds):.1f} s", flush=True)

@@ -38,8 +38,9 @@ def verify_remote(url: str, *, options: RemoteOptions | None = None) -> VerifyRe
     """
     store = RemoteStore(url, options or RemoteOptions.from_environment())
     shown = display_url(url)
-    files = _files(store, url)
+    files, listed = _files(store, url)
     report = VerifyReport(shown, "safetensors", [])
+    base = shown if listed else shown.rsplit("/", 1)[0]  # the folder, in messages
     incomplete = _incomplete(store, shown, files)
     if incomplete:
         report.format = "incomplete"
@@ -58,20 +59,35 @@ def verify_remote(url: str, *, options: RemoteOptions | None = None) -> VerifyRe
     else:
         shard_names = sorted(n for n in files if n.endswith(".safetensors"))
     report.files = shard_names
-    headers = _headers(store, files, shard_names, report)
+    manifest = _manifest(store, files.get(MANIFEST), report)
+    if not listed:  # no listing (HTTP, a file URL): look for the files named, beside the one named
+        _probe(store, url, files, [*shard_names, *manifest.get("files", {})])
+    headers = _headers(store, files, shard_names, base, report)
     _check_coverage(index.url if index else shown, headers, weight_map, report)
     _check_aliases(headers, report)
     report.num_tensors = sum(len(h.entries) for h in headers.values())
     report.total_bytes = sum(e.spec.nbytes for h in headers.values() for e in h.entries.values())
     _check_index_records(index.url if index else None, shard_names, index_meta, report)
-    manifest = _manifest(store, files.get(MANIFEST), report)
-    _check_checksums(store, files, shard_names, manifest, index_meta, headers, report)
+    _check_checksums(store, files, shard_names, manifest, index_meta, headers, base, report)
     return report
 
 
-def _files(store: RemoteStore, url: str) -> dict[str, RemoteFile]:
-    """The files of the folder ``url`` names (or holds the file it names), by name; over
-    HTTP only the named file and a ``quantkit.json`` beside it, where there is one."""
+def _probe(store: RemoteStore, url: str, files: dict[str, RemoteFile], names) -> None:
+    """Add the files ``names`` beside ``url`` that exist (one ranged GET or lookup each)."""
+    path = url if store.scheme == "http" else url.split("://", 1)[1]
+    folder = path.rsplit("/", 1)[0]
+    for name in names:
+        if name in files or not _safe_relative(name) or "/" in name:
+            continue
+        try:
+            files[name], _ = store.probe(f"{folder}/{name}")
+        except InputError:
+            pass  # reported as missing by the checks that need it
+
+
+def _files(store: RemoteStore, url: str) -> tuple[dict[str, RemoteFile], bool]:
+    """The files of the folder ``url`` names (and True), or (False) the file it names and a
+    ``quantkit.json`` beside it, where there is one: HTTP has no listing."""
     path = url if store.scheme == "http" else url.split("://", 1)[1].rstrip("/")
     if store.scheme != "http" and store.info(path).get("type") == "directory":
         listing = {}
@@ -82,7 +98,7 @@ def _files(store: RemoteStore, url: str) -> dict[str, RemoteFile]:
                 listing[name] = RemoteFile(entry["name"], store.url_of(entry["name"]), size)
         if not listing:
             raise InputError(f"{display_url(url)}: nothing here to verify (no files under this prefix)")
-        return listing
+        return listing, True
     file, _ = store.probe(path)
     found = {file.name: file}
     folder = path.rsplit("/", 1)[0]
@@ -91,7 +107,7 @@ def _files(store: RemoteStore, url: str) -> dict[str, RemoteFile]:
         found[MANIFEST] = manifest
     except InputError:
         pass  # none beside it (or unreadable): checksums are then those of the index and headers
-    return found
+    return found, False
 
 
 def _incomplete(store: RemoteStore, shown: str, files: dict[str, RemoteFile]) -> str:
@@ -112,11 +128,11 @@ def _incomplete(store: RemoteStore, shown: str, files: dict[str, RemoteFile]) ->
             f"interrupted or is still running); {fix}")
 
 
-def _headers(store: RemoteStore, files: dict[str, RemoteFile], shard_names: list[str], report: VerifyReport) -> dict[str, SafetensorsHeader]:
+def _headers(store: RemoteStore, files: dict[str, RemoteFile], shard_names: list[str], base: str, report: VerifyReport) -> dict[str, SafetensorsHeader]:
     headers = {}
     for shard in shard_names:
         if shard not in files:
-            report.problems.append(f"{report.path}/{shard}: shard named by the index is missing")
+            report.problems.append(f"{base}/{shard}: shard named by the index is missing")
             continue
         try:
             headers[shard] = read_remote_header(store, files[shard])
@@ -142,7 +158,7 @@ def _manifest(store: RemoteStore, file: RemoteFile | None, report: VerifyReport)
     return manifest
 
 
-def _check_checksums(store, files, shard_names, manifest, index_meta, headers, report: VerifyReport) -> None:
+def _check_checksums(store, files, shard_names, manifest, index_meta, headers, base: str, report: VerifyReport) -> None:
     """Sizes and SHA-256 against quantkit.json, the index and each shard's own record; each
     file read once. Files in subfolders (none that quantkit writes to S3 today) are skipped."""
     recorded: dict[str, list[tuple[str, str]]] = {}
@@ -150,7 +166,7 @@ def _check_checksums(store, files, shard_names, manifest, index_meta, headers, r
         if not isinstance(entry, dict) or not _is_sha256(entry.get("sha256")) or "/" in str(name):
             continue
         if name not in files:
-            report.problems.append(f"{report.path}/{name}: listed in {MANIFEST} but missing")
+            report.problems.append(f"{base}/{name}: listed in {MANIFEST} but missing")
             continue
         if entry.get("bytes") != files[name].size:
             report.problems.append(f"{files[name].url}: {files[name].size} bytes, {MANIFEST} records {entry.get('bytes')}")
