@@ -137,19 +137,22 @@ def moto_main(as_is: bool, folder: str) -> None:
     os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
     import s3fs
 
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    # a long read timeout: moto answers CompleteMultipartUpload only once it has joined the
+    # parts in memory (minutes for 1 GB on a loaded machine); a retry meanwhile finds them gone
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs={"read_timeout": 900})
     fs.mkdir("bench")
     started = time.perf_counter()
     for path in sorted(Path(folder).iterdir()):
         if path.is_file():
-            fs.put_file(str(path), f"bench/model/{path.name}")
+            fs.put_file(str(path), f"bench/model/{path.name}", max_concurrency=1)  # moto loses parts uploaded 10 at a time (seen: "seek of closed file")
     print(port, time.perf_counter() - started, flush=True)
     sys.stdin.read()
     server.stop()
 
 
 def serve_s3(folder: Path, *, as_is: bool = False):
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+           "QUANTKIT_REMOTE_TIMEOUT_S": "900"}  # as above, for quantkit's own uploads to moto
     os.environ.update(env)
     moto = subprocess.Popen([sys.executable, "-c", f"import bench_remote; bench_remote.moto_main({as_is}, {str(folder)!r})"], cwd=HERE,
                             env={**os.environ, **env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(os.devnull if os.environ.get("BENCH_MOTO_LOG") is None else os.environ["BENCH_MOTO_LOG"], "w"), text=True)
