@@ -45,7 +45,8 @@ def check_output(src: str | Path, target: str | Path | RemoteLocation, *, force:
     input folder, or a folder holding the input is a UsageError (with or without ``force``:
     replacing it would delete the input); so is the current folder or one holding it. An
     existing output without ``force``, or a parent folder that does not exist, is an
-    OutputError. Nothing is created; the staging step checks again under its lock.
+    OutputError. Nothing is created; the staging step checks again under its lock. An S3
+    output (``s3://bucket/prefix``) is checked by ``remote_output.check_remote_output``.
     """
     url = s3_output_url(target) if not isinstance(target, RemoteLocation) else target.url
     if url is not None:  # also one a Path folded into s3:/b
