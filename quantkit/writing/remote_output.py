@@ -3,8 +3,9 @@
 A safetensors shard is written at offsets and finished by filling its own SHA-256 into its
 header, so it cannot be streamed front to back: each shard is staged in a local temporary
 folder (``TMPDIR``), uploaded as soon as it is finished (multipart, ``PART_BYTES`` parts,
-``PART_CONCURRENCY`` at a time: memory stays bounded) and deleted locally. At most two shards
-are on the local disk at once: the one being uploaded and the one being written.
+``PART_CONCURRENCY`` at a time: memory stays bounded) and deleted locally. The local disk
+holds the shard being uploaded, the one being written and what the pipeline wrote ahead
+(``WriteOptions.ahead_bytes``): the writer waits for each upload before the shard after next.
 
 Order of the uploads: the shards, then the copied config and tokenizer files, then the index,
 then ``quantkit.json`` last. A prefix without ``quantkit.json`` (and, for several shards, the
