@@ -14,8 +14,8 @@ from quantkit.writing.target import check_report_path
 from .common import byte_progress, guarded, source_options
 from .main import AllowGlobal, Key, Quiet, StripPrefix, app
 
-Original = Annotated[Path, typer.Argument(metavar="ORIGINAL", help="The original checkpoint (file, index or Hugging Face folder).")]
-Converted = Annotated[Path, typer.Argument(metavar="CONVERTED", help="The converted checkpoint to judge against it.")]
+Original = Annotated[str, typer.Argument(metavar="ORIGINAL", help="The original checkpoint (file, index or Hugging Face folder, or its s3:// / https:// / hf:// URL).")]
+Converted = Annotated[str, typer.Argument(metavar="CONVERTED", help="The converted checkpoint to judge against it (a path or a URL).")]
 
 
 def model_shape(num_layers: int | None, hidden_size: int | None, num_heads: int | None) -> "ModelShape | None":  # noqa: F821

@@ -9,6 +9,7 @@ import typer
 
 from quantkit.errors import VerificationError
 from quantkit.sizes import format_bytes
+from quantkit.sources.remote import is_url
 from quantkit.verify import VerifyReport, verify_checkpoint
 
 from .common import guarded, print_json
@@ -18,14 +19,20 @@ from .main import app
 @app.command("verify")
 @guarded
 def verify_cmd(
-    src: Annotated[Path, typer.Argument(metavar="SRC", help="Folder quantkit wrote, a Hugging Face folder, a .safetensors file or an index .json.")],
+    src: Annotated[str, typer.Argument(metavar="SRC", help="Folder quantkit wrote, a Hugging Face folder, a .safetensors file or an index .json; or its URL (s3://bucket/prefix, hf://org/model, https://.../index.json).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check a checkpoint: headers, offsets, index coverage, sizes, and the SHA-256 recorded on writing.
 
-    Exits 0 with one OK line, or 6 listing every problem found.
+    Exits 0 with one OK line, or 6 listing every problem found (an S3 prefix without its index
+    or quantkit.json: "incomplete").
     """
-    report = verify_checkpoint(src)
+    if is_url(src):
+        from quantkit.verify_remote import verify_remote
+
+        report = verify_remote(src)
+    else:
+        report = verify_checkpoint(Path(src))
     if json_out:
         print_json(report.to_dict())
     else:

@@ -18,11 +18,10 @@ from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .schemes.ct import FAMILY as CT_FAMILY
 from .selection import Assignment, Kept, check_patterns, layout_for, only_matches, select
 from .sources import CheckpointSource, opened
-from .sources.remote import check_local_output
 from .specs import OutSpec
-from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint, write_checkpoint
+from .writing import ProgressFn, WriteResult, copy_model_files, write_cast_checkpoint, write_checkpoint
 from .writing.folder import record_all_files, skipped_notes
-from .writing.target import check_output
+from .writing.target import check_output, output_stage, output_target
 
 WEIGHTS_FOUND_UNDER = "weights found under"  # an ``extras`` entry describing where, not content
 
@@ -332,8 +331,7 @@ def convert(
         raise UsageError("--to auto needs a target: use convert_auto (quantkit.auto) or the CLI's --target-bits / --target-size / --min-sqnr / --min-overall-sqnr")
     started = time.perf_counter()
     src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
-    check_local_output(output)
-    target = Path(output) if output is not None else default_output(src_path, options.scheme)
+    target = output_target(output, lambda: default_output(src_path, options.scheme))  # a folder, or an s3:// prefix
     # casts run on the CPU (they are bound by reading and writing); quantizers where asked
     device = conversion_device(options.device) if options.quantizing else "cpu"
     check_output(src_path, target, force=force)  # before anything is read
@@ -345,9 +343,13 @@ def convert(
         _check_quantizes_something(source, assignment, options)
         converter = _Converter(source, assignment, options.settings, device)
         outputs = {name: converter.outputs(name) for name in source.specs}
-        staging_context = (executor.staged if executor is not None else staged_output)(target, force=force, notes=staging_notes)
-        with staging_context as staging:
-            write = _write(staging, source, src_path, converter, outputs, options, fsync=fsync, progress=progress, executor=executor)
+        if executor is not None and not isinstance(target, Path):
+            raise UsageError(f"--executor ray writes into a folder on a shared filesystem; -o {target} (object storage) is not supported with it yet")
+        stage_context = executor.staged(target, force=force, notes=staging_notes) if executor is not None else output_stage(target, force=force, notes=staging_notes)
+        with stage_context as stage:
+            staging = stage if isinstance(stage, Path) else stage.folder
+            shard_done = None if isinstance(stage, Path) else stage.shard_done
+            write = _write(staging, source, src_path, converter, outputs, options, fsync=fsync, progress=progress, executor=executor, shard_done=shard_done)
             skipped: dict[str, str] = {}
             copied = copy_model_files(source.model_files_dir(), staging, target=target, skipped=skipped)
             if source.info.config_dir is not None and (staging / CONFIG).is_file():
@@ -377,7 +379,8 @@ def convert(
         )
 
 
-def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _Converter, outputs, options: ConvertOptions, *, fsync, progress, executor) -> WriteResult:
+def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _Converter, outputs, options: ConvertOptions, *, fsync, progress,
+           executor=None, shard_done=None) -> WriteResult:
     plan = plan_shards([(n, sum(o.nbytes for o in outs)) for n, outs in outputs.items()], options.max_shard_bytes)
     extra = {SCHEME_KEY: options.scheme}
     if converter.assignment.transpose:
@@ -392,12 +395,13 @@ def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _
         return executor.write(staging, plan, outputs, converter, metadata=metadata, manifest=manifest, quantizing=options.quantizing, fsync=fsync, progress=progress)
     if not options.quantizing:  # every tensor in chunks, with numpy (for safetensors, torch is never imported)
         return write_cast_checkpoint(
-            staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, self_checksum=True
+            staging, plan, outputs, source, metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, self_checksum=True,
+            shard_done=shard_done,
         )
     workers = 2 if source.concurrent_reads else 1
     return write_checkpoint(
         staging, plan, outputs, converter.produce, source=source, chunked=lambda unit: not converter.quantized(unit),
-        metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, workers=workers, self_checksum=True,
+        metadata=metadata, manifest=manifest, progress=progress, fsync=fsync, workers=workers, self_checksum=True, shard_done=shard_done,
     )
 
 

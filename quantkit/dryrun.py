@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .layout import default_output
+from .writing.target import output_target
 from .planner import plan_shards
 from .sources import CheckpointSource, opened
 
@@ -50,7 +51,7 @@ def plan_conversion(src: str | Path | CheckpointSource, output: str | Path | Non
     from .convert import _Converter, _check_convertible, assign
 
     src_path = src.path if isinstance(src, CheckpointSource) else Path(src)
-    target = Path(output) if output is not None else default_output(src_path, options.scheme)
+    target = output_target(output, lambda: default_output(src_path, options.scheme))  # a folder, or an s3:// prefix
     with opened(src) as source:
         _check_convertible(source)
         assignment = assign(source, options)

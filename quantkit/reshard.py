@@ -8,11 +8,10 @@ from pathlib import Path
 from .layout import default_output, provenance  # noqa: F401 (default_output re-exported)
 from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .sources import CheckpointSource, opened
-from .sources.remote import check_local_output
 from .specs import OutSpec
-from .writing import ProgressFn, WriteResult, copy_model_files, staged_output, write_cast_checkpoint
+from .writing import ProgressFn, WriteResult, copy_model_files, write_cast_checkpoint
 from .writing.folder import record_all_files, skipped_notes
-from .writing.target import check_output
+from .writing.target import check_output, output_stage, output_target
 
 
 @dataclass
@@ -51,18 +50,18 @@ def reshard(
         >>> reshard("model.pth", "model-st", max_shard_bytes=500 * 10**6)  # doctest: +SKIP
     """
     src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
-    check_local_output(output)
-    target = Path(output) if output is not None else default_output(src_path, "safetensors")
+    target = output_target(output, lambda: default_output(src_path, "safetensors"))  # a folder, or an s3:// prefix
     check_output(src_path, target, force=force)  # before anything is read
     staging_notes: list[str] = []
-    with opened(src) as source, staged_output(target, force=force, notes=staging_notes) as staging:
+    with opened(src) as source, output_stage(target, force=force, notes=staging_notes) as stage:
+        staging = stage.folder
         plan = plan_shards([(n, s.nbytes) for n, s in source.specs.items()], max_shard_bytes)
         outputs = {n: [OutSpec(n, s.dtype, s.shape)] for n, s in source.specs.items()}
         manifest = {"source": str(src_path), "source_format": source.info.format, "operation": "reshard", "aliases": source.aliases}
         # copied in chunks into reused buffers (for safetensors, without torch)
         result = write_cast_checkpoint(
             staging, plan, outputs, source, metadata=provenance(source), manifest=manifest, progress=progress, fsync=fsync,
-            self_checksum=True,
+            self_checksum=True, shard_done=stage.shard_done,
         )
         skipped: dict[str, str] = {}
         copied = copy_model_files(source.model_files_dir(), staging, target=target, skipped=skipped)

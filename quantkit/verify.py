@@ -352,23 +352,36 @@ def _self_record(header: SafetensorsHeader, report: VerifyReport) -> bool:
 def _digests(path: Path, header: SafetensorsHeader | None, chunk_bytes: int = 8 << 20) -> tuple[str, str | None]:
     """SHA-256 of the file, and (for a shard carrying its own) of the file with its
     ``quantkit.self_sha256`` value read as the 64 zeros it was computed over; one read."""
-    whole, own, zero_at = hashlib.sha256(), None, None
+    raw = None
     if header is not None:
         with open(path, "rb") as f:
             raw = f.read(header.data_start)[HEADER_LENGTH_BYTES:]
+
+    def blocks():
+        with open(path, "rb", buffering=0) as f:
+            while block := f.read(chunk_bytes):
+                yield block
+
+    return hash_blocks(blocks(), header, raw)
+
+
+def hash_blocks(blocks, header: SafetensorsHeader | None, raw_header: bytes | None) -> tuple[str, str | None]:
+    """``_digests`` of a file given as its blocks in order (a local file, ranged requests);
+    ``raw_header``: the JSON header's bytes, for a shard carrying its own SHA-256."""
+    whole, own, zero_at = hashlib.sha256(), None, None
+    if header is not None:
         try:
-            zero_at = HEADER_LENGTH_BYTES + self_checksum_offset(raw, header.metadata[SELF_SHA256_KEY])
+            zero_at = HEADER_LENGTH_BYTES + self_checksum_offset(raw_header, header.metadata[SELF_SHA256_KEY])
             own = hashlib.sha256()
         except ValueError:
             zero_at = None
-    with open(path, "rb", buffering=0) as f:
-        position = 0
-        while block := f.read(chunk_bytes):
-            whole.update(block)
-            if own is not None:
-                begin, end = max(zero_at - position, 0), min(zero_at + 64 - position, len(block))
-                if begin < end:  # the recorded value, read as the zeros it was computed over
-                    block = block[:begin] + b"0" * (end - begin) + block[end:]
-                own.update(block)
-            position += len(block)
+    position = 0
+    for block in blocks:
+        whole.update(block)
+        if own is not None:
+            begin, end = max(zero_at - position, 0), min(zero_at + 64 - position, len(block))
+            if begin < end:  # the recorded value, read as the zeros it was computed over
+                block = block[:begin] + b"0" * (end - begin) + block[end:]
+            own.update(block)
+        position += len(block)
     return whole.hexdigest(), own.hexdigest() if own is not None else ("" if header is not None else None)

@@ -13,6 +13,7 @@ from ..errors import InputError, QuantkitError
 from ..sources.renamed import KNOWN_PREFIXES
 from ..memory import MemoryEstimate, ModelShape, estimate_memory, read_config
 from ..sources import open_checkpoint
+from ..sources.remote import is_url
 from ..version import __version__
 from .accuracy import TensorAccuracy, compare_tensors
 from .outputs import OutputComparison, compare_module_outputs
@@ -101,19 +102,23 @@ def build_report(
         >>> write_report(report, "gpt2-nf4.html")  # doctest: +SKIP
     """
     o = options or ReportOptions(**option_values)
-    original, converted = Path(original), Path(converted)
+    original, converted = (str(p) if is_url(str(p)) else Path(p) for p in (original, converted))  # a URL stays a str
     with open_checkpoint(original, **o.original_options) as before, open_checkpoint(converted) as after:
         accuracy = compare_tensors(before, after, top=o.top, progress=progress)
         if not accuracy.tensors and not accuracy.mismatched:
             raise InputError(_nothing_shared(original, converted, before, after))
         config_dir = before.info.config_dir
+        shape = o.shape or ModelShape.from_config(read_config(config_dir))  # a remote source's config goes with it
         anatomies = [replace(inspect_checkpoint(before, top=0), path=str(original)), inspect_checkpoint(converted, top=0)]
     size = compare_sizes(anatomies[0], anatomies[1], accuracy.tensors, top=o.top)
     notes = _accuracy_notes(accuracy)
-    outputs = _outputs(original, converted, config_dir, o, notes) if o.model_outputs else None
+    remote = [str(p) for p in (original, converted) if isinstance(p, str)]
+    if remote and o.model_outputs:
+        notes.append(f"model outputs not compared: {remote[0]} is remote (the models are loaded from local folders; download it to compare outputs)")
+    outputs = _outputs(original, converted, config_dir, o, notes) if o.model_outputs and not remote else None
     memory = estimate_memory(
         size.original.num_parameters,
-        shape=o.shape or ModelShape.from_config(read_config(config_dir)),
+        shape=shape,
         batch_size=o.batch_size,
         seq_len=o.seq_len,
         gpu_gb=o.gpu_gb,
@@ -128,7 +133,7 @@ def _auto_record(converted: Path) -> dict | None:
 
     from ..layout import MANIFEST
 
-    path = converted / MANIFEST if converted.is_dir() else None
+    path = converted / MANIFEST if isinstance(converted, Path) and converted.is_dir() else None
     if path is None or not path.is_file():
         return None
     try:

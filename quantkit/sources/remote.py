@@ -52,14 +52,18 @@ def is_url(value: object) -> bool:
     return isinstance(value, str) and bool(_URL.match(value))
 
 
-_OUTPUT_URL = re.compile(r"^(s3|gs|gcs|az|abfs|https?|hf):/", re.IGNORECASE)
+_OUTPUT_URL = re.compile(r"^(gs|gcs|az|abfs|https?|hf):/", re.IGNORECASE)
 
 
 def check_local_output(output: object) -> None:
-    """Refuse a URL as an output folder: outputs are local for now. Also catches a URL made a
-    ``Path`` (which folds ``s3://b`` into ``s3:/b``), so it is not written to ``./s3:/b``."""
+    """Refuse a URL other than ``s3://`` as an output: quantkit writes local folders and S3
+    prefixes. Also catches a URL made a ``Path`` (which folds ``gs://b`` into ``gs:/b``), so it
+    is not written to ``./gs:/b``."""
     if output is not None and _OUTPUT_URL.match(str(output)):
-        raise UsageError(f"{output}: writing to object storage or the Hub is not supported yet; write a local folder (-o DIR) and upload it")
+        scheme = str(output).split(":", 1)[0].lower()
+        shown = re.sub(r"^(\w+):/+", r"\1://", str(output))  # as typed, where a Path folded it
+        raise UsageError(f"{shown}: quantkit does not write to {scheme}:// (outputs are local folders or s3://bucket/prefix); "
+                         "write a local folder (-o DIR) and upload it")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,10 @@ class RemoteLocation:
     def name(self) -> str:
         """The last part of the path (``model`` for ``hf://org/model@main``)."""
         return self.url.rstrip("/").rsplit("/", 1)[-1].split("@", 1)[0]
+
+    def __truediv__(self, name: str) -> "RemoteLocation":
+        """A file in this folder (an output prefix's shards, as a local folder's ``folder / name``)."""
+        return RemoteLocation(f"{self.url.rstrip('/')}/{name}")
 
 
 @dataclass
@@ -163,7 +171,7 @@ class RemoteStore:
                 "or serve it from a server that supports ranges"
             ) from None
         except Exception as exc:  # noqa: BLE001 - whatever the network library raised: one line, no credentials
-            raise InputError(f"{url}: {_describe(exc)}; {_FIX[self.scheme]}") from None
+            raise InputError(f"{url}: {describe_failure(exc)}; {_FIX[self.scheme]}") from None
 
     def info(self, path: str) -> dict:
         with self.errors(self.url_of(path)):
@@ -242,7 +250,7 @@ class RemoteStore:
                 if not _is_transient(exc):
                     raise
                 if not remaining:
-                    raise Transient(f"{_describe(exc)}; gave up after {self.options.retries + 1} attempts") from exc
+                    raise Transient(f"{describe_failure(exc)}; gave up after {self.options.retries + 1} attempts") from exc
             time.sleep(wait)
             wait *= 2
 
@@ -303,7 +311,7 @@ def _filesystem(scheme: str, options: RemoteOptions):
         raise UsageError(f"reading {scheme}:// needs the remote extra ({exc.name} is missing): pip install 'quantkit[remote]'") from None
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     """What went wrong, from the exception's type and status only: messages of network
     libraries may repeat a URL with its credentials."""
     if isinstance(exc, Transient):

@@ -173,6 +173,11 @@ def _locate(store: RemoteStore, path: str, listing: dict[str, RemoteFile] | None
     return file, store.read(file, 0, min(HEADER_LENGTH_BYTES, file.size))
 
 
+def read_remote_header(store: RemoteStore, file: RemoteFile) -> SafetensorsHeader:
+    """The checked header of a remote safetensors file: its first 8 bytes, then exactly the header."""
+    return _read_header(store, file, store.read(file, 0, min(HEADER_LENGTH_BYTES, file.size)))
+
+
 def _read_header(store: RemoteStore, file: RemoteFile, head: bytes) -> SafetensorsHeader:
     header_bytes = header_length(file, head, file.size)  # checked against the size before fetching it
     raw = bytearray(header_bytes)

@@ -91,7 +91,7 @@ def copy_model_files(
     if config_dir is None:
         return []
     skipped = skipped if skipped is not None else {}
-    skip_real = os.path.realpath(target) if target is not None else None
+    skip_real = os.path.realpath(target) if isinstance(target, (str, Path)) else None  # not for an S3 output
     try:
         dir_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:

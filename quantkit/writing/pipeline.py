@@ -51,6 +51,10 @@ class WriteOptions:
     fsync: bool = False
     chunk_bytes: int | None = None  # None: chunks.CHUNK_BYTES
     self_checksum: bool = False  # each shard's header carries its own SHA-256 (layout.SELF_SHA256_KEY)
+    # called (on the finishing thread) with each shard once written and checked, e.g. to upload
+    # it (writing.remote_output); a shard waits for the one before it to be done with, so at
+    # most two are on disk while it runs
+    shard_done: Callable[[WrittenShard], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -162,11 +166,11 @@ class _Run:
                     pending = next(todo, None)
                 task, future = ahead.popleft()
                 while current < task.shard:  # every task of the shards before is done
-                    finishing.append(finisher.submit(_finish, self.writers.pop(current)))
+                    self._finishing(finisher, finishing, current, options)
                     current += 1
                 self._written(task, future.result())
             while current < num_shards:
-                finishing.append(finisher.submit(_finish, self.writers.pop(current)))
+                self._finishing(finisher, finishing, current, options)
                 current += 1
             return [future.result() for future in finishing]
         except BaseException:
@@ -174,6 +178,11 @@ class _Run:
                 future.cancel()
             self.writers.abort_all()
             raise
+
+    def _finishing(self, finisher, finishing: list[Future], index: int, options: WriteOptions) -> None:
+        finishing.append(finisher.submit(_finish, self.writers.pop(index), options.shard_done))
+        if options.shard_done is not None and index:
+            finishing[index - 1].result()  # the shard before is uploaded (and gone) before the next is begun
 
     def _work(self, task: _Task):
         """On a worker: produce or cast the task's bytes and write them at their offsets."""
@@ -213,9 +222,12 @@ class _Run:
             _release_free_memory()
 
 
-def _finish(writer: ShardWriter) -> WrittenShard:
+def _finish(writer: ShardWriter, shard_done: Callable[[WrittenShard], None] | None = None) -> WrittenShard:
     with writer:
-        return writer.finish()
+        shard = writer.finish()
+    if shard_done is not None:
+        shard_done(shard)
+    return shard
 
 
 class _Inline:

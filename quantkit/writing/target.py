@@ -3,24 +3,55 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import OutputError, UsageError
-from ..sources.remote import check_local_output
+from ..sources.remote import RemoteLocation, check_local_output
+from .remote_output import RemoteStage, check_remote_output, s3_output_url, staged_remote_output
+from .staging import staged_output
 
 REPORT_SUFFIXES = (".json", ".md", ".markdown", ".html", ".htm")
 
 
-def check_output(src: str | Path, target: str | Path, *, force: bool) -> Path:
+def output_target(output: str | Path | None, default: Callable[[], Path]) -> Path | RemoteLocation:
+    """Where a run writes: an S3 prefix (``s3://bucket/prefix``, also as a ``Path`` that folded
+    it), or a local folder (``default()`` when ``output`` is None). Other URLs: UsageError."""
+    check_local_output(output)
+    url = s3_output_url(output)
+    if url is not None:
+        return RemoteLocation(url)
+    return Path(output) if output is not None else default()
+
+
+@contextmanager
+def output_stage(target: Path | RemoteLocation, *, force: bool, notes: list[str] | None = None) -> Iterator[RemoteStage]:
+    """The folder a run writes into, and what to call with each finished shard: a staged local
+    folder renamed into place (nothing to call), or a local temporary folder whose shards are
+    uploaded to an S3 prefix as they finish (``remote_output``)."""
+    if isinstance(target, RemoteLocation):
+        with staged_remote_output(target, force=force, notes=notes) as stage:
+            yield stage
+        return
+    with staged_output(target, force=force, notes=notes) as staging:
+        yield RemoteStage(staging, None)
+
+
+def check_output(src: str | Path, target: str | Path | RemoteLocation, *, force: bool) -> Path | RemoteLocation:
     """Refuse an output that would destroy the input or cannot be created; return ``target``.
 
     Compared as real paths (symlinks resolved): an output equal to the input, inside an
     input folder, or a folder holding the input is a UsageError (with or without ``force``:
     replacing it would delete the input); so is the current folder or one holding it. An
     existing output without ``force``, or a parent folder that does not exist, is an
-    OutputError. Nothing is created; the staging step checks again under its lock.
+    OutputError. Nothing is created; the staging step checks again under its lock. An S3
+    output (``s3://bucket/prefix``) is checked by ``remote_output.check_remote_output``.
     """
-    check_local_output(target)  # a URL (or one a Path folded into s3:/b) is not written locally
+    url = s3_output_url(target) if not isinstance(target, RemoteLocation) else target.url
+    if url is not None:  # also one a Path folded into s3:/b
+        return check_remote_output(src, url, force=force)
+    check_local_output(target)  # another URL is not written at all (nor locally, as ./gs:/b)
     target = Path(target)
     local = isinstance(src, (str, Path)) and "://" not in str(src)  # a remote source has nothing local to destroy
     if target.name in ("", ".", ".."):

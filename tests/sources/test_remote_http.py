@@ -196,12 +196,14 @@ def test_reshard_copies_the_remote_bytes_once(cli, server, model, tmp_path):
 
 
 @pytest.mark.parametrize("command", [("convert", "--to", "bf16"), ("reshard",)])
-def test_a_url_as_output_is_refused_not_written_locally(cli, server, tmp_path, monkeypatch, command):
+@pytest.mark.parametrize("output", ["gs://bucket/out", "hf://org/out", "https://host/out"])
+def test_a_url_other_than_s3_as_output_is_refused_not_written_locally(cli, server, tmp_path, monkeypatch, command, output):
     monkeypatch.chdir(tmp_path)
-    result = cli(command[0], f"{server.url}/{INDEX}", *command[1:], "-o", "s3://bucket/out")
+    result = cli(command[0], f"{server.url}/{INDEX}", *command[1:], "-o", output)
     assert result.exit_code == 2
-    assert "not supported yet" in _one_error_line(result.stderr)
-    assert not (tmp_path / "s3:").exists()
+    scheme = output.split(":", 1)[0]
+    assert _one_error_line(result.stderr).startswith(f"quantkit: error: {output}: quantkit does not write to {scheme}://")
+    assert not (tmp_path / f"{scheme}:").exists()
 
 
 def test_an_empty_file_is_not_a_checkpoint(server, model):
