@@ -1,0 +1,92 @@
+"""profile --outputs: each tensor quantized alone, measured on the model's outputs as compare
+measures a conversion of that tensor alone; convert --to auto --max-kl from those figures."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from quantkit.auto import convert_auto
+from quantkit.convert import ConvertOptions, convert
+from quantkit.errors import UsageError
+from quantkit.plan import Target, kl_figures
+from quantkit.profile import load_profile, profile_checkpoint, save_profile
+from quantkit.profile_outputs import profile_outputs
+from report_helpers import tiny_causal_lm
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'quantkit[hf]')")
+pytestmark = pytest.mark.hf
+
+SCHEMES = ["int8", "fp8", "bf16"]
+TEXT = "The quick brown fox jumps over the lazy dog. It was a bright cold day in April."
+KL_TOLERANCE = 1.5  # measured KL <= 1.5 x --max-kl: the sum of KLs measured alone is an estimate (README)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    folder = tiny_causal_lm(root / "llama")
+    profile = profile_checkpoint(folder, schemes=SCHEMES)
+    profile_outputs(profile, folder, device="cpu", text=TEXT)
+    return folder, save_profile(profile, root / "profile.json")
+
+
+def measured_kl(src, out) -> float:
+    from quantkit.reports import build_report
+
+    return build_report(src, out, device="cpu", text=TEXT).outputs.metrics["mean_kl_divergence"]
+
+
+@pytest.mark.parametrize(("name", "scheme"), [
+    ("model.layers.0.self_attn.q_proj.weight", "fp8"),
+    ("model.layers.1.mlp.down_proj.weight", "int8"),
+    ("model.embed_tokens.weight", "bf16"),
+])
+def test_each_figure_is_compares_for_that_tensor_alone(llama, tmp_path, name, scheme):
+    folder, path = llama
+    recorded = load_profile(path).outputs["tensors"][name][scheme]["mean_kl_divergence"]
+    r = convert(folder, tmp_path / "one", options=ConvertOptions(scheme, only=(f"^{re.escape(name)}$",), device="cpu"))
+    assert len(r.quantized if scheme != "bf16" else [n for n in r.output_bytes_by_dtype]) >= 1
+    assert recorded > 0
+    assert measured_kl(folder, r.write.folder) == pytest.approx(recorded, rel=1e-6, abs=1e-12)
+
+
+def test_profile_file_keeps_the_figures(llama):
+    _, path = llama
+    data = json.loads(path.read_text())
+    assert data["outputs"]["kind"] == "causal_lm" and data["outputs"]["metric"] == "mean_kl_divergence"
+    tensors = data["outputs"]["tensors"]
+    assert "model.layers.0.mlp.up_proj.weight" in tensors and set(tensors["model.layers.0.mlp.up_proj.weight"]) == set(SCHEMES)
+
+
+@pytest.mark.parametrize("share", [0.3, 0.7])
+def test_max_kl_holds_when_measured_with_compare(llama, tmp_path, share):
+    folder, path = llama
+    kl = kl_figures(load_profile(path))
+    uniform = sum(v["int8"] for v in kl.values() if "int8" in v)
+    limit = share * uniform
+    r = convert_auto(folder, tmp_path / "auto", options=ConvertOptions("auto"), target=Target(max_kl=limit), profile=path)
+    assert r.auto["predicted_kl"] <= limit
+    got = measured_kl(folder, r.write.folder)
+    print(f"--max-kl {limit:.3e}: predicted {r.auto['predicted_kl']:.3e}, measured {got:.3e}, ratio {got / r.auto['predicted_kl']:.3f}")
+    assert got <= KL_TOLERANCE * limit
+
+
+def test_max_kl_without_output_figures_is_refused(llama, tmp_path, cli):
+    folder, _ = llama
+    bare = save_profile(profile_checkpoint(folder, schemes=["fp8"]), tmp_path / "bare.json")
+    with pytest.raises(UsageError, match="--max-kl needs output figures"):
+        convert_auto(folder, tmp_path / "no", options=ConvertOptions("auto"), target=Target(max_kl=0.01), profile=bare)
+    out = cli("convert", folder, "--to", "auto", "--max-kl", "0.01", "-o", tmp_path / "cli", "--dry-run")
+    assert out.exit_code == 2 and "--max-kl needs output figures" in out.stderr
+    assert not (tmp_path / "no").exists() and not (tmp_path / "cli").exists()
+
+
+def test_outputs_need_a_runnable_model(tmp_path, cli):
+    from report_helpers import save, tiny_state_dict
+
+    src = save(tiny_state_dict(), tmp_path / "m.safetensors")
+    out = cli("profile", src, "--outputs", "-q")
+    assert out.exit_code == 2 and "no config.json" in out.stderr
