@@ -90,3 +90,39 @@ def test_outputs_need_a_runnable_model(tmp_path, cli):
     src = save(tiny_state_dict(), tmp_path / "m.safetensors")
     out = cli("profile", src, "--outputs", "-q")
     assert out.exit_code == 2 and "no config.json" in out.stderr
+
+
+NET = (
+    "import torch\n"
+    "class Net(torch.nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.fc1, self.fc2 = torch.nn.Linear(128, 128), torch.nn.Linear(128, 64)\n"
+    "    def forward(self, x):\n"
+    "        return self.fc2(torch.relu(self.fc1(x)))\n"
+    "def build():\n    return Net()\n"
+    "def inputs():\n    return torch.randn(4, 128, generator=torch.Generator().manual_seed(0))\n"
+)
+
+
+def test_a_module_factory_is_profiled_as_compare_runs_it(tmp_path):
+    import torch
+
+    from quantkit.reports.outputs import compare_module_outputs
+    from report_helpers import save
+
+    (tmp_path / "net.py").write_text(NET)
+    torch.manual_seed(0)
+    src = save({k: v.contiguous() for k, v in torch.nn.Sequential().state_dict().items()} | {
+        "fc1.weight": torch.randn(128, 128) / 8, "fc1.bias": torch.zeros(128),
+        "fc2.weight": torch.randn(64, 128) / 8, "fc2.bias": torch.zeros(64)}, tmp_path / "net.safetensors")
+    factory, inputs = f"{tmp_path / 'net.py'}:build", f"{tmp_path / 'net.py'}:inputs"
+    profile = profile_checkpoint(src, schemes=["int8"])
+    outputs = profile_outputs(profile, src, device="cpu", factory=factory, inputs=inputs)
+    assert outputs["kind"] == "generic" and set(outputs["tensors"]) == {t.name for t in profile.tensors} and outputs["tensors"]
+    name = profile.tensors[0].name
+    r = convert(src, tmp_path / "one", options=ConvertOptions("int8", only=(f"^{re.escape(name)}$",), device="cpu"))
+    measured = compare_module_outputs(src, r.write.folder, factory=factory, inputs=inputs, device="cpu").metrics
+    assert measured["relative_error"] == pytest.approx(outputs["tensors"][name]["int8"]["relative_error"], rel=1e-6)
+    with pytest.raises(UsageError, match="needs a causal LM's KL"):
+        kl_figures(profile)
