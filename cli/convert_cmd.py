@@ -28,7 +28,7 @@ DEFAULT_SETTINGS = SchemeSettings()
 @guarded
 def convert_cmd(
     src: Src,
-    to: Annotated[str, typer.Option("--to", metavar="SCHEME", help=f"Target (any case), one of {', '.join(SCHEMES)}, or auto (a scheme per tensor for one of --target-bits, --target-size, --min-sqnr, --min-overall-sqnr). {schemes_help()}.")],
+    to: Annotated[str, typer.Option("--to", metavar="SCHEME", help=f"Target (any case), one of {', '.join(SCHEMES)}, or auto (a scheme per tensor for one of --target-bits, --target-size, --min-sqnr, --min-overall-sqnr, --max-kl). {schemes_help()}.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR", help="Output folder (default: <src>-<to> beside SRC). Its parent folder must exist; it may not be SRC, inside SRC or hold SRC.")] = None,
     max_size: Annotated[str, typer.Option("--max-size", metavar="SIZE", help=SIZE_HELP)] = DEFAULT_MAX_SIZE,
     blocksize: Annotated[Optional[int], typer.Option(
@@ -48,6 +48,7 @@ def convert_cmd(
     target_size: Annotated[Optional[str], typer.Option("--target-size", metavar="SIZE", help="--to auto: the whole checkpoint's tensor bytes, at most (e.g. 12MB; --max-size stays the shard size).")] = None,
     min_sqnr: Annotated[Optional[float], typer.Option("--min-sqnr", metavar="DB", help="--to auto: SQNR floor in dB for every decided tensor.")] = None,
     min_overall_sqnr: Annotated[Optional[float], typer.Option("--min-overall-sqnr", metavar="DB", help="--to auto: SQNR floor in dB over the whole checkpoint (compare's overall SQNR).")] = None,
+    max_kl: Annotated[Optional[float], typer.Option("--max-kl", metavar="K", help="--to auto: the model's mean KL divergence at most K, estimated as the sum of each tensor's KL measured alone (needs --profile from 'quantkit profile --outputs').")] = None,
     family: Annotated[Optional[str], typer.Option("--family", metavar="NAME", help="--to auto: " + FAMILY_HELP)] = None,
     profile: Annotated[Optional[Path], typer.Option("--profile", metavar="FILE", help="--to auto: reuse a profile written by 'quantkit profile -o' (refused if SRC changed).")] = None,
     schemes: Annotated[Optional[str], typer.Option("--schemes", metavar="A,B", help="--to auto: comma-separated quantizers it may choose (default: every one of the family).")] = None,
@@ -69,7 +70,7 @@ def convert_cmd(
     biases, the output head and tied weights stay as they are (see --skip/--only/--rest-dtype).
     """
     auto_given = [n for n, v in (("--target-bits", target_bits), ("--target-size", target_size), ("--min-sqnr", min_sqnr),
-                                 ("--min-overall-sqnr", min_overall_sqnr), ("--family", family), ("--profile", profile), ("--schemes", schemes)) if v is not None]
+                                 ("--min-overall-sqnr", min_overall_sqnr), ("--max-kl", max_kl), ("--family", family), ("--profile", profile), ("--schemes", schemes)) if v is not None]
     if to.lower() != "auto" and auto_given:
         raise UsageError(f"{auto_given[0]} applies to --to auto only")
     check_executor(executor, ray_address=ray_address, resume=resume)
@@ -82,7 +83,7 @@ def convert_cmd(
         from quantkit.plan import Target
 
         target = Target(bits=target_bits, size_bytes=parse_size(target_size) if target_size is not None else None,
-                        min_sqnr_db=min_sqnr, min_overall_sqnr_db=min_overall_sqnr)
+                        min_sqnr_db=min_sqnr, min_overall_sqnr_db=min_overall_sqnr, max_kl=max_kl)
         names = [s.strip() for s in schemes.split(",") if s.strip()] if schemes else None
         if output is None:
             output = default_output(src, "auto")
@@ -202,7 +203,8 @@ def auto_text(auto: dict) -> str:
     lines = [
         f"auto ({auto['family']}, target {target}): predicted {format_bytes(auto['predicted_bytes'])} of tensors, "
         f"{auto['predicted_bits']:.3f} bits per decided weight, overall SQNR {_db(auto['predicted_sqnr_db'])} dB, "
-        f"worst tensor {_db(auto['predicted_min_sqnr_db'])} dB",
+        f"worst tensor {_db(auto['predicted_min_sqnr_db'])} dB"
+        + (f", KL {auto['predicted_kl']:.3g} (sum of each tensor's alone)" if "predicted_kl" in auto else ""),
         "equivalent rules:",
     ]
     lines += [f"  --rule '{r}'" for r in auto["rules"]]

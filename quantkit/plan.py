@@ -2,15 +2,21 @@
 
 Definitions (the figures ``compare`` measures afterwards):
 
-- decided tensors: the weights a quantizer takes (convert's selection); every other tensor is
-  written as stored and counted in ``Profile.kept_bytes``.
+- decided tensors: the weights a quantizer takes (convert's selection) and, in a family that
+  mixes (compressed-tensors) when bf16 was profiled, the kept floating-point tensors wider than
+  bf16 (embeddings, norms, biases: ``Profile.castable``, choices keep or bf16); every other
+  tensor is written as stored.
 - error of a choice: the summed noise energy sum (x - y)^2 over the decided tensors.
 - overall SQNR: 10 log10(S / N), S the signal energy sum x^2 of *every* floating-point tensor
   of the checkpoint, N the summed noise: exactly ``compare``'s overall SQNR of the result
   (kept tensors are exact, so they add signal and no noise).
-- ``bits``: average stored bits per weight over the decided tensors, 8 * bytes / values.
+- ``bits``: average stored bits per weight over the weights a quantizer takes, 8 * bytes / values;
+  a castable tensor counts its bytes beyond bf16 against that budget (at bf16 it is free).
 - ``size_bytes``: the whole checkpoint's tensor bytes, kept tensors included.
 - ``min_sqnr_db``: a floor for every decided tensor's own SQNR.
+- ``max_kl``: a ceiling for the model's mean KL divergence, estimated as the sum of each chosen
+  tensor's KL measured alone (``profile --outputs``): additive to first order for small,
+  independent perturbations; an estimate, measured afterwards with compare (README).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
-from .profile import KEEP, Profile, check_profile_matches, load_profile, profile_checkpoint
+from .profile import CAST, KEEP, Profile, TensorProfile, check_profile_matches, load_profile, profile_checkpoint
 from .schemes import SCHEMES, quantizers
 from .solver import Item, Option, Solution, bounds, min_bytes, min_error
 from .sources import CheckpointSource, opened
@@ -35,11 +41,12 @@ class Target:
     size_bytes: int | None = None
     min_sqnr_db: float | None = None
     min_overall_sqnr_db: float | None = None
+    max_kl: float | None = None
 
     def __post_init__(self):
         given = [k for k, v in vars(self).items() if v is not None]
         if len(given) != 1:
-            raise UsageError("give exactly one target: --target-bits, --target-size, --min-sqnr or --min-overall-sqnr")
+            raise UsageError("give exactly one target: --target-bits, --target-size, --min-sqnr, --min-overall-sqnr or --max-kl")
 
 
 @dataclass(frozen=True)
@@ -50,11 +57,12 @@ class AutoPlan:
     schemes: dict[str, str]  # decided tensor -> scheme ("keep" for as stored)
     family: str
     predicted_bytes: int  # whole checkpoint's tensor bytes
-    predicted_bits: float  # over the decided tensors
+    predicted_bits: float  # over the weights a quantizer takes
     predicted_sqnr_db: float  # overall, as compare computes it
     predicted_min_sqnr_db: float  # the worst decided tensor's
     method: str
-    settings: dict  # the quantizers' settings the profile measured with (blocksize, double_quant): convert must use them
+    predicted_kl: float | None  # --max-kl: the sum of the chosen tensors' KL measured alone
+    settings: dict  # the quantizers' settings the profile measured with (``profile.SETTINGS``): convert must use them
 
 
 def default_family(profile: "Profile | None" = None) -> str:
@@ -66,15 +74,22 @@ def default_family(profile: "Profile | None" = None) -> str:
 
 
 def family_groups(profile: Profile, family: str) -> list[list[str]]:
-    """The scheme sets a choice may use: a mixing family's schemes together, or one scheme at a
-    time for a family that allows one method per model; ``keep`` is always allowed."""
-    members = [s for s in profile.schemes if s in SCHEMES and SCHEMES[s].family == family]
+    """The scheme sets a choice may use: a mixing family's schemes together (with bf16 where it
+    was profiled), or one scheme at a time for a family that allows one method per model;
+    ``keep`` is always allowed."""
+    members = [s for s in profile.schemes if s in SCHEMES and SCHEMES[s].quantizes and SCHEMES[s].family == family]
     if not members:
-        known = sorted({SCHEMES[s].family for s in profile.schemes if s in SCHEMES})
+        known = sorted({SCHEMES[s].family for s in profile.schemes if s in SCHEMES and SCHEMES[s].quantizes})
         raise UsageError(f"the profile has no {family} scheme (it measured {', '.join(profile.schemes)}; families: {', '.join(known)})")
     if all(SCHEMES[s].mixes_within_family for s in members):
-        return [[KEEP, *members]]
+        return [[KEEP, *members, *([CAST] if CAST in profile.schemes else [])]]
     return [[KEEP, s] for s in members]
+
+
+def decided(profile: Profile, allowed: list[str]) -> list[TensorProfile]:
+    """The tensors a choice among ``allowed`` decides: the quantizable weights, then the
+    castable tensors where bf16 is allowed."""
+    return profile.tensors + (profile.castable if CAST in allowed else [])
 
 
 def choose(profile: Profile, target: Target, *, family: str | None = None, method: str = "auto") -> Solution:
@@ -82,11 +97,17 @@ def choose(profile: Profile, target: Target, *, family: str | None = None, metho
     family = family or default_family(profile)
     best: Solution | None = None
     errors = []
+    kl = kl_figures(profile) if target.max_kl is not None else None
     for allowed in family_groups(profile, family):
-        items = [Item(t.name, tuple(Option(s, t.candidates[s].stored_bytes, t.candidates[s].noise_energy)
-                                    for s in allowed if s in t.candidates)) for t in profile.tensors]
+        tensors = decided(profile, allowed)
+        if kl is None:
+            items = [Item(t.name, tuple(Option(s, t.candidates[s].stored_bytes, t.candidates[s].noise_energy)
+                                        for s in allowed if s in t.candidates)) for t in tensors]
+        else:  # the error is each tensor's KL measured alone; a candidate without a figure is not one
+            items = [Item(t.name, tuple(Option(s, t.candidates[s].stored_bytes, 0.0 if s == KEEP else kl[t.name][s])
+                                        for s in allowed if s in t.candidates and (s == KEEP or s in kl.get(t.name, {})))) for t in tensors]
         try:
-            solution = _solve(profile, items, target, method)
+            solution = _solve(profile, tensors, items, target, method)
         except UsageError as exc:  # this scheme set cannot: the message of the one closest to it is kept
             errors.append((bounds(items)[0], str(exc)))
             continue
@@ -97,6 +118,17 @@ def choose(profile: Profile, target: Target, *, family: str | None = None, metho
     return best
 
 
+def kl_figures(profile: Profile) -> dict[str, dict[str, float]]:
+    """Per tensor and scheme, the mean KL divergence measured with only that tensor changed
+    (``profile --outputs``); UsageError when the profile has none."""
+    outputs = profile.outputs
+    if not outputs:
+        raise UsageError("--max-kl needs output figures: profile with --outputs (quantkit profile SRC --outputs -o FILE), then pass --profile FILE")
+    if outputs.get("metric") != "mean_kl_divergence":
+        raise UsageError(f"--max-kl needs a causal LM's KL divergence; this profile's outputs are {outputs.get('kind')} figures ({outputs.get('metric')})")
+    return {name: {s: max(0.0, f["mean_kl_divergence"]) for s, f in by.items()} for name, by in outputs["tensors"].items()}
+
+
 def _rank(solution: Solution, target: Target) -> tuple:
     """Under a size target the least error wins; under an accuracy target the fewest bytes."""
     if target.bits is not None or target.size_bytes is not None:
@@ -104,28 +136,32 @@ def _rank(solution: Solution, target: Target) -> tuple:
     return solution.stored_bytes, solution.error
 
 
-def _solve(profile: Profile, items: list[Item], target: Target, method: str) -> Solution:
-    decided_values = sum(t.numel for t in profile.tensors)
+def _solve(profile: Profile, tensors: list[TensorProfile], items: list[Item], target: Target, method: str) -> Solution:
+    fixed_bytes = profile.kept_bytes - sum(t.original_bytes for t in tensors[len(profile.tensors):])
     if target.min_sqnr_db is not None:
         floor = target.min_sqnr_db
         picked = {}
-        for t, item in zip(profile.tensors, items):
+        for t, item in zip(tensors, items):
             ok = [o for o in item.options if t.candidates[o.scheme].sqnr_db >= floor]
             picked[t.name] = min(ok, key=lambda o: (o.stored_bytes, o.error))  # keep is exact: never empty
         return Solution({n: o.scheme for n, o in picked.items()}, sum(o.stored_bytes for o in picked.values()),
                         math.fsum(o.error for o in picked.values()), "per tensor")
+    if target.max_kl is not None:
+        return min_bytes(items, target.max_kl, method=method)
     if target.min_overall_sqnr_db is not None:
         return min_bytes(items, profile.total_signal_energy / 10 ** (target.min_overall_sqnr_db / 10), method=method)
     if target.bits is not None:
-        budget = math.floor(target.bits * decided_values / 8)
+        values = sum(t.numel for t in profile.tensors)
+        free = sum(t.candidates[CAST].stored_bytes for t in tensors[len(profile.tensors):])  # castables at bf16
+        budget = math.floor(target.bits * values / 8) + free
         low, high = bounds(items)
         if budget < low:
-            raise UsageError(f"--target-bits {target.bits:g} is below the smallest achievable, {8 * low / decided_values:.3f} bits per decided weight")
+            raise UsageError(f"--target-bits {target.bits:g} is below the smallest achievable, {8 * (low - free) / values:.3f} bits per decided weight")
         return min_error(items, budget, method=method)
-    budget = target.size_bytes - profile.kept_bytes
+    budget = target.size_bytes - fixed_bytes
     low, _ = bounds(items)
     if budget < low:
-        raise UsageError(f"--target-size {target.size_bytes:,} bytes is below the smallest achievable, {low + profile.kept_bytes:,} bytes")
+        raise UsageError(f"--target-size {target.size_bytes:,} bytes is below the smallest achievable, {low + fixed_bytes:,} bytes")
     return min_error(items, budget, method=method)
 
 
@@ -148,16 +184,20 @@ def plan_auto(source_or_profile: str | Path | CheckpointSource | Profile, target
     solution = choose(profile, target, family=family, method=method)
     names = [t.name for t in profile.tensors] + list(profile.kept)
     decided_values = sum(t.numel for t in profile.tensors)
-    per_tensor = [t.candidates[solution.schemes[t.name]].sqnr_db for t in profile.tensors]
+    tensors = [t for t in profile.tensors + profile.castable if t.name in solution.schemes]
+    per_tensor = [t.candidates[solution.schemes[t.name]].sqnr_db for t in tensors]
+    fixed_bytes = profile.kept_bytes - sum(t.original_bytes for t in tensors[len(profile.tensors):])
+    weight_bytes = sum(t.candidates[solution.schemes[t.name]].stored_bytes for t in profile.tensors)
     return AutoPlan(
         rules=choice_as_rules(solution.schemes, names),
         schemes=solution.schemes,
         family=family or default_family(profile),
-        predicted_bytes=solution.stored_bytes + profile.kept_bytes,
-        predicted_bits=8 * solution.stored_bytes / decided_values if decided_values else 0.0,
-        predicted_sqnr_db=_sqnr(profile.total_signal_energy, solution.error),
+        predicted_bytes=solution.stored_bytes + fixed_bytes,
+        predicted_bits=8 * weight_bytes / decided_values if decided_values else 0.0,
+        predicted_sqnr_db=_sqnr(profile.total_signal_energy, math.fsum(t.candidates[solution.schemes[t.name]].noise_energy for t in tensors)),
         predicted_min_sqnr_db=min(per_tensor, default=math.inf),
         method=solution.method,
+        predicted_kl=solution.error if target.max_kl is not None else None,
         settings=dict(profile.settings),
     )
 

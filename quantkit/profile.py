@@ -29,13 +29,15 @@ from .errors import InputError, UsageError
 from .groups import group_of
 from .reports.accuracy import layer_of
 from .reports.metrics import CHUNK_ELEMENTS, ErrorMoments, error_moments, finite_or_none
-from .schemes import QuantScheme, SchemeSettings, get_scheme, quantizers
-from .selection import layout_for, select
+from .schemes import QuantScheme, Scheme, SchemeSettings, get_scheme, quantizers
+from .selection import Kept, layout_for, select
 from .sources import CheckpointSource, opened
 from .specs import TensorSpec
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 KEEP = "keep"  # the candidate every decided tensor has: written as stored, exact
+CAST = "bf16"  # the narrower "kept": a cast candidate wherever the source is wider (compressed-tensors mixes it)
+SETTINGS = ("blocksize", "double_quant", "group_size")  # every setting that changes a scheme's bytes
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class Profile:
     kept_bytes: int  # every tensor not in ``tensors``, as stored
     kept_signal_energy: float  # sum x^2 over the kept floating-point tensors
     kept: dict[str, str] = field(default_factory=dict)  # name -> why convert keeps it
+    castable: list[TensorProfile] = field(default_factory=list)  # kept, wider than bf16: candidates keep and bf16
+    outputs: dict | None = None  # profile --outputs: each tensor alone, its effect on the model's outputs (profile_outputs)
     elapsed_s: float = 0.0
     version: int = PROFILE_VERSION
 
@@ -106,15 +110,12 @@ class Profile:
         """sum x^2 over every floating-point tensor: the signal of compare's overall SQNR."""
         return self.kept_signal_energy + sum(t.signal_energy for t in self.tensors)
 
+    @property
+    def castable_bytes(self) -> int:
+        return sum(t.original_bytes for t in self.castable)
+
     def to_dict(self) -> dict:
         """The documented JSON shape (README, "quantkit profile"); infinities become null."""
-        tensors = []
-        for t in self.tensors:
-            row = {k: v for k, v in asdict(t).items() if k != "candidates"}
-            row["candidates"] = {s: {**asdict(c), "sqnr_db": finite_or_none(c.sqnr_db)} for s, c in t.candidates.items()}
-            for c in row["candidates"].values():
-                del c["scheme"]
-            tensors.append(row)
         return {
             "profile_version": self.version,
             "source": asdict(self.source),
@@ -124,7 +125,9 @@ class Profile:
             "kept_signal_energy": self.kept_signal_energy,
             "kept": self.kept,
             "elapsed_s": self.elapsed_s,
-            "tensors": tensors,
+            "tensors": [_row(t) for t in self.tensors],
+            "castable": [_row(t) for t in self.castable],
+            "outputs": self.outputs,
         }
 
     @classmethod
@@ -132,30 +135,39 @@ class Profile:
         version = data.get("profile_version")
         if version != PROFILE_VERSION:
             raise InputError(f"profile_version {version!r} is not one this quantkit reads ({PROFILE_VERSION}): profile the checkpoint again")
-        tensors = []
-        for row in data["tensors"]:
-            candidates = {
-                s: Candidate(scheme=s, **{**c, "sqnr_db": math.inf if c["sqnr_db"] is None else c["sqnr_db"]})
-                for s, c in row["candidates"].items()
-            }
-            tensors.append(TensorProfile(**{**row, "candidates": candidates}))
         return cls(
             source=SourceIdentity(**data["source"]), schemes=list(data["schemes"]), settings=dict(data["settings"]),
-            tensors=tensors, kept_bytes=int(data["kept_bytes"]), kept_signal_energy=float(data["kept_signal_energy"]),
-            kept=dict(data.get("kept", {})), elapsed_s=float(data.get("elapsed_s", 0.0)), version=version,
+            tensors=[_tensor(row) for row in data["tensors"]], kept_bytes=int(data["kept_bytes"]),
+            kept_signal_energy=float(data["kept_signal_energy"]), kept=dict(data.get("kept", {})),
+            castable=[_tensor(row) for row in data["castable"]], outputs=data.get("outputs"), elapsed_s=float(data.get("elapsed_s", 0.0)), version=version,
         )
 
 
-def candidate_schemes(names: list[str] | None = None) -> list[QuantScheme]:
-    """The quantizing schemes to try: ``names`` (each must be a registered quantizer), or all."""
+def _row(t: TensorProfile) -> dict:
+    row = {k: v for k, v in asdict(t).items() if k != "candidates"}
+    row["candidates"] = {s: {**asdict(c), "sqnr_db": finite_or_none(c.sqnr_db)} for s, c in t.candidates.items()}
+    for c in row["candidates"].values():
+        del c["scheme"]
+    return row
+
+
+def _tensor(row: dict) -> TensorProfile:
+    candidates = {s: Candidate(scheme=s, **{**c, "sqnr_db": math.inf if c["sqnr_db"] is None else c["sqnr_db"]})
+                  for s, c in row["candidates"].items()}
+    return TensorProfile(**{**row, "candidates": candidates})
+
+
+def candidate_schemes(names: list[str] | None = None) -> list[Scheme]:
+    """The schemes to try: ``names`` (each a registered quantizer, or ``bf16``), or every
+    quantizer and ``bf16`` (the narrower "kept" of a wider source)."""
     if names is None:
-        return quantizers()
+        return [*quantizers(), get_scheme(CAST)]
     chosen = []
     for name in names:
         scheme = get_scheme(name)
-        if not isinstance(scheme, QuantScheme):
+        if not isinstance(scheme, QuantScheme) and scheme.name != CAST:
             choices = ", ".join(s.name for s in quantizers())
-            raise UsageError(f"--schemes {name}: not a quantizing scheme (a profile compares quantizers: {choices})")
+            raise UsageError(f"--schemes {name}: not a quantizing scheme or bf16 (a profile compares quantizers: {choices})")
         chosen.append(scheme)
     return chosen
 
@@ -168,19 +180,31 @@ def measure(scheme: QuantScheme, name: str, tensor, *, transpose: bool, settings
     return _measure(scheme, name, tensor, transpose=transpose, settings=settings)[0]
 
 
-def _measure(scheme: QuantScheme, name: str, tensor, *, transpose: bool, settings: SchemeSettings) -> tuple[Candidate, ErrorMoments]:
-    stored = scheme.quantize(name, tensor, transpose=transpose, settings=settings)
-    parts = dict(stored)
-    found = scheme.stored_weights({n: TensorSpec.of(n, t) for n, t in stored})
-    if name not in found:
-        raise InputError(f"{name}: {scheme.name} did not recognize what it stored (a bug in the scheme)")
-    stored_bytes = sum(t.numel() * t.element_size() for _, t in stored)
-    approx = scheme.dequantize(found[name], parts)
-    del stored, parts
-    if transpose:
-        approx = approx.t().contiguous()
+def _measure(scheme: Scheme, name: str, tensor, *, transpose: bool, settings: SchemeSettings) -> tuple[Candidate, ErrorMoments]:
+    approx, stored_bytes = reconstruct(scheme, name, tensor, transpose=transpose, settings=settings)
     moments = error_moments(tensor, approx)  # compare's own figures
     return _candidate(scheme.name, stored_bytes, moments), moments
+
+
+def reconstruct(scheme: Scheme, name: str, tensor, *, transpose: bool, settings: SchemeSettings):
+    """``(values, stored_bytes)``: ``tensor`` written by ``scheme`` as convert writes it and read
+    back as ``load_state_dict`` reads it (in ``tensor``'s shape), and the bytes stored."""
+    if not isinstance(scheme, QuantScheme):  # bf16: the cast convert writes
+        approx = tensor.to(scheme.dtype.torch)
+        return approx, approx.numel() * approx.element_size()
+    stored = scheme.quantize(name, tensor, transpose=transpose, settings=settings)
+    parts = dict(stored)
+    specs = {n: TensorSpec.of(n, t) for n, t in stored}
+    # The specs alone may name a sibling (w8a16 at a group size other than 128 reads as w4a16);
+    # the reader dequantizes through whichever scheme recognizes it, and so does this.
+    readers = [scheme, *(s for s in quantizers() if s.family == scheme.family and s is not scheme)]
+    reader = next((r for r in readers if name in r.stored_weights(specs)), None)
+    if reader is None:
+        raise InputError(f"{name}: {scheme.name} did not recognize what it stored (a bug in the scheme)")
+    stored_bytes = sum(t.numel() * t.element_size() for _, t in stored)
+    approx = reader.dequantize(reader.stored_weights(specs)[name], parts)
+    del stored, parts
+    return (approx.t().contiguous() if transpose else approx), stored_bytes
 
 
 def _candidate(scheme: str, stored_bytes: int, m: ErrorMoments) -> Candidate:
@@ -214,34 +238,34 @@ def profile_checkpoint(
     workers = max(1, min(len(tried), os.cpu_count() or 1))
     with opened(src) as source, _shared_cores(workers), ThreadPoolExecutor(workers, thread_name_prefix="profile") as pool:
         selection = select(source, skip=skip, only=only, layout=layout_for(source.info.config_dir))
-        tensors, kept_bytes, kept_signal = [], 0, 0.0
+        casts = [s for s in tried if s.name == CAST]
+        tensors, castable, kept_bytes, kept_signal = [], [], 0, 0.0
         for name, spec in source.specs.items():
             tensor = source.get_tensor(name)
             if name in selection.quantize:
                 tensors.append(_profile_tensor(name, spec, tensor, tried, selection.quantize[name], settings, pool))
-            else:
-                kept_bytes += spec.nbytes
-                if spec.dtype.is_floating_point:
-                    kept_signal += signal_energy(tensor)
+                continue
+            kept_bytes += spec.nbytes
+            if casts and _castable(spec, selection.kept.get(name)):
+                castable.append(_profile_tensor(name, spec, tensor, casts, False, settings, pool))
+                kept_signal += castable[-1].signal_energy
+            elif spec.dtype.is_floating_point:
+                kept_signal += signal_energy(tensor)
             del tensor
             if progress is not None:
                 progress(spec.nbytes)
         return Profile(
             source=SourceIdentity.of(source), schemes=[s.name for s in tried],
-            settings={"blocksize": settings.blocksize, "double_quant": settings.double_quant},
-            tensors=tensors, kept_bytes=kept_bytes, kept_signal_energy=kept_signal,
+            settings={k: getattr(settings, k) for k in SETTINGS},
+            tensors=tensors, kept_bytes=kept_bytes, kept_signal_energy=kept_signal, castable=castable,
             kept={n: str(why) for n, why in selection.kept.items()}, elapsed_s=time.perf_counter() - started,
         )
 
 
-def _takes(scheme: QuantScheme, spec, transpose: bool, settings: SchemeSettings) -> bool:
-    """Whether ``scheme`` can store this weight (a compressed-tensors scheme keeps Conv1D
-    weights and refuses a group size that does not divide the input dimension)."""
-    try:
-        scheme.outputs(spec, transpose=transpose, settings=settings)
-    except UsageError:
-        return False
-    return True
+def _castable(spec: TensorSpec, why: Kept | None) -> bool:
+    """A kept floating-point tensor wider than bf16 that convert may cast (a --rule '...=bf16'):
+    not one --skip / --only leaves exactly as stored, nor a tied alias."""
+    return spec.dtype.is_floating_point and spec.dtype.itemsize > 2 and why is not None and not why.by_user and why is not Kept.TIED
 
 
 def _profile_tensor(name, spec, tensor, tried, transpose, settings, pool) -> TensorProfile:
@@ -260,10 +284,13 @@ def _profile_tensor(name, spec, tensor, tried, transpose, settings, pool) -> Ten
     )
 
 
-def _takes(scheme: QuantScheme, spec: TensorSpec, transpose: bool, settings: SchemeSettings) -> bool:
+def _takes(scheme: Scheme, spec: TensorSpec, transpose: bool, settings: SchemeSettings) -> bool:
     """Whether convert could store ``spec`` with ``scheme`` (a compressed-tensors scheme refuses a
-    Conv1D weight and a group size that does not divide the input dimension): the others are
-    not candidates of that tensor, so a plan never chooses them."""
+    Conv1D weight and a group size that does not divide the input dimension; bf16 takes only a
+    wider floating-point tensor): the others are not candidates of that tensor, so a plan never
+    chooses them."""
+    if not isinstance(scheme, QuantScheme):
+        return spec.dtype.is_floating_point and spec.dtype.itemsize > scheme.dtype.itemsize
     try:
         scheme.outputs(spec, transpose=transpose, settings=settings)
     except (UsageError, InputError):

@@ -79,7 +79,7 @@ def test_overall_sqnr_prediction_equals_compare(checkpoint, profile, tmp_path):
 def test_profile_file_round_trips_and_refuses_another_checkpoint(checkpoint, profile, tmp_path):
     path = save_profile(profile, tmp_path / "p.json")
     data = json.loads(path.read_text())
-    assert data["profile_version"] == 1
+    assert data["profile_version"] == 2
     assert set(data) >= {"source", "schemes", "settings", "kept_bytes", "kept_signal_energy", "tensors"}
     assert set(data["tensors"][0]["candidates"][KEEP]) == {"stored_bytes", "noise_energy", "rel_l2", "sqnr_db", "max_abs", "cosine"}
     with open_checkpoint(checkpoint) as source:
@@ -97,8 +97,8 @@ def test_bad_profile_file_is_an_input_error(tmp_path):
 
 
 def test_unknown_or_cast_scheme_is_refused(checkpoint):
-    with pytest.raises(UsageError, match="not a quantizing scheme"):
-        profile_checkpoint(checkpoint, schemes=["bf16"])
+    with pytest.raises(UsageError, match="not a quantizing scheme or bf16"):
+        profile_checkpoint(checkpoint, schemes=["fp16"])
     with pytest.raises(UsageError, match="unknown scheme"):
         profile_checkpoint(checkpoint, schemes=["int3"])
 
@@ -186,9 +186,9 @@ def test_a_newly_registered_quantizer_joins_by_default(checkpoint, tmp_path):
     register(TOY)
     try:
         p = profile_checkpoint(checkpoint)
-        assert p.schemes == [s.name for s in SCHEMES.values() if s.quantizes] and p.schemes[-1] == "toy-int8"
+        assert p.schemes == [s.name for s in SCHEMES.values() if s.quantizes] + ["bf16"] and p.schemes[-2] == "toy-int8"
         plan = plan_auto(p, Target(min_overall_sqnr_db=30.0), "toy")
-        assert set(plan.schemes.values()) <= {KEEP, "toy-int8"} and plan.predicted_sqnr_db >= 30.0
+        assert set(plan.schemes.values()) <= {KEEP, "toy-int8", "bf16"} and plan.predicted_sqnr_db >= 30.0
     finally:
         SCHEMES.pop(TOY.name)
 

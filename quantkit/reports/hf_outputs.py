@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,6 +52,30 @@ def compare_hf_outputs(
     Causal LMs see ``text`` (default: a built-in sample) in windows of up to 256 tokens, at
     most ``max_tokens`` in all; encoders see it sentence by sentence.
     """
+    run = prepare_hf(original_dir, device=device, text=text, max_tokens=max_tokens)
+    models = [run.original, run.load(converted)]
+    with torch.no_grad():
+        num_samples, num_tokens, metrics = run.compare(models)
+    return OutputComparison(run.kind, run.model_name, run.device, run.inputs, num_samples, num_tokens, metrics, run.notes)
+
+
+@dataclass
+class HFRun:
+    """An HF model folder ready to compare: the original loaded once, a loader for another
+    checkpoint of it, and ``compare([original, other])`` giving compare's figures."""
+
+    kind: str
+    model_name: str
+    device: str
+    inputs: str
+    notes: list[str]
+    original: torch.nn.Module
+    load: Callable[[Path], torch.nn.Module]
+    compare: Callable[[list[torch.nn.Module]], tuple[int, int, dict[str, float]]]
+
+
+def prepare_hf(original_dir: Path, *, device: str = "auto", text: str | None = None, max_tokens: int = 1024) -> HFRun:
+    """What ``compare_hf_outputs`` runs, apart: the original model, its inputs and its figures."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(original_dir)
@@ -65,12 +91,13 @@ def compare_hf_outputs(
     def build():
         return model_class._from_config(config) if hasattr(model_class, "_from_config") else model_class(config)
 
-    with _quiet_transformers(transformers):
-        models = [load_model(build, path, device, strict=False) for path in (original_dir, converted)]
+    def load(path):
+        with _quiet_transformers(transformers):
+            return load_model(build, path, device, strict=False)
+
     runner = {"causal_lm": _causal, "encoder": _encoder, "generic": _generic}[kind]
-    with torch.no_grad():
-        num_samples, num_tokens, metrics = runner(models, tokenizer, text, config, device, max_tokens)
-    return OutputComparison(kind, model_class.__name__, device, source, num_samples, num_tokens, metrics, notes)
+    return HFRun(kind, model_class.__name__, device, source, notes, load(original_dir), load,
+                 lambda models: runner(models, tokenizer, text, config, device, max_tokens))
 
 
 @contextmanager

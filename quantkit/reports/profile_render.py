@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from html import escape
 
-from ..profile import KEEP, Profile
+from ..profile import CAST, KEEP, Profile
 from ..sizes import format_bytes
 from .formatting import fmt_db, fmt_num
 from .html import CSS, _table
@@ -43,10 +43,12 @@ def uniform_figures(profile: Profile) -> list[UniformFigures]:
     rows = []
     for scheme in profile.schemes:
         stored = sum(_candidate(t, scheme).stored_bytes for t in profile.tensors)
-        noise = math.fsum(_candidate(t, scheme).noise_energy for t in profile.tensors)
-        worst = min(profile.tensors, key=lambda t: _candidate(t, scheme).sqnr_db, default=None)
+        members = profile.tensors + (profile.castable if scheme == CAST else [])  # bf16 casts the kept tensors too
+        cast_saved = sum(t.original_bytes - _candidate(t, scheme).stored_bytes for t in members[len(profile.tensors):])
+        noise = math.fsum(_candidate(t, scheme).noise_energy for t in members)
+        worst = min(members, key=lambda t: _candidate(t, scheme).sqnr_db, default=None)
         rows.append(UniformFigures(
-            scheme, stored + profile.kept_bytes, 8 * stored / values if values else 0.0,
+            scheme, stored + profile.kept_bytes - cast_saved, 8 * stored / values if values else 0.0,
             10 * math.log10(profile.total_signal_energy / noise) if noise > 0 else math.inf,
             _candidate(worst, scheme).sqnr_db if worst else math.inf, worst.name if worst else None,
         ))
@@ -69,7 +71,7 @@ def layer_sqnr(profile: Profile) -> tuple[list[str], dict[str, list[float | None
 
 
 def render_profile_json(profile: Profile) -> str:
-    """The profile file's JSON (keys in README.md, ``profile_version`` 1); infinities are null."""
+    """The profile file's JSON (keys in README.md, ``profile_version`` 2); infinities are null."""
     return json.dumps(profile.to_dict(), indent=2, allow_nan=False)
 
 

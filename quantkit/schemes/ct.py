@@ -60,6 +60,10 @@ class CompressedTensorsScheme(QuantScheme):
     family: ClassVar[str] = FAMILY
     mixes_within_family: ClassVar[bool] = True  # one config group per scheme, "mixed-precision"
 
+    @property
+    def uses_settings(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({"group_size"}) if self.name in _INT else frozenset()
+
     def outputs(self, spec, *, transpose=False, settings=SchemeSettings()):
         if transpose:
             raise UsageError(f"{spec.name}: {self.name} stores Linear weights [out, in]; a Conv1D weight is kept unquantized")

@@ -32,7 +32,7 @@ def test_json_html_and_profile_file(model, tmp_path):
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed == json.loads(out.read_text())
-    assert printed["profile_version"] == 1 and printed["schemes"] == ["int8", "nf4"]
+    assert printed["profile_version"] == 2 and printed["schemes"] == ["int8", "nf4"]
     assert len(printed["tensors"]) == 12 and set(printed["tensors"][0]["candidates"]) == {"keep", "int8", "nf4"}
     html = page.read_text()
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
@@ -66,7 +66,7 @@ def test_reused_profile_is_refused_for_a_changed_checkpoint(model, tmp_path):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (("--schemes", "bf16"), 2, "not a quantizing scheme"),
+        (("--schemes", "fp16"), 2, "not a quantizing scheme or bf16"),
         (("--schemes", "int3"), 2, "unknown scheme 'int3'"),
         (("--target-bits", "1"), 2, "below the smallest achievable"),
         (("--target-bits", "4", "--min-sqnr", "20"), 2, "exactly one target"),
