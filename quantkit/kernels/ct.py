@@ -18,50 +18,66 @@ keep both cores busy).
 
 from __future__ import annotations
 
-import functools
-
 import ml_dtypes
 import numpy as np
 
-from ._floats import ABS_MASK, INF_BITS, bf16_to_f32, f16_to_f32, round_to_f16
+from ._floats import ABS_MASK, INF_BITS, bf16_to_f32, f16_to_f32, round_to_f16, round_to_f16_in_range
 from ._jit import kernel
 
 KINDS = {np.dtype(np.float32): 0, np.dtype(ml_dtypes.bfloat16): 1, np.dtype(np.float16): 2}
 FP8_MAX = np.float32(448.0)
 FP8_NAN_CODE = np.uint8(0x7F)
-
-
-@functools.cache
-def fp8_table() -> np.ndarray:
-    """FP8 E4M3 code of every float32 whose bits 0-14 are zero, indexed by its bits 15-31
-    (a float32's code is this table at ``(bits | sticky(bits & 0x7FFF) << 15) >> 15``; see
-    ``encode_fp8``). Built from ml_dtypes' cast, which rounds to nearest even as torch does."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        return (np.arange(1 << 17, dtype=np.uint32) << 15).view(np.float32).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+_SUBNORMAL_MAGIC = np.float32(16384.0)  # its last place is 2**-9, FP8's subnormal step
+_FP8_NORMAL_MIN_BITS = np.uint32(0x3C800000)  # 2**-6
 
 
 @kernel
-def load(src, i, kind):
-    """Element ``i`` of a float32 / bfloat16-bits / float16-bits array as float32 (exact)."""
+def widen_into(src, start, count, kind, out):
+    """``out[:count] = src[start:start + count]`` as float32 (exact), one loop per kind."""
     if kind == 0:
-        return np.float32(src[i])
-    if kind == 1:
-        return bf16_to_f32(src[i])
-    return f16_to_f32(src[i])
+        for i in range(count):
+            out[i] = np.float32(src[start + i])
+    elif kind == 1:
+        for i in range(count):
+            out[i] = bf16_to_f32(src[start + i])
+    else:
+        for i in range(count):
+            out[i] = f16_to_f32(src[start + i])
+
+
+@kernel
+def round_bf16(x):
+    """``x`` (not NaN) rounded to the nearest-even bfloat16, kept as float32."""
+    bits = np.float32(x).view(np.uint32)
+    return np.uint32((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(np.float32)
 
 
 @kernel
 def round_to_kind(x, kind):
     """``x`` rounded to the weight's dtype (nearest even), kept as float32. NaN stays NaN."""
-    if kind == 0:
+    if kind == 0 or x != x:
         return x
-    if kind == 2:
-        return round_to_f16(x)
-    bits = np.float32(x).view(np.uint32)
-    if (bits & ABS_MASK) > INF_BITS:
-        return x
-    odd = (bits >> np.uint32(16)) & np.uint32(1)
-    return np.uint32((bits + np.uint32(0x7FFF) + odd) & np.uint32(0xFFFF0000)).view(np.float32)
+    return round_to_f16(x) if kind == 2 else round_bf16(x)
+
+
+@kernel
+def clamp(x, low, high):
+    """``x`` within [low, high]; NaN stays NaN (as torch.clamp and np.clip)."""
+    return low if x < low else (high if x > high else x)
+
+
+@kernel
+def fp8_code(q):
+    """The FP8 E4M3 code of a float32 within +-448 (not NaN), rounded to nearest even, with
+    integer and float arithmetic only (so that loops of it vectorise): normal results keep 3
+    mantissa bits and rebase the exponent from 127 to 7; below 2**-6 the float adder rounds
+    to a multiple of 2**-9 (16384's last place), which times 512 is the code (8: 2**-6)."""
+    bits = np.float32(q).view(np.uint32)
+    magnitude = bits & ABS_MASK
+    normal = ((magnitude + np.uint32(0x7FFFF) + ((magnitude >> np.uint32(20)) & np.uint32(1))) >> np.uint32(20)) - np.uint32(120 << 3)
+    tiny = np.uint32(((np.float32(abs(q)) + _SUBNORMAL_MAGIC) - _SUBNORMAL_MAGIC) * np.float32(512.0))
+    code = tiny if magnitude < _FP8_NORMAL_MIN_BITS else normal
+    return np.uint8(code | ((bits >> np.uint32(24)) & np.uint32(0x80)))
 
 
 @kernel
@@ -74,60 +90,98 @@ def scale_of(largest_bits, half_range, eps, kind):
 
 
 @kernel
-def encode_fp8(q, kind, table):
-    """The FP8 code of ``x / scale`` (float32, not yet clamped or rounded to the dtype)."""
-    if q != q:
-        return FP8_NAN_CODE
-    q = min(max(q, -FP8_MAX), FP8_MAX)
-    bits = np.float32(round_to_kind(q, kind)).view(np.uint32)
-    sticky = ((bits & np.uint32(0x7FFF)) + np.uint32(0x7FFF)) & np.uint32(0x8000)
-    return table[(bits | sticky) >> np.uint32(15)]
+def largest_bits(values, start, stop):
+    """The largest |value| of ``values[start:stop]`` as float32 bits (NaN: above INF_BITS)."""
+    bits = values.view(np.uint32)
+    largest = np.uint32(0)
+    for i in range(start, stop):
+        largest = max(largest, np.uint32(bits[i] & ABS_MASK))
+    return largest
 
 
 @kernel
-def fp8_rows(src, kind, cols, codes, scales, table):
+def fp8_encode(values, start, stop, scale, kind, codes, first):
+    """``codes[first + i]`` = FP8 of ``values[start + i] / scale``, clamped to +-448 and rounded
+    to the weight's dtype first; one vectorisable loop per kind where the scale is finite
+    (no quotient is NaN then), a scalar one with NaN checks where it is not."""
+    n = stop - start
+    if not (abs(scale) < np.inf):
+        for i in range(n):
+            q = values[start + i] / scale
+            codes[first + i] = FP8_NAN_CODE if q != q else fp8_code(round_to_kind(clamp(q, -FP8_MAX, FP8_MAX), kind))
+    elif kind == 0:
+        for i in range(n):
+            codes[first + i] = fp8_code(clamp(values[start + i] / scale, -FP8_MAX, FP8_MAX))
+    elif kind == 1:
+        for i in range(n):
+            codes[first + i] = fp8_code(round_bf16(clamp(values[start + i] / scale, -FP8_MAX, FP8_MAX)))
+    else:
+        for i in range(n):
+            codes[first + i] = fp8_code(round_to_f16_in_range(clamp(values[start + i] / scale, -FP8_MAX, FP8_MAX)))
+
+
+@kernel
+def fp8_rows(src, kind, cols, codes, scales):
     """FP8 per output row: ``codes`` uint8 ``[rows * cols]``, ``scales`` float32 ``[rows]``.
     Returns whether any scale is not finite."""
-    eps = np.float32(2.0**-23) if kind == 0 else (np.float32(2.0**-7) if kind == 1 else np.float32(2.0**-10))
-    rows = scales.shape[0]
+    eps = _eps(kind)
+    row = np.empty(cols, dtype=np.float32)
     finite = True
-    for r in range(rows):
-        start = r * cols
-        largest = np.uint32(0)
-        for c in range(start, start + cols):
-            largest = max(largest, np.uint32(np.float32(load(src, c, kind)).view(np.uint32) & ABS_MASK))
+    for r in range(scales.shape[0]):
+        widen_into(src, r * cols, cols, kind, row)
+        largest = largest_bits(row, 0, cols)
         scale = scale_of(largest, FP8_MAX, eps, kind)
         scales[r] = scale
         if largest >= INF_BITS:
             finite = False
-        for c in range(start, start + cols):
-            codes[c] = encode_fp8(load(src, c, kind) / scale, kind, table)
+        fp8_encode(row, 0, cols, scale, kind, codes, r * cols)
     return not finite
 
 
 @kernel
-def fp8_blocks(src, kind, rows, cols, block, codes, scales, table):
+def fp8_blocks(src, kind, rows, cols, block, codes, scales):
     """FP8 per ``block x block`` tile: ``codes`` uint8 ``[rows * cols]``, ``scales`` float32
-    ``[ceil(rows/block), ceil(cols/block)]``; ragged edge tiles are scaled from what they hold.
+    ``[ceil(rows/block), ceil(cols/block)]``; ragged edge tiles are scaled from what they
+    hold. A band of ``block`` rows is widened once (it stays in the cache: 64 KiB a tile).
     Returns whether any scale is not finite."""
-    eps = np.float32(2.0**-23) if kind == 0 else (np.float32(2.0**-7) if kind == 1 else np.float32(2.0**-10))
+    eps = _eps(kind)
+    band = np.empty(block * cols, dtype=np.float32)
     finite = True
     for br in range(scales.shape[0]):
-        r0, r1 = br * block, min(rows, br * block + block)
+        r0 = br * block
+        height = min(rows, r0 + block) - r0
+        widen_into(src, r0 * cols, height * cols, kind, band)
         for bc in range(scales.shape[1]):
             c0, c1 = bc * block, min(cols, bc * block + block)
             largest = np.uint32(0)
-            for r in range(r0, r1):
-                for c in range(r * cols + c0, r * cols + c1):
-                    largest = max(largest, np.uint32(np.float32(load(src, c, kind)).view(np.uint32) & ABS_MASK))
+            for r in range(height):
+                largest = max(largest, largest_bits(band, r * cols + c0, r * cols + c1))
             scale = scale_of(largest, FP8_MAX, eps, kind)
             scales[br, bc] = scale
             if largest >= INF_BITS:
                 finite = False
-            for r in range(r0, r1):
-                for c in range(r * cols + c0, r * cols + c1):
-                    codes[c] = encode_fp8(load(src, c, kind) / scale, kind, table)
+            for r in range(height):
+                fp8_encode(band, r * cols + c0, r * cols + c1, scale, kind, codes, (r0 + r) * cols + c0)
     return not finite
+
+
+@kernel
+def int_encode(values, start, stop, scale, kind, q_min, q_max, offset, codes):
+    """``codes[start + i]`` = ``round(values[start + i] / scale)`` (clamped, rounded to the
+    weight's dtype, then half to even) plus ``offset``; ``offset`` alone for a scale that is
+    not finite (torch casts the NaN quotients to 0)."""
+    if not (abs(scale) < np.inf):
+        for i in range(start, stop):
+            codes[i] = np.uint8(offset)
+    elif kind == 0:
+        for i in range(start, stop):
+            codes[i] = np.uint8(np.int32(np.rint(clamp(values[i] / scale, q_min, q_max))) + offset)
+    elif kind == 1:
+        for i in range(start, stop):
+            codes[i] = np.uint8(np.int32(np.rint(round_bf16(clamp(values[i] / scale, q_min, q_max)))) + offset)
+    else:
+        for i in range(start, stop):
+            codes[i] = np.uint8(np.int32(np.rint(round_to_f16_in_range(clamp(values[i] / scale, q_min, q_max)))) + offset)
 
 
 @kernel
@@ -135,36 +189,38 @@ def int_groups(src, kind, cols, group, bits, packed, scales):
     """Symmetric integers in groups of ``group`` along each row, offset to unsigned and packed
     little end first: ``packed`` uint8 ``[rows, row_bytes]`` (zero padded), ``scales`` float32
     ``[rows, cols // group]``. Returns whether any scale is not finite."""
-    eps = np.float32(2.0**-23) if kind == 0 else (np.float32(2.0**-7) if kind == 1 else np.float32(2.0**-10))
+    eps = _eps(kind)
     q_max = np.float32((1 << (bits - 1)) - 1)
     q_min = np.float32(-(1 << (bits - 1)))
     half_range = np.float32(127.5) if bits == 8 else np.float32(7.5)
     offset = np.int32(1 << (bits - 1))
+    row = np.empty(cols, dtype=np.float32)
+    codes = np.zeros(cols + 1, dtype=np.uint8)  # one spare zero: an odd INT4 row's padding
     finite = True
     for r in range(scales.shape[0]):
-        out = packed[r]
-        out[:] = 0
+        widen_into(src, r * cols, cols, kind, row)
         for g in range(scales.shape[1]):
-            start = r * cols + g * group
-            largest = np.uint32(0)
-            for c in range(start, start + group):
-                largest = max(largest, np.uint32(np.float32(load(src, c, kind)).view(np.uint32) & ABS_MASK))
+            largest = largest_bits(row, g * group, g * group + group)
             scale = scale_of(largest, half_range, eps, kind)
             scales[r, g] = scale
-            ok = largest < INF_BITS
-            if not ok:
+            if largest >= INF_BITS:
                 finite = False
-            for k in range(group):
-                code = offset
-                if ok:
-                    q = min(max(load(src, start + k, kind) / scale, q_min), q_max)
-                    code += np.int32(np.rint(round_to_kind(q, kind)))
-                col = g * group + k
-                if bits == 8:
-                    out[col] = np.uint8(code)
-                else:
-                    out[col >> 1] |= np.uint8(code << ((col & 1) * 4))
+            int_encode(row, g * group, g * group + group, scale, kind, q_min, q_max, offset, codes)
+        out = packed[r]
+        out[:] = 0
+        if bits == 8:
+            out[:cols] = codes[:cols]
+        else:
+            for j in range((cols + 1) // 2):
+                out[j] = codes[2 * j] | np.uint8(codes[2 * j + 1] << np.uint8(4))
+            codes[cols] = 0
     return not finite
+
+
+@kernel
+def _eps(kind):
+    """``finfo(dtype).eps`` of the weight's dtype: what a zero scale becomes."""
+    return np.float32(2.0**-23) if kind == 0 else (np.float32(2.0**-7) if kind == 1 else np.float32(2.0**-10))
 
 
 def quantize(weight: np.ndarray, scheme: str, *, group_size: int, block: int = 128) -> tuple[dict[str, np.ndarray], bool] | None:
@@ -181,10 +237,10 @@ def quantize(weight: np.ndarray, scheme: str, *, group_size: int, block: int = 1
         codes = np.empty(rows * cols, dtype=np.uint8)
         if scheme == "fp8":
             scales = np.empty((rows, 1), dtype=np.float32)
-            bad = fp8_rows(src, kind, cols, codes, scales.reshape(-1), fp8_table())
+            bad = fp8_rows(src, kind, cols, codes, scales.reshape(-1))
         else:
             scales = np.empty((-(-rows // block), -(-cols // block)), dtype=np.float32)
-            bad = fp8_blocks(src, kind, rows, cols, block, codes, scales, fp8_table())
+            bad = fp8_blocks(src, kind, rows, cols, block, codes, scales)
         return {"weight": codes.view(ml_dtypes.float8_e4m3fn).reshape(rows, cols), "weight_scale": _stored(scales, weight.dtype)}, bad
     bits = 8 if scheme == "w8a16" else 4
     packed = np.empty((rows, -(-cols * bits // 32) * 4), dtype=np.uint8)

@@ -128,13 +128,18 @@ def test_float64_is_left_to_the_reference():
     assert compressed.quantize(weight, "fp8")["weight"].tobytes() == compressed.quantize_fp8_channel(weight)["weight"].tobytes()
 
 
-def test_fp8_table_equals_ml_dtypes_cast():
-    """The table the kernels encode with against ml_dtypes' cast on random patterns."""
-    bits = np.random.default_rng(0).integers(0, 1 << 32, 500_000, dtype=np.uint64).astype(np.uint32)
+def test_fp8_code_equals_ml_dtypes_cast():
+    """The kernels' arithmetic FP8 encoder against ml_dtypes' float32 -> FP8 cast (nearest
+    even, as torch), on random patterns within +-448, every tie between FP8 values, its
+    neighbours, the subnormal range, the exact FP8 values and signed zeros."""
+    bits = np.random.default_rng(0).integers(0, 1 << 32, 4_000_000, dtype=np.uint64).astype(np.uint32)
     values = bits.view(np.float32)
-    values = values[np.abs(values) <= 448]
-    codes, _ = ct.quantize(values[: len(values) // 64 * 64].reshape(-1, 64) * 0 + 1, "fp8", group_size=128)
-    sticky = ((bits & 0x7FFF) + 0x7FFF) & 0x8000
-    index = (bits | sticky) >> 15
-    finite = np.abs(bits.view(np.float32)) <= 448
-    assert (ct.fp8_table()[index[finite]] == bits.view(np.float32)[finite].astype(ml_dtypes.float8_e4m3fn).view(np.uint8)).all()
+    grid = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    grid = np.sort(grid[np.isfinite(grid)])
+    ties = ((grid[1:] + grid[:-1]) / 2).astype(np.float32)
+    small = np.random.default_rng(1).uniform(-(2.0**-5), 2.0**-5, 1_000_000).astype(np.float32)
+    near = [ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf)), grid.astype(np.float32), small]
+    values = np.concatenate([values[np.abs(values) <= 448], *near, np.float32([2.0**-149, -(2.0**-149), 0.0, -0.0, 448, -448])])
+    codes = np.empty(values.size, dtype=np.uint8)
+    ct.fp8_encode(values, 0, values.size, np.float32(1.0), 0, codes, 0)
+    assert codes.tobytes() == values.astype(ml_dtypes.float8_e4m3fn).tobytes()
