@@ -59,7 +59,6 @@ import numpy as np
 
 from ..dtypes import BY_ST, DType, dtype_of
 from ..errors import InputError, UsageError
-from ..kernels import ct as ct_kernels
 
 SCHEMES = ("fp8", "fp8-block", "w8a16", "w4a16")
 PRESETS = {"fp8": "FP8_DYNAMIC", "fp8-block": "FP8_BLOCK", "w8a16": "W8A16", "w4a16": "W4A16"}
@@ -142,6 +141,8 @@ def quantize(weight: np.ndarray, scheme: str, *, group_size: int = DEFAULT_GROUP
     weight = np.asarray(weight)
     _check_weight(weight.shape, weight.dtype, scheme, group_size, name)
     weight = np.ascontiguousarray(weight)
+    from ..kernels import ct as ct_kernels  # numba: imported by the schemes that run it, when they do
+
     fused = ct_kernels.quantize(weight, scheme, group_size=group_size, block=FP8_BLOCK)
     if fused is not None:  # the same bytes as the numpy reference below (tests/kernels/test_ct_kernel.py)
         return fused[0]
