@@ -54,7 +54,7 @@ def breakdown(folder: Path, scheme: str, *, reference: bool) -> dict[str, float]
                 _, seconds = _timed(lambda: _reference(weight, scheme))
                 totals["reference"] += seconds
             scratch.seek(0)
-            _, seconds = _timed(lambda: [scratch.write(memoryview(np.ascontiguousarray(a)).cast("B")) for a in stored.values()])
+            _, seconds = _timed(lambda: [scratch.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data) for a in stored.values()])
             totals["write"] += seconds
             totals["in_bytes"] += spec.nbytes
             totals["out_bytes"] += sum(a.nbytes for a in stored.values())
