@@ -15,7 +15,7 @@ from .layout import CONFIG, SCHEME_KEY, SOURCE_EXTRAS_KEY, TRANSPOSED_KEY, defau
 from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .rules import KEEP, Rule, check_mix, parse_rules
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
-from .schemes.ct import FAMILY as CT_FAMILY
+from .schemes.ct import FAMILY as CT_FAMILY, to_torch
 from .selection import Assignment, Kept, check_patterns, layout_for, only_matches, select
 from .sources import CheckpointSource, opened
 from .specs import OutSpec
@@ -145,12 +145,13 @@ class _Converter:
         if self.device == "cpu" and self.source.reads_into_buffer and scheme.quantizes_arrays:
             array = self._read_array(name)
             stored = scheme.quantize_array(name, array, transpose=transpose, settings=self.settings)
-            if not _floats_finite(stored):  # rare: a scale overflowed or a NaN spread; counted with torch
+            if not scheme.arrays_finite(stored):  # rare: a scale overflowed or a NaN spread; counted with torch
                 import numpy as np
-                import torch
 
-                as_torch = [(n, torch.from_numpy(np.ascontiguousarray(a))) for n, a in stored]
-                self._count_created(name, scheme.nonfinite_values(as_torch), int(np.count_nonzero(~np.isfinite(array))))
+                in_source = int(np.count_nonzero(~np.isfinite(array)))
+                if in_source and scheme.family == CT_FAMILY:
+                    self.nonfinite[name] = in_source
+                self._count_created(name, scheme.nonfinite_values([(n, to_torch(a)) for n, a in stored]), in_source)
             return stored
         tensor = self._read_reused(name)
         if scheme.family != CT_FAMILY:  # compressed-tensors kernels are numpy, on the CPU
@@ -440,10 +441,3 @@ def update_hf_config(path: Path, options: ConvertOptions, assignment: Assignment
     writer = get_scheme(options.scheme) if not quantizers or get_scheme(options.scheme) in quantizers else quantizers[0]
     writer.update_hf_config(config, assignment, options.settings)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _floats_finite(stored) -> bool:
-    """Whether every floating-point array a kernel stored (scales, absmax) is finite."""
-    import numpy as np
-
-    return all(bool(np.isfinite(a).all()) for _, a in stored if np.asarray(a).dtype.kind == "f")

@@ -57,7 +57,7 @@ def test_quantize_array_of_nan_weight_matches_quantize():
         assert _bytes(got) == _bytes(want)
 
 
-@pytest.mark.parametrize("scheme", ["int8", "nf4"])
+@pytest.mark.parametrize("scheme", ["int8", "nf4", "fp8", "fp8-block"])
 def test_safetensors_conversion_imports_no_torch(tmp_path: Path, scheme):
     from safetensors.numpy import save_file
 
@@ -85,3 +85,37 @@ def test_auto_device_without_torch_agrees_with_torch():
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "fp8-block", "w8a16", "w4a16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_compressed_tensors_arrays_match_torch_path_with_nan_and_inf(tmp_path: Path, scheme, dtype):
+    """A safetensors source (numpy buffers, fused kernels) and the same tensors from a .pth
+    (torch path) give the same stored bytes and the same NaN / inf counts."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from quantkit.convert import ConvertOptions, convert
+
+    g = torch.Generator().manual_seed(3)
+    sd = {f"layers.{i}.proj.weight": (torch.randn(160, 256, generator=g) * 0.02).to(getattr(torch, dtype)) for i in range(3)}
+    sd["layers.0.proj.weight"][3, 5] = float("nan")
+    sd["layers.0.proj.weight"][150, 200] = float("inf")
+    sd["layers.2.proj.weight"][7] = 0.0
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    torch.save(sd, tmp_path / "model.pth")
+    results, tensors = [], []
+    for source in ("model.safetensors", "model.pth"):
+        out = tmp_path / f"out-{source}"
+        results.append(convert(tmp_path / source, out, options=ConvertOptions(scheme, device="cpu")))
+        with safe_open(out / "model.safetensors", "pt") as f:
+            tensors.append({k: _bytes([(k, _as_bytes_view(f.get_tensor(k)))]) for k in f.keys()})
+    assert tensors[0] == tensors[1]
+    assert results[0].nonfinite == results[1].nonfinite == {"layers.0.proj.weight": 2}
+    assert results[0].nonfinite_created == results[1].nonfinite_created
+    assert results[0].nonfinite_created["layers.0.proj.weight"] > 0
+
+
+def _as_bytes_view(tensor):
+    """A torch tensor's bytes as a uint8 tensor (numpy has no bfloat16 / float8 of torch's)."""
+    return tensor.contiguous().view(torch.uint8) if tensor.dim() else tensor.reshape(1).view(torch.uint8)

@@ -91,6 +91,14 @@ class QuantScheme(Scheme):
         Only schemes with ``quantizes_arrays`` have it."""
         raise NotImplementedError(f"{self.name} quantizes torch tensors only")
 
+    def arrays_finite(self, stored: list[tuple[str, object]]) -> bool:
+        """Whether every floating-point array ``quantize_array`` stored (scales, absmax) is
+        finite; only then may ``nonfinite_values`` be skipped. A scheme whose stored values
+        cannot be non-finite where its scales are finite checks less."""
+        import numpy as np
+
+        return all(bool(np.isfinite(a).all()) for _, a in stored if np.asarray(a).dtype.kind == "f")
+
     @abstractmethod
     def quantize(
         self, name: str, tensor: torch.Tensor, *, transpose: bool = False, settings: SchemeSettings = SchemeSettings()

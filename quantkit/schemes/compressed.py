@@ -141,6 +141,11 @@ def quantize(weight: np.ndarray, scheme: str, *, group_size: int = DEFAULT_GROUP
     weight = np.asarray(weight)
     _check_weight(weight.shape, weight.dtype, scheme, group_size, name)
     weight = np.ascontiguousarray(weight)
+    from ..kernels import ct as ct_kernels  # numba: imported by the schemes that run it, when they do
+
+    fused = ct_kernels.quantize(weight, scheme, group_size=group_size, block=FP8_BLOCK)
+    if fused is not None:  # the same bytes as the numpy reference below (tests/kernels/test_ct_kernel.py)
+        return fused[0]
     if scheme == "fp8":
         return quantize_fp8_channel(weight)
     if scheme == "fp8-block":

@@ -1,7 +1,8 @@
 """compressed-tensors: ``fp8``, ``fp8-block``, ``w8a16``, ``w4a16``, stored as llm-compressor's
 ``model_free_ptq`` stores them, with the ``quantization_config`` vLLM, SGLang and transformers read.
 
-This module declares the schemes; the numpy kernels are in ``compressed`` and the config
+This module declares the schemes; the kernels are in ``compressed`` (numpy reference, and the
+fused numba kernels of ``quantkit.kernels.ct`` it calls) and the config
 builder in ``compressed_config``. The tensors of a Linear ``P`` are listed in ``compressed``.
 
 Only ``Linear`` weights ``[out, in]`` are quantized: transformers' compressed-tensors
@@ -59,6 +60,7 @@ class CompressedTensorsScheme(QuantScheme):
 
     family: ClassVar[str] = FAMILY
     mixes_within_family: ClassVar[bool] = True  # one config group per scheme, "mixed-precision"
+    quantizes_arrays: ClassVar[bool] = True
 
     @property
     def uses_settings(self) -> frozenset[str]:  # type: ignore[override]
@@ -73,6 +75,20 @@ class CompressedTensorsScheme(QuantScheme):
         except UsageError as error:
             raise UsageError(f"{error}, or give it another scheme: --rule '^{_escape(module)}\\.weight$=bf16'") from None
         return [OutSpec(f"{module}.{t.suffix}", t.dtype, t.shape) for t in stored]
+
+    def quantize_array(self, name, array, *, transpose=False, settings=SchemeSettings()):
+        """The fused kernels (``quantkit.kernels.ct``) on a numpy weight; no torch."""
+        if transpose:
+            raise UsageError(f"{name}: {self.name} stores Linear weights [out, in]; a Conv1D weight is kept unquantized")
+        module = name.removesuffix(".weight")
+        stored = compressed.quantize(array, self.name, group_size=settings.group_size, name=name)
+        return [(f"{module}.{suffix}", value) for suffix, value in stored.items()]
+
+    def arrays_finite(self, stored):
+        """The scales alone: FP8 codes are NaN only where their scale is not finite."""
+        import numpy as np
+
+        return all(bool(np.isfinite(a).all()) for n, a in stored if n.endswith(".weight_scale"))
 
     def quantize(self, name, tensor, *, transpose=False, settings=SchemeSettings()):
         module = name.removesuffix(".weight")

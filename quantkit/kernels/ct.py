@@ -1,0 +1,271 @@
+"""compressed-tensors FP8 / FP8-block / INT8 / INT4 weights, fused: absmax, scale, divide,
+clamp, round and encode (or pack) in one kernel per row, block or group.
+
+The arithmetic is ``quantkit.schemes.compressed``'s numpy reference, step by step (which is
+compressed-tensors' own, byte for byte): a row / block / group's ``absmax`` is its largest
+|value| (NaN if it holds one), ``scale = absmax / half_range`` in float32 rounded once to
+the weight's dtype (a zero scale becomes that dtype's ``eps``), each ``x / scale`` in
+float32 is clamped (+-448 for FP8, the integer range otherwise), rounded once to the
+weight's dtype, then cast to FP8 (nearest even) or rounded half to even to an integer. A
+group whose scale is not finite stores integer code 0; a NaN quotient stores FP8 0x7F.
+
+Inputs are the bytes a checkpoint holds: float32, or bfloat16 / float16 viewed as uint16
+(``kind`` 0, 1, 2). float64 weights stay on the numpy reference. The kernels release the
+GIL and run one per converter worker thread (no ``prange``: numba's default threading
+layer cannot be entered by two threads at once, and the converter's two workers already
+keep both cores busy).
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from ._floats import ABS_MASK, INF_BITS, bf16_to_f32, f16_to_f32, round_to_f16, round_to_f16_in_range
+from ._jit import kernel
+
+KINDS = {np.dtype(np.float32): 0, np.dtype(ml_dtypes.bfloat16): 1, np.dtype(np.float16): 2}
+FP8_MAX = np.float32(448.0)
+FP8_NAN_CODE = np.uint8(0x7F)
+_SUBNORMAL_MAGIC = np.float32(16384.0)  # its last place is 2**-9, FP8's subnormal step
+_FP8_NORMAL_MIN_BITS = np.uint32(0x3C800000)  # 2**-6
+_RINT_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23
+
+
+@kernel
+def widen_into(src, start, count, kind, out):
+    """``out[:count] = src[start:start + count]`` as float32 (exact), one loop per kind."""
+    if kind == 0:
+        for i in range(count):
+            out[i] = np.float32(src[start + i])
+    elif kind == 1:
+        for i in range(count):
+            out[i] = bf16_to_f32(src[start + i])
+    else:
+        for i in range(count):
+            out[i] = f16_to_f32(src[start + i])
+
+
+@kernel
+def round_bf16(x):
+    """``x`` (not NaN) rounded to the nearest-even bfloat16, kept as float32."""
+    bits = np.float32(x).view(np.uint32)
+    return np.uint32((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(np.float32)
+
+
+@kernel
+def round_to_kind(x, kind):
+    """``x`` rounded to the weight's dtype (nearest even), kept as float32. NaN stays NaN."""
+    if kind == 0 or x != x:
+        return x
+    return round_to_f16(x) if kind == 2 else round_bf16(x)
+
+
+@kernel
+def clamp(x, low, high):
+    """``x`` within [low, high]; NaN stays NaN (as torch.clamp and np.clip)."""
+    return low if x < low else (high if x > high else x)
+
+
+@kernel
+def fp8_code(q):
+    """The FP8 E4M3 code of a float32 within +-448 (not NaN), rounded to nearest even, with
+    integer and float arithmetic only (so that loops of it vectorise): normal results keep 3
+    mantissa bits and rebase the exponent from 127 to 7; below 2**-6 the float adder rounds
+    to a multiple of 2**-9 (16384's last place), which times 512 is the code (8: 2**-6)."""
+    bits = np.float32(q).view(np.uint32)
+    magnitude = bits & ABS_MASK
+    normal = ((magnitude + np.uint32(0x7FFFF) + ((magnitude >> np.uint32(20)) & np.uint32(1))) >> np.uint32(20)) - np.uint32(120 << 3)
+    tiny = np.uint32(((np.float32(abs(q)) + _SUBNORMAL_MAGIC) - _SUBNORMAL_MAGIC) * np.float32(512.0))
+    code = tiny if magnitude < _FP8_NORMAL_MIN_BITS else normal
+    return np.uint8(code | ((bits >> np.uint32(24)) & np.uint32(0x80)))
+
+
+@kernel
+def scale_of(largest_bits, half_range, eps, kind):
+    """The stored scale (as float32) of a slice whose largest |value| has these bits."""
+    if largest_bits > INF_BITS:
+        return np.float32(np.nan)
+    scale = round_to_kind(np.uint32(largest_bits).view(np.float32) / half_range, kind)
+    return eps if scale == np.float32(0.0) else scale
+
+
+@kernel
+def largest_bits(values, start, stop):
+    """The largest |value| of ``values[start:stop]`` as float32 bits (NaN: above INF_BITS)."""
+    bits = values.view(np.uint32)
+    largest = np.uint32(0)
+    for i in range(start, stop):
+        largest = max(largest, np.uint32(bits[i] & ABS_MASK))
+    return largest
+
+
+@kernel
+def fp8_encode(values, start, stop, scale, kind, codes, first):
+    """``codes[first + i]`` = FP8 of ``values[start + i] / scale``, clamped to +-448 and rounded
+    to the weight's dtype first; one vectorisable loop per kind where the scale is finite
+    (no quotient is NaN then), a scalar one with NaN checks where it is not."""
+    n = stop - start
+    if not (abs(scale) < np.inf):
+        for i in range(n):
+            q = values[start + i] / scale
+            codes[first + i] = FP8_NAN_CODE if q != q else fp8_code(round_to_kind(clamp(q, -FP8_MAX, FP8_MAX), kind))
+    elif kind == 0:
+        for i in range(n):
+            codes[first + i] = fp8_code(clamp(values[start + i] / scale, -FP8_MAX, FP8_MAX))
+    elif kind == 1:
+        for i in range(n):
+            codes[first + i] = fp8_code(round_bf16(clamp(values[start + i] / scale, -FP8_MAX, FP8_MAX)))
+    else:
+        for i in range(n):
+            codes[first + i] = fp8_code(round_to_f16_in_range(clamp(values[start + i] / scale, -FP8_MAX, FP8_MAX)))
+
+
+@kernel
+def fp8_rows(src, kind, cols, codes, scales):
+    """FP8 per output row: ``codes`` uint8 ``[rows * cols]``, ``scales`` float32 ``[rows]``.
+    Returns whether any scale is not finite."""
+    eps = _eps(kind)
+    row = np.empty(cols, dtype=np.float32)
+    finite = True
+    for r in range(scales.shape[0]):
+        widen_into(src, r * cols, cols, kind, row)
+        largest = largest_bits(row, 0, cols)
+        scale = scale_of(largest, FP8_MAX, eps, kind)
+        scales[r] = scale
+        if largest >= INF_BITS:
+            finite = False
+        fp8_encode(row, 0, cols, scale, kind, codes, r * cols)
+    return not finite
+
+
+@kernel
+def fp8_blocks(src, kind, rows, cols, block, codes, scales):
+    """FP8 per ``block x block`` tile: ``codes`` uint8 ``[rows * cols]``, ``scales`` float32
+    ``[ceil(rows/block), ceil(cols/block)]``; ragged edge tiles are scaled from what they
+    hold. A band of ``block`` rows is widened once (it stays in the cache: 64 KiB a tile).
+    Returns whether any scale is not finite."""
+    eps = _eps(kind)
+    band = np.empty(block * cols, dtype=np.float32)
+    finite = True
+    for br in range(scales.shape[0]):
+        r0 = br * block
+        height = min(rows, r0 + block) - r0
+        widen_into(src, r0 * cols, height * cols, kind, band)
+        for bc in range(scales.shape[1]):
+            c0, c1 = bc * block, min(cols, bc * block + block)
+            largest = np.uint32(0)
+            for r in range(height):
+                largest = max(largest, largest_bits(band, r * cols + c0, r * cols + c1))
+            scale = scale_of(largest, FP8_MAX, eps, kind)
+            scales[br, bc] = scale
+            if largest >= INF_BITS:
+                finite = False
+            for r in range(height):
+                fp8_encode(band, r * cols + c0, r * cols + c1, scale, kind, codes, (r0 + r) * cols + c0)
+    return not finite
+
+
+@kernel
+def rint_small(x):
+    """``np.rint(x)`` (half to even) for |x| below 2**22, by the float adder's own rounding at
+    1.5 * 2**23, whose last place is 1; unlike ``np.rint`` it vectorises."""
+    return (np.float32(x) + _RINT_MAGIC) - _RINT_MAGIC
+
+
+@kernel
+def int_encode(values, start, stop, scale, kind, q_min, q_max, offset, codes):
+    """``codes[start + i]`` = ``round(values[start + i] / scale)`` (clamped, rounded to the
+    weight's dtype, then half to even) plus ``offset``; ``offset`` alone for a scale that is
+    not finite (torch casts the NaN quotients to 0)."""
+    if not (abs(scale) < np.inf):
+        for i in range(start, stop):
+            codes[i] = np.uint8(offset)
+    elif kind == 0:
+        for i in range(start, stop):
+            codes[i] = np.uint8(np.int32(rint_small(clamp(values[i] / scale, q_min, q_max))) + offset)
+    elif kind == 1:
+        for i in range(start, stop):
+            codes[i] = np.uint8(np.int32(rint_small(round_bf16(clamp(values[i] / scale, q_min, q_max)))) + offset)
+    else:
+        for i in range(start, stop):
+            codes[i] = np.uint8(np.int32(rint_small(round_to_f16_in_range(clamp(values[i] / scale, q_min, q_max)))) + offset)
+
+
+@kernel
+def int_groups(src, kind, cols, group, bits, packed, scales):
+    """Symmetric integers in groups of ``group`` along each row, offset to unsigned and packed
+    little end first: ``packed`` uint8 ``[rows, row_bytes]`` (zero padded), ``scales`` float32
+    ``[rows, cols // group]``. Returns whether any scale is not finite."""
+    eps = _eps(kind)
+    q_max = np.float32((1 << (bits - 1)) - 1)
+    q_min = np.float32(-(1 << (bits - 1)))
+    half_range = np.float32(127.5) if bits == 8 else np.float32(7.5)
+    offset = np.int32(1 << (bits - 1))
+    row = np.empty(cols, dtype=np.float32)
+    codes = np.zeros(cols + 1, dtype=np.uint8)  # one spare zero: an odd INT4 row's padding
+    finite = True
+    for r in range(scales.shape[0]):
+        widen_into(src, r * cols, cols, kind, row)
+        for g in range(scales.shape[1]):
+            largest = largest_bits(row, g * group, g * group + group)
+            scale = scale_of(largest, half_range, eps, kind)
+            scales[r, g] = scale
+            if largest >= INF_BITS:
+                finite = False
+            int_encode(row, g * group, g * group + group, scale, kind, q_min, q_max, offset, codes)
+        out = packed[r]
+        out[:] = 0
+        if bits == 8:
+            out[:cols] = codes[:cols]
+        else:
+            for j in range((cols + 1) // 2):
+                out[j] = codes[2 * j] | np.uint8(codes[2 * j + 1] << np.uint8(4))
+            codes[cols] = 0
+    return not finite
+
+
+@kernel
+def _eps(kind):
+    """``finfo(dtype).eps`` of the weight's dtype: what a zero scale becomes."""
+    return np.float32(2.0**-23) if kind == 0 else (np.float32(2.0**-7) if kind == 1 else np.float32(2.0**-10))
+
+
+def quantize(weight: np.ndarray, scheme: str, *, group_size: int, block: int = 128) -> tuple[dict[str, np.ndarray], bool] | None:
+    """``{suffix: array}`` for a checked 2-D weight, as ``quantkit.schemes.compressed.quantize``
+    returns it, and whether some scale is not finite (the weight held NaN or inf); None for a
+    dtype the kernels do not take (float64: the numpy reference quantizes it)."""
+    kind = KINDS.get(weight.dtype)
+    if kind is None:
+        return None
+    rows, cols = weight.shape
+    src = np.ascontiguousarray(weight).reshape(-1)
+    src = src if kind == 0 else src.view(np.uint16)
+    if scheme in ("fp8", "fp8-block"):
+        codes = np.empty(rows * cols, dtype=np.uint8)
+        if scheme == "fp8":
+            scales = np.empty((rows, 1), dtype=np.float32)
+            bad = fp8_rows(src, kind, cols, codes, scales.reshape(-1))
+        else:
+            scales = np.empty((-(-rows // block), -(-cols // block)), dtype=np.float32)
+            bad = fp8_blocks(src, kind, rows, cols, block, codes, scales)
+        return {"weight": codes.view(ml_dtypes.float8_e4m3fn).reshape(rows, cols), "weight_scale": _stored(scales, weight.dtype)}, bad
+    bits = 8 if scheme == "w8a16" else 4
+    packed = np.empty((rows, -(-cols * bits // 32) * 4), dtype=np.uint8)
+    scales = np.empty((rows, cols // group_size), dtype=np.float32)
+    bad = int_groups(src, kind, cols, group_size, bits, packed, scales)
+    stored = {
+        "weight_packed": packed.view("<i4").astype(np.int32, copy=False),
+        "weight_scale": _stored(scales, weight.dtype),
+        "weight_shape": np.array([rows, cols], dtype=np.int64),
+    }
+    return stored, bad
+
+
+def _stored(scales: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float32 scales (values already of ``dtype``) in ``dtype``; NaN as the canonical quiet NaN."""
+    out = scales.astype(dtype)
+    nan = np.isnan(scales)
+    if nan.any():
+        out[nan] = np.nan
+    return out
