@@ -26,6 +26,9 @@ SCHEME_KEY = "quantkit.scheme"
 # SHA-256 of the whole shard file as it reads with this value replaced by SELF_SHA256_PLACEHOLDER:
 # a checksum that travels with the shard, header included, when quantkit.json is lost
 SELF_SHA256_KEY = "quantkit.self_sha256"
+# Version 2, written now: SHA-256 of the SHA-256 of the header (this value as the placeholder)
+# and of every 1 MiB slice of every tensor, in file order (writing/selfsum.py says how)
+SELF_SHA256_V2_KEY = "quantkit.self_sha256_v2"
 SELF_SHA256_PLACEHOLDER = "0" * 64
 
 

@@ -1,0 +1,177 @@
+"""A shard's own checksum, kept in its header so that it travels with the file.
+
+Version 2 (``layout.SELF_SHA256_V2_KEY``, written now): the SHA-256 of a list of SHA-256
+digests: first that of the header (the 8-byte length and the JSON, this value read as 64
+``0`` characters), then that of every ``LEAF_BYTES`` slice of every tensor's bytes, tensors in
+file order, each sliced from its own first byte (the last slice of a tensor may be shorter; an
+empty tensor has none). The slices are hashed by the threads that cast and write them, from
+memory and in parallel, so the record costs no pass over the file of its own: the one pass
+left is the plain SHA-256 of the finished file that ``quantkit.json`` records.
+
+Version 1 (``layout.SELF_SHA256_KEY``, written before): the SHA-256 of the whole file with
+the value read as 64 zeros; ``verify`` still checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import VerificationError
+from ..layout import SELF_SHA256_KEY, SELF_SHA256_PLACEHOLDER, SELF_SHA256_V2_KEY
+from ..safetensors_format import HEADER_LENGTH_BYTES, SafetensorsHeader
+
+LEAF_BYTES = 1 << 20  # part of the version 2 format: changing it needs a new key
+HASH_WINDOW_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class PieceSums:
+    """The leaves of one written piece of a tensor: ``head`` bytes that end a leaf begun in an
+    earlier piece, the digests of the leaves wholly inside, and ``tail`` bytes that begin a
+    leaf ending in a later piece."""
+
+    head: int
+    digests: tuple[bytes, ...]
+    tail: int
+
+
+def piece_sums(data, start: int, total: int) -> PieceSums:
+    """Hash the leaves wholly inside bytes ``start..start+len(data)`` of a tensor of ``total``
+    bytes (any thread: hashlib releases the GIL on large buffers)."""
+    view = memoryview(data).cast("B")
+    end = len(view)
+    head = min((-start) % LEAF_BYTES, end)
+    digests = []
+    at = head
+    while at < end:
+        leaf_end = min(at + LEAF_BYTES, total - start)
+        if leaf_end > end:
+            break
+        digests.append(hashlib.sha256(view[at:leaf_end]).digest())
+        at = leaf_end
+    return PieceSums(head, tuple(digests), end - at)
+
+
+class TensorLeaves:
+    """One tensor's leaf digests, assembled from its pieces passed in order (one thread);
+    bytes of leaves split across pieces are hashed here."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total = name, total
+        self.digests: list[bytes] = []
+        self._at = 0  # bytes of the tensor passed so far
+        self._partial = hashlib.sha256()
+        self._partial_bytes = 0
+
+    def add(self, start: int, data, sums: PieceSums | None = None) -> None:
+        view = memoryview(data).cast("B")
+        if start != self._at or start + len(view) > self.total:
+            raise VerificationError(f"tensor {self.name!r}: bytes {start}..{start + len(view)} passed out of order")  # a bug
+        sums = sums if sums is not None else piece_sums(view, start, self.total)
+        self._feed(view[: sums.head], start)
+        self.digests.extend(sums.digests)
+        self._feed(view[len(view) - sums.tail :], start + len(view) - sums.tail)
+        self._at = start + len(view)
+
+    def _feed(self, view: memoryview, start: int) -> None:
+        if not len(view):
+            return
+        self._partial.update(view)
+        self._partial_bytes += len(view)
+        leaf_start = start + len(view) - self._partial_bytes
+        if self._partial_bytes == min(LEAF_BYTES, self.total - leaf_start):
+            self.digests.append(self._partial.digest())
+            self._partial, self._partial_bytes = hashlib.sha256(), 0
+
+    @property
+    def complete(self) -> bool:
+        return self._at == self.total and not self._partial_bytes
+
+
+def tree_root(header: bytes, leaves: list[bytes]) -> str:
+    """The version 2 record of a file whose header (length prefix included, record as zeros)
+    is ``header`` and whose leaf digests, in file order, are ``leaves``."""
+    root = hashlib.sha256(hashlib.sha256(header).digest())
+    root.update(b"".join(leaves))
+    return root.hexdigest()
+
+
+def record_offset(header: bytes, key: str, value: str = SELF_SHA256_PLACEHOLDER) -> int:
+    """Where, in ``header`` (the JSON after the length), the value of ``key`` starts.
+    ValueError unless it occurs exactly once (JSON escapes any quote inside another string)."""
+    pattern = f'"{key}":"{value}"'.encode()
+    at = header.find(pattern)
+    if at < 0 or header.find(pattern, at + 1) >= 0:
+        raise ValueError(f"{key} is not in the header exactly once")
+    return at + len(pattern) - len(value) - 1
+
+
+def sha256_of(path: Path, *, skip: bytes = b"", chunk_bytes: int = HASH_WINDOW_BYTES) -> str:
+    """SHA-256 of a file; ``skip``: its first bytes, already in memory (not read again). The
+    file is mapped, not copied: hashlib reads the page cache directly."""
+    digest = hashlib.sha256(skip)
+    with open(path, "rb", buffering=0) as f:
+        size = f.seek(0, 2)
+        if size <= len(skip):
+            return digest.hexdigest() if size == len(skip) else hashlib.sha256(skip[:size]).hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mapped)
+            try:
+                for at in range(len(skip), size, chunk_bytes):
+                    digest.update(view[at : at + chunk_bytes])
+            finally:
+                view.release()
+    return digest.hexdigest()
+
+
+def file_digests(path: Path, header: SafetensorsHeader, window_bytes: int = HASH_WINDOW_BYTES) -> tuple[str, str | None]:
+    """The plain SHA-256 of a shard and, when its header carries a record, the value that
+    record should hold ("" when the record is not in the header exactly once); one read."""
+    key = SELF_SHA256_V2_KEY if SELF_SHA256_V2_KEY in header.metadata else SELF_SHA256_KEY
+    with open(path, "rb", buffering=0) as f:
+        head = f.read(header.data_start)
+        size = f.seek(0, 2)
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    view = memoryview(mapped) if mapped is not None else memoryview(b"")
+    try:
+        if key not in header.metadata:
+            return _plain(view, window_bytes), None
+        try:
+            at = HEADER_LENGTH_BYTES + record_offset(head[HEADER_LENGTH_BYTES:], key, header.metadata[key])
+        except ValueError:
+            return _plain(view, window_bytes), ""
+        zeroed = head[:at] + SELF_SHA256_PLACEHOLDER.encode() + head[at + len(SELF_SHA256_PLACEHOLDER) :]
+        if key == SELF_SHA256_KEY:  # version 1: the whole file over zeros
+            return _plain(view, window_bytes), _plain(view[len(head) :], window_bytes, hashlib.sha256(zeroed))
+        return _whole_and_tree(view, header, zeroed, window_bytes)
+    finally:
+        view.release()
+        if mapped is not None:
+            mapped.close()
+
+
+def _plain(view: memoryview, window_bytes: int, digest=None) -> str:
+    digest = digest or hashlib.sha256()
+    for at in range(0, len(view), window_bytes):
+        digest.update(view[at : at + window_bytes])
+    return digest.hexdigest()
+
+
+def _whole_and_tree(view: memoryview, header: SafetensorsHeader, zeroed: bytes, window_bytes: int) -> tuple[str, str]:
+    """Both digests of a version 2 shard, each leaf hashed twice while it is in the CPU's cache."""
+    whole = hashlib.sha256(view[: header.data_start])
+    leaves, at = [], header.data_start
+    for entry in header.entries.values():  # in file order, tiling the data (read_header checked)
+        begin, end = header.data_start + entry.begin, header.data_start + entry.end
+        for leaf in range(begin, end, LEAF_BYTES):
+            piece = view[leaf : min(leaf + LEAF_BYTES, end)]
+            whole.update(piece)
+            leaves.append(hashlib.sha256(piece).digest())
+        at = max(at, end)
+    for rest in range(at, len(view), window_bytes):  # nothing in a well-formed shard
+        whole.update(view[rest : rest + window_bytes])
+    return whole.hexdigest(), tree_root(zeroed, leaves)
