@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import VerificationError
@@ -111,21 +112,35 @@ def record_offset(header: bytes, key: str, value: str = SELF_SHA256_PLACEHOLDER)
 
 def sha256_of(path: Path, *, skip: bytes = b"", chunk_bytes: int = HASH_WINDOW_BYTES) -> str:
     """SHA-256 of a file; ``skip``: its first bytes, already in memory (not read again). The
-    file is mapped, not copied: hashlib reads the page cache directly."""
+    file is mapped a window at a time, not copied: hashlib reads the page cache directly, and
+    no more than one window is mapped (resident) at once."""
     digest = hashlib.sha256(skip)
     with open(path, "rb", buffering=0) as f:
         size = f.seek(0, 2)
-        if size <= len(skip):
-            return digest.hexdigest() if size == len(skip) else hashlib.sha256(skip[:size]).hexdigest()
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            mapped.madvise(mmap.MADV_SEQUENTIAL)
-            view = memoryview(mapped)
-            try:
-                for at in range(len(skip), size, chunk_bytes):
-                    digest.update(view[at : at + chunk_bytes])
-            finally:
-                view.release()
+        if size < len(skip):
+            return hashlib.sha256(skip[:size]).hexdigest()
+        for view in _mapped(f.fileno(), len(skip), size, chunk_bytes):
+            digest.update(view)
     return digest.hexdigest()
+
+
+def _mapped(fd: int, begin: int, end: int, window_bytes: int) -> Iterator[memoryview]:
+    """Bytes ``begin..end`` of a file, as views of successive mapped windows (each unmapped
+    once the next is asked for)."""
+    window_bytes = max(mmap.ALLOCATIONGRANULARITY, window_bytes - window_bytes % mmap.ALLOCATIONGRANULARITY)
+    at = begin
+    while at < end:
+        base = at - at % mmap.ALLOCATIONGRANULARITY
+        length = min(base + window_bytes, end) - base
+        with mmap.mmap(fd, length, offset=base, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            part = view[at - base :]
+            try:
+                yield part
+            finally:
+                part.release()
+                view.release()
+        at = base + length
 
 
 def file_digests(path: Path, header: SafetensorsHeader, window_bytes: int = HASH_WINDOW_BYTES) -> tuple[str, str | None]:
@@ -135,43 +150,42 @@ def file_digests(path: Path, header: SafetensorsHeader, window_bytes: int = HASH
     with open(path, "rb", buffering=0) as f:
         head = f.read(header.data_start)
         size = f.seek(0, 2)
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-    view = memoryview(mapped) if mapped is not None else memoryview(b"")
-    try:
+        rest = lambda digest: _hashed(f.fileno(), len(head), size, window_bytes, digest)  # noqa: E731
+        whole = hashlib.sha256(head)
         if key not in header.metadata:
-            return _plain(view, window_bytes), None
+            return rest(whole), None
         try:
             at = HEADER_LENGTH_BYTES + record_offset(head[HEADER_LENGTH_BYTES:], key, header.metadata[key])
         except ValueError:
-            return _plain(view, window_bytes), ""
+            return rest(whole), ""
         zeroed = head[:at] + SELF_SHA256_PLACEHOLDER.encode() + head[at + len(SELF_SHA256_PLACEHOLDER) :]
         if key == SELF_SHA256_KEY:  # version 1: the whole file over zeros
-            return _plain(view, window_bytes), _plain(view[len(head) :], window_bytes, hashlib.sha256(zeroed))
-        return _whole_and_tree(view, header, zeroed, window_bytes)
-    finally:
-        view.release()
-        if mapped is not None:
-            mapped.close()
+            own = hashlib.sha256(zeroed)
+            for view in _mapped(f.fileno(), len(head), size, window_bytes):
+                whole.update(view)
+                own.update(view)
+            return whole.hexdigest(), own.hexdigest()
+        return _whole_and_tree(f, header, size, whole, zeroed)
 
 
-def _plain(view: memoryview, window_bytes: int, digest=None) -> str:
-    digest = digest or hashlib.sha256()
-    for at in range(0, len(view), window_bytes):
-        digest.update(view[at : at + window_bytes])
+def _hashed(fd: int, begin: int, end: int, window_bytes: int, digest) -> str:
+    for view in _mapped(fd, begin, end, window_bytes):
+        digest.update(view)
     return digest.hexdigest()
 
 
-def _whole_and_tree(view: memoryview, header: SafetensorsHeader, zeroed: bytes, window_bytes: int) -> tuple[str, str]:
-    """Both digests of a version 2 shard, each leaf hashed twice while it is in the CPU's cache."""
-    whole = hashlib.sha256(view[: header.data_start])
+def _whole_and_tree(f, header: SafetensorsHeader, size: int, whole, zeroed: bytes) -> tuple[str, str]:
+    """Both digests of a version 2 shard, its data read once, a leaf at a time."""
+    buffer = memoryview(bytearray(LEAF_BYTES))
     leaves, at = [], header.data_start
     for entry in header.entries.values():  # in file order, tiling the data (read_header checked)
         begin, end = header.data_start + entry.begin, header.data_start + entry.end
         for leaf in range(begin, end, LEAF_BYTES):
-            piece = view[leaf : min(leaf + LEAF_BYTES, end)]
+            piece = buffer[: f.readinto(buffer[: min(LEAF_BYTES, end - leaf)]) or 0] if f.seek(leaf) == leaf else buffer[:0]
             whole.update(piece)
             leaves.append(hashlib.sha256(piece).digest())
         at = max(at, end)
-    for rest in range(at, len(view), window_bytes):  # nothing in a well-formed shard
-        whole.update(view[rest : rest + window_bytes])
+    f.seek(at)
+    while block := f.read(HASH_WINDOW_BYTES):  # nothing in a well-formed shard
+        whole.update(block)
     return whole.hexdigest(), tree_root(zeroed, leaves)
