@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import jsonio
 from .errors import InputError
-from .layout import ALIASES_KEY, MANIFEST, SELF_SHA256_KEY, SELF_SHA256_V2_KEY, ST_INDEX, WEIGHT_SUFFIXES, parse_index, safetensors_in
+from .layout import ALIASES_KEY, MANIFEST, SELF_SHA256_KEY, SELF_CHECKSUM_V2_KEY, ST_INDEX, WEIGHT_SUFFIXES, parse_index, safetensors_in
 from .sources import open_checkpoint
 from .safetensors_format import SafetensorsHeader, read_header
 from .writing.selfsum import file_digests, sha256_of
@@ -287,7 +287,7 @@ def _check_checksums(
     folder: Path, shard_names: list[str], manifest: dict, index_meta: dict, report: VerifyReport, headers: dict[str, SafetensorsHeader]
 ) -> None:
     """Compare sizes and SHA-256 with quantkit.json, the index metadata and each shard's own
-    header record (``quantkit.self_sha256_v2``, or version 1's ``quantkit.self_sha256``);
+    header record (``quantkit.self_checksum_v2``, or version 1's ``quantkit.self_sha256``);
     each file is read once."""
     files = manifest.get("files", {}) if manifest else {}
     index_sums = index_meta.get("sha256") if isinstance(index_meta.get("sha256"), dict) else {}
@@ -337,21 +337,21 @@ def _check_checksums(
 
 
 def _record_key(header: SafetensorsHeader) -> str:
-    return SELF_SHA256_V2_KEY if SELF_SHA256_V2_KEY in header.metadata else SELF_SHA256_KEY
+    return SELF_CHECKSUM_V2_KEY if SELF_CHECKSUM_V2_KEY in header.metadata else SELF_SHA256_KEY
 
 
 def _self_record(header: SafetensorsHeader, report: VerifyReport) -> bool:
     """Whether the shard carries its own record (either version); a damaged record is a
     problem, not a pass."""
-    known = (SELF_SHA256_V2_KEY, SELF_SHA256_KEY)
+    known = (SELF_CHECKSUM_V2_KEY, SELF_SHA256_KEY)
     present = [key for key in known if key in header.metadata]
     if not present:
         for key, other in header.metadata.items():
             if _is_sha256(other) and key.startswith("quantkit"):
-                report.problems.append(f"{header.path}: metadata key {key!r} holds a SHA-256 but is not {SELF_SHA256_V2_KEY!r} (the record is damaged)")
+                report.problems.append(f"{header.path}: metadata key {key!r} holds a SHA-256 but is not {SELF_CHECKSUM_V2_KEY!r} (the record is damaged)")
         return False
     if len(present) > 1:
-        report.problems.append(f"{header.path}: metadata holds both {SELF_SHA256_V2_KEY!r} and {SELF_SHA256_KEY!r} (the record is damaged)")
+        report.problems.append(f"{header.path}: metadata holds both {SELF_CHECKSUM_V2_KEY!r} and {SELF_SHA256_KEY!r} (the record is damaged)")
         return False
     if not _is_sha256(header.metadata[present[0]]):
         report.problems.append(f"{header.path}: metadata {present[0]!r} is not a SHA-256 digest (the record is damaged)")

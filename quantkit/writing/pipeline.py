@@ -53,7 +53,7 @@ class WriteOptions:
     ahead_bytes: int = 64 << 20
     fsync: bool = False
     chunk_bytes: int | None = None  # None: chunks.CHUNK_BYTES
-    self_checksum: bool = False  # each shard's header carries its own record (layout.SELF_SHA256_V2_KEY)
+    self_checksum: bool = False  # each shard's header carries its own record (layout.SELF_CHECKSUM_V2_KEY)
 
 
 @dataclass(frozen=True)

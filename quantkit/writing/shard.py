@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..dtypes import dtype_of
 from ..errors import OutputError, VerificationError
-from ..layout import SELF_SHA256_PLACEHOLDER, SELF_SHA256_V2_KEY
+from ..layout import SELF_SHA256_PLACEHOLDER, SELF_CHECKSUM_V2_KEY
 from ..specs import OutSpec, TensorSpec
 from ..safetensors_format import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
 from .selfsum import PieceSums, TensorLeaves, piece_sums, record_offset, sha256_of, tree_root
@@ -41,11 +41,11 @@ class ShardWriter:
 
     def __init__(self, path: Path, specs: list[OutSpec], metadata: dict[str, str], *, fsync: bool = False, self_checksum: bool = False):
         self.path = path
-        # self_checksum: the header carries the file's own record (SELF_SHA256_V2_KEY, see
+        # self_checksum: the header carries the file's own record (SELF_CHECKSUM_V2_KEY, see
         # selfsum.py), written as a placeholder of 64 zeros and filled in once the data is
         # written: same length, so the header can still go first and the data stream to its
         # offsets. Its leaves are hashed by the threads writing the bytes (write_piece).
-        self._metadata = {**metadata, SELF_SHA256_V2_KEY: SELF_SHA256_PLACEHOLDER} if self_checksum else metadata
+        self._metadata = {**metadata, SELF_CHECKSUM_V2_KEY: SELF_SHA256_PLACEHOLDER} if self_checksum else metadata
         self._fsync = fsync
         self._fixed = layout_order([s for s in specs if not s.variable])
         self._variable = sorted((s for s in specs if s.variable), key=lambda s: s.name)
@@ -226,7 +226,7 @@ class ShardWriter:
             if not tensor_leaves.complete:
                 raise VerificationError(f"{self.path}: tensor {spec.name!r} was not hashed whole")  # a bug
             leaves += tensor_leaves.digests
-        at = HEADER_LENGTH_BYTES + record_offset(prefix[HEADER_LENGTH_BYTES:], SELF_SHA256_V2_KEY)
+        at = HEADER_LENGTH_BYTES + record_offset(prefix[HEADER_LENGTH_BYTES:], SELF_CHECKSUM_V2_KEY)
         root = tree_root(prefix, leaves).encode("ascii")
         return prefix[:at] + root + prefix[at + len(root) :]
 

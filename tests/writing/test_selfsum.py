@@ -1,4 +1,4 @@
-"""A shard's own record (version 2): leaves hashed by the writing threads, in pieces of any
+"""A shard's own record (version 2): XXH3-128 leaves hashed by the writing threads, in pieces of any
 size, give the record of the whole; the same bytes whatever the chunks and threads."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import xxhash
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from quantkit.convert import ConvertOptions, convert
 from quantkit.errors import VerificationError
-from quantkit.layout import MANIFEST, SELF_SHA256_V2_KEY
+from quantkit.layout import MANIFEST, SELF_CHECKSUM_V2_KEY
 from quantkit.safetensors_format import read_header
 from quantkit.verify import verify_checkpoint
 from quantkit.writing import chunks, pipeline
@@ -26,15 +27,15 @@ DATA = np.random.default_rng(0).integers(0, 256, 2 * LEAF_BYTES + 12_345, dtype=
 
 
 def _leaves(data: bytes) -> list[bytes]:
-    return [hashlib.sha256(data[at : at + LEAF_BYTES]).digest() for at in range(0, len(data), LEAF_BYTES)]
+    return [xxhash.xxh3_128_digest(data[at : at + LEAF_BYTES]) for at in range(0, len(data), LEAF_BYTES)]
 
 
 def _tree_record(raw: bytes) -> str:
     """Version 2 from its definition: header over zeros, then each tensor's 1 MiB slices."""
     data_start = 8 + int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:data_start])
-    recorded = header["__metadata__"][SELF_SHA256_V2_KEY]
-    digests = [hashlib.sha256(raw[:data_start].replace(recorded.encode(), b"0" * 64)).digest()]
+    recorded = header["__metadata__"][SELF_CHECKSUM_V2_KEY]
+    digests = [xxhash.xxh3_128_digest(raw[:data_start].replace(recorded.encode(), b"0" * 64))]
     for begin, end in sorted(v["data_offsets"] for k, v in header.items() if k != "__metadata__"):
         digests += _leaves(raw[data_start + begin : data_start + end])
     return hashlib.sha256(b"".join(digests)).hexdigest()
@@ -89,7 +90,7 @@ def test_the_record_is_the_same_whatever_the_chunks_and_threads(tmp_path, monkey
         outputs.append((out / "model.safetensors").read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]
     raw = outputs[0]
-    assert read_header(out / "model.safetensors").metadata[SELF_SHA256_V2_KEY] == _tree_record(raw)
+    assert read_header(out / "model.safetensors").metadata[SELF_CHECKSUM_V2_KEY] == _tree_record(raw)
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["files"]["model.safetensors"]["sha256"] == hashlib.sha256(raw).hexdigest()
     assert torch.equal(load_file(str(out / "model.safetensors"))["ids"], tensors["ids"])
@@ -107,7 +108,7 @@ def test_a_flipped_byte_in_any_leaf_is_found_without_the_manifest(tmp_path):
             damaged = bytearray(clean)
             damaged[header.data_start + at] ^= 0x10
             shard.write_bytes(bytes(damaged))
-            assert file_digests(shard, header)[1] != header.metadata[SELF_SHA256_V2_KEY], (entry.spec.name, at)
+            assert file_digests(shard, header)[1] != header.metadata[SELF_CHECKSUM_V2_KEY], (entry.spec.name, at)
     shard.write_bytes(clean)
     assert verify_checkpoint(tmp_path / "out").checksums == "verified"
     damaged = bytearray(clean)
@@ -115,7 +116,7 @@ def test_a_flipped_byte_in_any_leaf_is_found_without_the_manifest(tmp_path):
     shard.write_bytes(bytes(damaged))
     report = verify_checkpoint(tmp_path / "out")
     assert report.checksums == "mismatch"
-    assert report.problems[0].endswith(f"its header records ({SELF_SHA256_V2_KEY}) (file changed or damaged)")
+    assert report.problems[0].endswith(f"its header records ({SELF_CHECKSUM_V2_KEY}) (file changed or damaged)")
 
 
 @pytest.mark.parametrize("size", [0, 5, 16 << 20, (16 << 20) + 3])
