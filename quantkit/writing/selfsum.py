@@ -31,7 +31,7 @@ from ..layout import SELF_SHA256_KEY, SELF_SHA256_PLACEHOLDER, SELF_CHECKSUM_V2_
 from ..safetensors_format import HEADER_LENGTH_BYTES, SafetensorsHeader
 
 LEAF_BYTES = 1 << 20  # part of the version 2 format: changing it needs a new key
-HASH_WINDOW_BYTES = 16 << 20
+HASH_WINDOW_BYTES = 4 << 20  # mapped (resident) at once while hashing a finished file
 _leaf = xxhash.xxh3_128_digest  # one leaf's digest (part of the version 2 format too)
 
 
