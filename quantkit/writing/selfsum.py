@@ -172,7 +172,7 @@ def file_digests(path: Path, header: SafetensorsHeader, window_bytes: int = HASH
                 whole.update(view)
                 own.update(view)
             return whole.hexdigest(), own.hexdigest()
-        return _whole_and_tree(f, header, size, whole, zeroed)
+        return _whole_and_tree(f, header, whole, zeroed)
 
 
 def _hashed(fd: int, begin: int, end: int, window_bytes: int, digest) -> str:
@@ -181,18 +181,16 @@ def _hashed(fd: int, begin: int, end: int, window_bytes: int, digest) -> str:
     return digest.hexdigest()
 
 
-def _whole_and_tree(f, header: SafetensorsHeader, size: int, whole, zeroed: bytes) -> tuple[str, str]:
+def _whole_and_tree(f, header: SafetensorsHeader, whole, zeroed: bytes) -> tuple[str, str]:
     """Both digests of a version 2 shard, its data read once, a leaf at a time."""
     buffer = memoryview(bytearray(LEAF_BYTES))
-    leaves, at = [], header.data_start
+    leaves = []
+    f.seek(header.data_start)
     for entry in header.entries.values():  # in file order, tiling the data (read_header checked)
-        begin, end = header.data_start + entry.begin, header.data_start + entry.end
-        for leaf in range(begin, end, LEAF_BYTES):
-            piece = buffer[: f.readinto(buffer[: min(LEAF_BYTES, end - leaf)]) or 0] if f.seek(leaf) == leaf else buffer[:0]
+        for leaf in range(entry.begin, entry.end, LEAF_BYTES):
+            piece = buffer[: f.readinto(buffer[: min(LEAF_BYTES, entry.end - leaf)]) or 0]
             whole.update(piece)
             leaves.append(_leaf(piece))
-        at = max(at, end)
-    f.seek(at)
     while block := f.read(HASH_WINDOW_BYTES):  # nothing in a well-formed shard
         whole.update(block)
     return whole.hexdigest(), tree_root(zeroed, leaves)
