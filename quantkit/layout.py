@@ -23,9 +23,12 @@ TORCH_FILES = ("pytorch_model.bin", "model.pth", "model.pt")
 ALIASES_KEY = "quantkit.aliases"  # dropped tied name -> kept name, JSON
 TRANSPOSED_KEY = "quantkit.transposed"  # weights quantized transposed (GPT-2 Conv1D), JSON list
 SCHEME_KEY = "quantkit.scheme"
-# SHA-256 of the whole shard file as it reads with this value replaced by SELF_SHA256_PLACEHOLDER:
+# Version 1 (still checked): SHA-256 of the whole shard file as it reads with this value replaced by SELF_SHA256_PLACEHOLDER:
 # a checksum that travels with the shard, header included, when quantkit.json is lost
 SELF_SHA256_KEY = "quantkit.self_sha256"
+# Version 2, written now: SHA-256 of the XXH3-128 of the header (this value as the placeholder)
+# and of every 1 MiB slice of every tensor, in file order (writing/selfsum.py says how)
+SELF_CHECKSUM_V2_KEY = "quantkit.self_checksum_v2"
 SELF_SHA256_PLACEHOLDER = "0" * 64
 
 

@@ -9,16 +9,15 @@ are checked by opening them as quantkit would read them (pickle metadata, index 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import jsonio
 from .errors import InputError
-from .layout import ALIASES_KEY, MANIFEST, SELF_SHA256_KEY, ST_INDEX, WEIGHT_SUFFIXES, parse_index, safetensors_in
+from .layout import ALIASES_KEY, MANIFEST, SELF_SHA256_KEY, SELF_CHECKSUM_V2_KEY, ST_INDEX, WEIGHT_SUFFIXES, parse_index, safetensors_in
 from .sources import open_checkpoint
-from .safetensors_format import HEADER_LENGTH_BYTES, SafetensorsHeader, read_header
-from .writing.shard import self_checksum_offset
+from .safetensors_format import SafetensorsHeader, read_header
+from .writing.selfsum import file_digests, sha256_of
 from .sources.base import detect_torch_format
 from .sources.hfconfig import check_config
 from .sources.ziprecords import check_all_crcs
@@ -288,7 +287,8 @@ def _check_checksums(
     folder: Path, shard_names: list[str], manifest: dict, index_meta: dict, report: VerifyReport, headers: dict[str, SafetensorsHeader]
 ) -> None:
     """Compare sizes and SHA-256 with quantkit.json, the index metadata and each shard's own
-    header record (``quantkit.self_sha256``); each file is read once."""
+    header record (``quantkit.self_checksum_v2``, or version 1's ``quantkit.self_sha256``);
+    each file is read once."""
     files = manifest.get("files", {}) if manifest else {}
     index_sums = index_meta.get("sha256") if isinstance(index_meta.get("sha256"), dict) else {}
     recorded: dict[str, list[tuple[str, str]]] = {}
@@ -316,6 +316,7 @@ def _check_checksums(
     mismatched = False
     for name in dict.fromkeys([*recorded, *own]):
         actual, own_actual = _digests(folder / name, own.get(name))
+        key = _record_key(own[name]) if name in own else SELF_SHA256_KEY
         claims = recorded.get(name, [])
         for where, digest in claims:
             if digest.lower() != actual:
@@ -323,65 +324,42 @@ def _check_checksums(
                 report.problems.append(f"{folder / name}: SHA-256 {actual[:16]}... differs from {where}'s {digest[:16]}... (file changed or damaged)")
         if own_actual == "":
             mismatched = True
-            report.problems.append(f"{folder / name}: header record {SELF_SHA256_KEY!r} cannot be checked: not in the header exactly once (the record is damaged)")
-        elif own_actual is not None and own_actual != own[name].metadata[SELF_SHA256_KEY].lower():
+            report.problems.append(f"{folder / name}: header record {key!r} cannot be checked: not in the header exactly once (the record is damaged)")
+        elif own_actual is not None and own_actual != own[name].metadata[key].lower():
             mismatched = True
             if not any(digest.lower() != actual for _, digest in claims):  # one line per damaged file
-                recorded_own = own[name].metadata[SELF_SHA256_KEY]
+                recorded_own = own[name].metadata[key]
                 report.problems.append(
                     f"{folder / name}: SHA-256 {own_actual[:16]}... differs from the {recorded_own[:16]}... its header records "
-                    f"({SELF_SHA256_KEY}) (file changed or damaged)"
+                    f"({key}) (file changed or damaged)"
                 )
     report.checksums = "mismatch" if mismatched else "verified"
 
 
+def _record_key(header: SafetensorsHeader) -> str:
+    return SELF_CHECKSUM_V2_KEY if SELF_CHECKSUM_V2_KEY in header.metadata else SELF_SHA256_KEY
+
+
 def _self_record(header: SafetensorsHeader, report: VerifyReport) -> bool:
-    """Whether the shard carries its own SHA-256; a damaged record is a problem, not a pass."""
-    value = header.metadata.get(SELF_SHA256_KEY)
-    if value is None:
+    """Whether the shard carries its own record (either version); a damaged record is a
+    problem, not a pass."""
+    known = (SELF_CHECKSUM_V2_KEY, SELF_SHA256_KEY)
+    present = [key for key in known if key in header.metadata]
+    if not present:
         for key, other in header.metadata.items():
-            if key != SELF_SHA256_KEY and _is_sha256(other) and key.startswith("quantkit"):
-                report.problems.append(f"{header.path}: metadata key {key!r} holds a SHA-256 but is not {SELF_SHA256_KEY!r} (the record is damaged)")
+            if _is_sha256(other) and key.startswith("quantkit"):
+                report.problems.append(f"{header.path}: metadata key {key!r} holds a SHA-256 but is not {SELF_CHECKSUM_V2_KEY!r} (the record is damaged)")
         return False
-    if not _is_sha256(value):
-        report.problems.append(f"{header.path}: metadata {SELF_SHA256_KEY!r} is not a SHA-256 digest (the record is damaged)")
+    if len(present) > 1:
+        report.problems.append(f"{header.path}: metadata holds both {SELF_CHECKSUM_V2_KEY!r} and {SELF_SHA256_KEY!r} (the record is damaged)")
+        return False
+    if not _is_sha256(header.metadata[present[0]]):
+        report.problems.append(f"{header.path}: metadata {present[0]!r} is not a SHA-256 digest (the record is damaged)")
         return False
     return True
 
 
-def _digests(path: Path, header: SafetensorsHeader | None, chunk_bytes: int = 8 << 20) -> tuple[str, str | None]:
-    """SHA-256 of the file, and (for a shard carrying its own) of the file with its
-    ``quantkit.self_sha256`` value read as the 64 zeros it was computed over; one read."""
-    raw = None
-    if header is not None:
-        with open(path, "rb") as f:
-            raw = f.read(header.data_start)[HEADER_LENGTH_BYTES:]
-
-    def blocks():
-        with open(path, "rb", buffering=0) as f:
-            while block := f.read(chunk_bytes):
-                yield block
-
-    return hash_blocks(blocks(), header, raw)
-
-
-def hash_blocks(blocks, header: SafetensorsHeader | None, raw_header: bytes | None) -> tuple[str, str | None]:
-    """``_digests`` of a file given as its blocks in order (a local file, ranged requests);
-    ``raw_header``: the JSON header's bytes, for a shard carrying its own SHA-256."""
-    whole, own, zero_at = hashlib.sha256(), None, None
-    if header is not None:
-        try:
-            zero_at = HEADER_LENGTH_BYTES + self_checksum_offset(raw_header, header.metadata[SELF_SHA256_KEY])
-            own = hashlib.sha256()
-        except ValueError:
-            zero_at = None
-    position = 0
-    for block in blocks:
-        whole.update(block)
-        if own is not None:
-            begin, end = max(zero_at - position, 0), min(zero_at + 64 - position, len(block))
-            if begin < end:  # the recorded value, read as the zeros it was computed over
-                block = block[:begin] + b"0" * (end - begin) + block[end:]
-            own.update(block)
-        position += len(block)
-    return whole.hexdigest(), own.hexdigest() if own is not None else ("" if header is not None else None)
+def _digests(path: Path, header: SafetensorsHeader | None) -> tuple[str, str | None]:
+    """SHA-256 of the file, and (for a shard carrying its own record) the value that record
+    should hold, "" when it is not in the header exactly once; one read."""
+    return file_digests(path, header) if header is not None else (sha256_of(path), None)

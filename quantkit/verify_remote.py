@@ -18,7 +18,8 @@ from .layout import MANIFEST, SELF_SHA256_KEY, ST_INDEX, parse_index
 from .safetensors_format import HEADER_LENGTH_BYTES, SafetensorsHeader
 from .sources.remote import RemoteFile, RemoteOptions, RemoteStore, display_url
 from .sources.remote_safetensors import read_remote_header
-from .verify import VerifyReport, _check_aliases, _check_coverage, _check_index_records, _is_sha256, _safe_relative, _self_record, hash_blocks
+from .verify import VerifyReport, _check_aliases, _check_coverage, _check_index_records, _is_sha256, _record_key, _safe_relative, _self_record
+from .writing.selfsum import read_digests
 
 
 def verify_remote(url: str, *, options: RemoteOptions | None = None) -> VerifyReport:
@@ -182,8 +183,9 @@ def _check_checksums(store, files, shard_names, manifest, index_meta, headers, b
     for name in dict.fromkeys([*recorded, *own]):
         actual, own_actual = _remote_digests(store, files[name], own.get(name))
         bad = [where for where, digest in recorded.get(name, []) if digest.lower() != actual]
-        if own_actual is not None and own_actual != own[name].metadata[SELF_SHA256_KEY].lower():
-            bad.append(f"its header ({SELF_SHA256_KEY})")
+        key = _record_key(own[name]) if name in own else SELF_SHA256_KEY
+        if own_actual is not None and own_actual != own[name].metadata[key].lower():
+            bad.append(f"its header ({key})")
         if bad:
             mismatched = True
             report.problems.append(f"{files[name].url}: SHA-256 {actual[:16]}... differs from the one recorded by {', '.join(bad)} (file changed or damaged)")
@@ -192,7 +194,5 @@ def _check_checksums(store, files, shard_names, manifest, index_meta, headers, b
 
 def _remote_digests(store: RemoteStore, file: RemoteFile, header: SafetensorsHeader | None) -> tuple[str, str | None]:
     step = store.options.request_bytes
-    raw = store.read(file, HEADER_LENGTH_BYTES, header.data_start) if header is not None else None
-    blocks = (store.read(file, start, min(start + step, file.size)) for start in range(0, file.size, step))
-    whole, own = hash_blocks(blocks, header, raw)
+    whole, own = read_digests(lambda begin, end: store.read(file, begin, end), file.size, header, step)
     return whole, (own or None) if header is not None else None

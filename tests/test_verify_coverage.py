@@ -1,8 +1,10 @@
 """Issue 11, item 14: verify covers every file quantkit wrote, and no damaged record passes.
 
-Each shard quantkit writes carries its own SHA-256 in its header (``quantkit.self_sha256``:
-the SHA-256 of the whole file with that value read as 64 zeros), so a single shard whose
-quantkit.json was lost is still checked, header included."""
+Each shard quantkit writes carries its own record in its header (``quantkit.self_checksum_v2``:
+the SHA-256 of the XXH3-128 of the header, that value read as 64 zeros, and of every 1 MiB slice
+of every tensor), so a single shard whose quantkit.json was lost is still checked, header
+included. Shards written with version 1 (``quantkit.self_sha256``: the SHA-256 of the whole
+file with the value read as 64 zeros) are still checked."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import json
 import shutil
 
 import pytest
+import xxhash
 
-from quantkit.layout import MANIFEST, SELF_SHA256_KEY
+from quantkit.layout import MANIFEST, SELF_SHA256_KEY, SELF_CHECKSUM_V2_KEY
 from quantkit.reshard import reshard
-from quantkit.safetensors_format import read_header
+from quantkit.safetensors_format import build_header, read_header
+from quantkit.specs import TensorSpec
 from quantkit.verify import verify_checkpoint
 
 INDEX = "model.safetensors.index.json"
@@ -46,11 +50,52 @@ def _edit_json(path, edit):
     path.write_text(json.dumps(value))
 
 
-def test_the_header_checksum_is_the_file_hash_over_zeros(single):
+def _tree_record(raw: bytes, recorded: str, leaf_bytes: int = 1 << 20) -> str:
+    """Version 2, computed here from its definition (README, writing/selfsum.py)."""
+    data_start = 8 + int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:data_start])
+    digests = [xxhash.xxh3_128_digest(raw[:data_start].replace(recorded.encode(), b"0" * 64))]
+    for _, entry in sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__"):
+        begin, end = (data_start + o for o in header[entry]["data_offsets"])
+        digests += [xxhash.xxh3_128_digest(raw[at : min(at + leaf_bytes, end)]) for at in range(begin, end, leaf_bytes)]
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def test_the_header_record_is_the_tree_of_header_and_slices(single):
     shard = single / "model.safetensors"
-    recorded = read_header(shard).metadata[SELF_SHA256_KEY]
-    assert hashlib.sha256(shard.read_bytes().replace(recorded.encode(), b"0" * 64)).hexdigest() == recorded
+    metadata = read_header(shard).metadata
+    assert SELF_SHA256_KEY not in metadata
+    assert _tree_record(shard.read_bytes(), metadata[SELF_CHECKSUM_V2_KEY]) == metadata[SELF_CHECKSUM_V2_KEY]
     assert verify_checkpoint(single).checksums == "verified"
+
+
+def _version_1_shard(path, tensors: dict[str, bytes]) -> None:
+    """A shard as quantkit wrote it before version 2: SHA-256 of the file over 64 zeros."""
+    entries, position = [], 0
+    for name, data in tensors.items():
+        entries.append((TensorSpec(name, __import__("torch").uint8, (len(data),)), position, position + len(data)))
+        position += len(data)
+    header = build_header(entries, {"format": "pt", SELF_SHA256_KEY: "0" * 64})
+    raw = len(header).to_bytes(8, "little") + header + b"".join(tensors.values())
+    path.write_bytes(raw.replace(b"0" * 64, hashlib.sha256(raw).hexdigest().encode(), 1))
+
+
+def test_version_1_records_are_still_checked(tmp_path):
+    shard = tmp_path / "model.safetensors"
+    _version_1_shard(shard, {"a": bytes(range(200)), "b": b"\x07" * 3000})
+    assert verify_checkpoint(shard).checksums == "verified"
+    _flip(shard, shard.stat().st_size - 3)
+    report = verify_checkpoint(shard)
+    assert report.checksums == "mismatch"
+    assert report.problems[0].endswith(f"its header records ({SELF_SHA256_KEY}) (file changed or damaged)")
+
+
+def test_a_shard_with_both_records_fails(tmp_path):
+    shard = tmp_path / "model.safetensors"
+    header = build_header([(TensorSpec("a", __import__("torch").uint8, (4,)), 0, 4)], {SELF_SHA256_KEY: "1" * 64, SELF_CHECKSUM_V2_KEY: "2" * 64})
+    shard.write_bytes(len(header).to_bytes(8, "little") + header + b"abcd")
+    problems = verify_checkpoint(shard).problems
+    assert problems == [f"{shard}: metadata holds both {SELF_CHECKSUM_V2_KEY!r} and {SELF_SHA256_KEY!r} (the record is damaged)"]
 
 
 def test_a_flipped_data_byte_without_the_manifest_fails(cli, single):
@@ -60,7 +105,7 @@ def test_a_flipped_data_byte_without_the_manifest_fails(cli, single):
     result = cli("verify", single)
     assert result.exit_code == 6
     assert f"  - {shard}: SHA-256 " in result.stdout
-    assert f"its header records ({SELF_SHA256_KEY}) (file changed or damaged)" in result.stdout
+    assert f"its header records ({SELF_CHECKSUM_V2_KEY}) (file changed or damaged)" in result.stdout
 
 
 def test_a_changed_dtype_in_the_header_without_the_manifest_fails(single):
@@ -132,9 +177,9 @@ def test_a_damaged_key_of_the_header_record_fails(single):
     (single / MANIFEST).unlink()
     shard = single / "model.safetensors"
     raw = shard.read_bytes()
-    shard.write_bytes(raw.replace(SELF_SHA256_KEY.encode(), SELF_SHA256_KEY.replace("self", "selg").encode(), 1))
+    shard.write_bytes(raw.replace(SELF_CHECKSUM_V2_KEY.encode(), SELF_CHECKSUM_V2_KEY.replace("self", "selg").encode(), 1))
     problems = verify_checkpoint(single).problems
-    assert problems == [f"{shard}: metadata key 'quantkit.selg_sha256' holds a SHA-256 but is not {SELF_SHA256_KEY!r} (the record is damaged)"]
+    assert problems == [f"{shard}: metadata key 'quantkit.selg_checksum_v2' holds a SHA-256 but is not {SELF_CHECKSUM_V2_KEY!r} (the record is damaged)"]
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
@@ -171,7 +216,8 @@ def test_convert_outputs_carry_the_header_checksum_too(tmp_path, scheme):
     result = convert(tmp_path / "m.safetensors", tmp_path / "out", options=ConvertOptions(scheme, device="cpu", max_shard_bytes=6_000))
     assert len(result.write.shards) > 1 and (scheme == "bf16" or result.quantized)
     for shard in result.write.shards:
-        assert SELF_SHA256_KEY in read_header(shard.path).metadata
+        metadata = read_header(shard.path).metadata
+        assert _tree_record(shard.path.read_bytes(), metadata[SELF_CHECKSUM_V2_KEY]) == metadata[SELF_CHECKSUM_V2_KEY]
         assert hashlib.sha256(shard.path.read_bytes()).hexdigest() == shard.sha256
     assert verify_checkpoint(tmp_path / "out").checksums == "verified"
     (tmp_path / "out" / MANIFEST).unlink()

@@ -84,9 +84,10 @@ def cast_into(source: np.ndarray, target: np.ndarray) -> int:
         return int(np.count_nonzero(infinite & np.isfinite(source)))
 
 
-def cast_piece(piece: Piece, source, writer, buffers: Buffers) -> tuple[np.ndarray, memoryview, int]:
+def cast_piece(piece: Piece, source, writer, buffers: Buffers) -> tuple[np.ndarray, memoryview, int, object]:
     """On a worker: read, cast (or copy) and write one piece; returns its output buffer (to be
-    given back once hashed), the bytes written and how many values overflowed."""
+    given back once hashed), the bytes written, how many values overflowed and the writer's
+    sums of them (hashed here, on the worker)."""
     raw = buffers.input()[: piece.source_bytes]
     source.read_into(piece.name, piece.first * piece.source_dtype.itemsize, memoryview(raw))
     buffer = buffers.take()  # the main thread hashes from it once the task is done
@@ -96,5 +97,5 @@ def cast_piece(piece: Piece, source, writer, buffers: Buffers) -> tuple[np.ndarr
         data[:] = raw
     else:
         overflowed = cast_into(raw.view(piece.source_dtype.numpy), data.view(piece.target.dtype.numpy))
-    writer.write_piece(piece.name, piece.first * piece.target.dtype.itemsize, memoryview(data))
-    return buffer, memoryview(data), overflowed
+    sums = writer.write_piece(piece.name, piece.first * piece.target.dtype.itemsize, memoryview(data))
+    return buffer, memoryview(data), overflowed, sums

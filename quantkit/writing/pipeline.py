@@ -9,9 +9,12 @@ A unit is one of two kinds:
 
 Tasks (chunks, or whole units) run on one thread pool, at most ``window`` of them and
 ``ahead_bytes`` of output ahead of the one being written; the workers write at offsets and
-the main thread hashes what was written in file order, so each shard is written front to
-back and its SHA-256 needs no second read. Each finished shard is checked in the background
-while the next is written. The files are byte-identical to a sequential run (``workers=0``).
+the main thread takes what was written in file order, so each shard is written front to
+back. Without a record in the header (``self_checksum``), the main thread hashes the bytes
+from memory as they come, and the SHA-256 needs no second read. With one, the workers hash the
+record's leaves as they write (``selfsum.py``) and the file's plain SHA-256 is one pass once
+the record is in place. Each finished shard is hashed and checked on another thread while the
+next is written. The files are byte-identical to a sequential run (``workers=0``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class WriteOptions:
     ahead_bytes: int = 64 << 20
     fsync: bool = False
     chunk_bytes: int | None = None  # None: chunks.CHUNK_BYTES
-    self_checksum: bool = False  # each shard's header carries its own SHA-256 (layout.SELF_SHA256_KEY)
+    self_checksum: bool = False  # each shard's header carries its own record (layout.SELF_CHECKSUM_V2_KEY)
     # called (on the finishing thread) with each shard once written and checked, e.g. to upload
     # it (writing.remote_output); a shard waits for the one before it to be done with, so at
     # most two are on disk while it runs
@@ -197,19 +200,20 @@ class _Run:
         writer = self.writers.get(task.shard)
         if task.piece is not None:
             piece = task.piece
-            buffer, data, overflowed = done
-            writer.wrote_piece(piece.name, piece.first * piece.target.dtype.itemsize, data)
+            buffer, data, overflowed, sums = done
+            writer.wrote_piece(piece.name, piece.first * piece.target.dtype.itemsize, data, sums)
             self.buffers.give(buffer)
             if overflowed:
                 self.overflow[piece.name] = self.overflow.get(piece.name, 0) + overflowed
             if self.progress:
                 self.progress(piece.source_bytes)
             return
-        for name, tensor, data in done:
-            if data is None:  # a variable-size tensor: kept by the writer until finish
+        for name, tensor, wrote in done:
+            if wrote is None:  # a variable-size tensor: kept by the writer until finish
                 written = writer.write(name, tensor)
-            else:  # written by the worker: hash it here, in file order
-                writer.wrote_piece(name, 0, data)
+            else:  # written (and its leaves hashed) by the worker: recorded here, in file order
+                data, sums = wrote
+                writer.wrote_piece(name, 0, data, sums)
                 written = len(data)
             if self.progress and task.input_bytes is None:
                 self.progress(written)

@@ -10,9 +10,12 @@ from pathlib import Path
 
 from ..dtypes import dtype_of
 from ..errors import OutputError, VerificationError
-from ..layout import SELF_SHA256_KEY, SELF_SHA256_PLACEHOLDER
+from ..layout import SELF_SHA256_PLACEHOLDER, SELF_CHECKSUM_V2_KEY
 from ..specs import OutSpec, TensorSpec
 from ..safetensors_format import HEADER_LENGTH_BYTES, build_header, layout_order, read_header, tensor_bytes
+from .selfsum import PieceSums, TensorLeaves, piece_sums, record_offset, sha256_of, tree_root
+
+__all__ = ["ShardWriter", "ShardWriters", "WrittenShard", "os_reason", "sha256_of", "units_in_file_order"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,11 @@ class ShardWriter:
 
     def __init__(self, path: Path, specs: list[OutSpec], metadata: dict[str, str], *, fsync: bool = False, self_checksum: bool = False):
         self.path = path
-        # self_checksum: the header carries the file's own SHA-256 (SELF_SHA256_KEY), written
-        # as a placeholder of 64 zeros and filled in once the data is written: same length, so
-        # the header can still go first and the data stream to its offsets.
-        self._self_checksum = self_checksum
-        self._metadata = {**metadata, SELF_SHA256_KEY: SELF_SHA256_PLACEHOLDER} if self_checksum else metadata
+        # self_checksum: the header carries the file's own record (SELF_CHECKSUM_V2_KEY, see
+        # selfsum.py), written as a placeholder of 64 zeros and filled in once the data is
+        # written: same length, so the header can still go first and the data stream to its
+        # offsets. Its leaves are hashed by the threads writing the bytes (write_piece).
+        self._metadata = {**metadata, SELF_CHECKSUM_V2_KEY: SELF_SHA256_PLACEHOLDER} if self_checksum else metadata
         self._fsync = fsync
         self._fixed = layout_order([s for s in specs if not s.variable])
         self._variable = sorted((s for s in specs if s.variable), key=lambda s: s.name)
@@ -67,28 +70,32 @@ class ShardWriter:
         self._data_start = HEADER_LENGTH_BYTES + (
             self._header_bytes if self._header_bytes is not None else len(build_header(bound_entries, self._metadata))
         )
+        self._leaves = {s.name: TensorLeaves(s.name, s.nbytes) for s in self._fixed} if self_checksum else None
         self._hasher: _InlineHasher | None = None
+        self._header_written: bytes | None = None
         if not self._variable:
-            # The header is final already: write it now, and hash the file as it is written.
+            # The header is final already (but for the record's value): write it now, and
+            # without a record hash the file as it is written.
             header = build_header(bound_entries, self._metadata)
             self._header_written = len(header).to_bytes(8, "little") + header
             self._write_at(0, self._header_written)
-            self._hasher = _InlineHasher(path, self._header_written)
+            if self._leaves is None:
+                self._hasher = _InlineHasher(path, self._header_written)
 
     def file_order(self) -> list[str]:
         """Names of the fixed-size tensors in the order they lie in the file."""
         return [s.name for s in self._fixed]
 
-    def write_unhashed(self, name: str, tensor) -> memoryview | None:
-        """Write a fixed-size tensor at its offset and return its bytes, which must then go to
-        ``wrote_piece(name, 0, data)`` (from one thread, for hashing); thread-safe. Returns
-        None, writing nothing, for a variable-size tensor: that one goes to ``write``."""
+    def write_unhashed(self, name: str, tensor) -> tuple[memoryview, PieceSums | None] | None:
+        """Write a fixed-size tensor at its offset and return its bytes and their leaf sums,
+        which must then go to ``wrote_piece(name, 0, data, sums)`` (from one thread);
+        thread-safe. Returns None, writing nothing, for a variable-size tensor: that one goes
+        to ``write``."""
         spec = self._checked(name, tensor)
         if spec.variable:
             return None
         data = tensor_bytes(tensor.cpu() if hasattr(tensor, "cpu") else tensor)
-        self.write_piece(name, 0, data)
-        return data
+        return data, self.write_piece(name, 0, data)
 
     def _checked(self, name: str, tensor) -> OutSpec:
         spec = self._specs.get(name)
@@ -112,22 +119,29 @@ class ShardWriter:
             return len(data)
         begin, _ = self._offsets[name]
         self._write_at(self._data_start + begin, data)
-        if self._hasher is not None:
+        if self._leaves is not None:
+            self._leaves[name].add(0, data)
+        elif self._hasher is not None:
             self._hasher.wrote(self._data_start + begin, data)
         return len(data)
 
-    def write_piece(self, name: str, start: int, data) -> None:
-        """Write bytes ``start..start+len(data)`` of fixed-size tensor ``name``. Positioned and
-        stateless, so threads may write pieces at once; each piece must then be passed to
-        ``wrote_piece`` (from one thread) for hashing and bookkeeping."""
+    def write_piece(self, name: str, start: int, data) -> PieceSums | None:
+        """Write bytes ``start..start+len(data)`` of fixed-size tensor ``name`` and, for a shard
+        carrying its own record, hash the record's leaves inside them. Positioned and
+        stateless, so threads may write pieces at once; each piece must then be passed, with
+        the sums returned, to ``wrote_piece`` (from one thread) for hashing and bookkeeping."""
         begin, end = self._piece_range(name, start, data)
         self._write_at(self._data_start + begin + start, data)
+        return piece_sums(data, start, end - begin) if self._leaves is not None else None
 
-    def wrote_piece(self, name: str, start: int, data) -> None:
+    def wrote_piece(self, name: str, start: int, data, sums: PieceSums | None = None) -> None:
         """Record a piece written by ``write_piece``; the tensor counts as written once all its
-        bytes are. Pieces passed in file order are hashed from memory."""
+        bytes are. A tensor's pieces come in order; without a record, pieces passed in file
+        order are hashed from memory."""
         begin, end = self._piece_range(name, start, data)
-        if self._hasher is not None:
+        if self._leaves is not None:
+            self._leaves[name].add(start, data, sums)
+        elif self._hasher is not None:
             self._hasher.wrote(self._data_start + begin + start, data)
         done = self._piece_bytes.get(name, 0) + len(data)
         self._piece_bytes[name] = done
@@ -169,11 +183,14 @@ class ShardWriter:
         if HEADER_LENGTH_BYTES + len(header) != self._data_start:
             raise VerificationError(f"{self.path}: header grew beyond its reserved size")  # a bug, never user input
         self._write_at(self._data_start + self._fixed_bytes, tail)
-        self._final_header = header
-        if self._hasher is None:
-            self._write_at(0, len(header).to_bytes(8, "little") + header)
-        elif len(header).to_bytes(8, "little") + header != self._header_written:
+        prefix = len(header).to_bytes(8, "little") + header
+        if self._header_written is not None and prefix != self._header_written:
             raise VerificationError(f"{self.path}: header differs from the one written first")  # a bug, never user input
+        if self._leaves is not None:
+            prefix = self._with_record(prefix, [spec for spec, _, _ in entries])
+        if self._header_written is None or self._leaves is not None:
+            self._write_at(0, prefix)
+        self._prefix = prefix
         try:
             self._file.truncate(self._data_start + position)
             if self._fsync:
@@ -192,26 +209,26 @@ class ShardWriter:
         read_back = {(e.spec.name, e.spec.dtype, e.spec.shape) for e in parsed.entries.values()}
         if read_back != {(s.name, s.dtype, s.shape) for s in specs}:
             raise VerificationError(f"{self.path}: header read back differs from the plan")
-        digest = self._hasher.finish(self._data_start + data_bytes) if self._hasher is not None else sha256_of(self.path)
-        if self._self_checksum:
-            digest = self._fill_self_checksum(digest)
+        if self._hasher is not None:
+            digest = self._hasher.finish(self._data_start + data_bytes)
+        else:  # the one pass over the file: the header is in memory, the data in the page cache
+            digest = sha256_of(self.path, skip=self._prefix)
         return WrittenShard(self.path, self._data_start + data_bytes, data_bytes, digest, tuple(s.name for s in specs), tuple(specs))
 
-    def _fill_self_checksum(self, digest: str) -> str:
-        """Write the digest of the file as it stands (placeholder in place) over the
-        placeholder; the SHA-256 of the file as it then is."""
-        at = HEADER_LENGTH_BYTES + self_checksum_offset(self._final_header)
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.pwrite(fd, digest.encode("ascii"), at)
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise OutputError(f"{self.path}: write failed: {os_reason(exc)}") from None
-        return sha256_of(self.path)  # a second read (from the page cache), on the finishing thread
+    def _with_record(self, prefix: bytes, specs: list[TensorSpec]) -> bytes:
+        """``prefix`` (length and header, the record as zeros) with the record's value."""
+        leaves = []
+        for spec in specs:
+            tensor_leaves = self._leaves.get(spec.name)
+            if tensor_leaves is None:  # a variable-size tensor, written here in finish
+                tensor_leaves = TensorLeaves(spec.name, spec.nbytes)
+                tensor_leaves.add(0, self._pending[spec.name])
+            if not tensor_leaves.complete:
+                raise VerificationError(f"{self.path}: tensor {spec.name!r} was not hashed whole")  # a bug
+            leaves += tensor_leaves.digests
+        at = HEADER_LENGTH_BYTES + record_offset(prefix[HEADER_LENGTH_BYTES:], SELF_CHECKSUM_V2_KEY)
+        root = tree_root(prefix, leaves).encode("ascii")
+        return prefix[:at] + root + prefix[at + len(root) :]
 
     def abort(self) -> None:
         if not self._file.closed:
@@ -222,16 +239,6 @@ class ShardWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.abort()  # closes the file; a finished shard is closed already
-
-
-def self_checksum_offset(header: bytes, value: str = SELF_SHA256_PLACEHOLDER) -> int:
-    """Where, in ``header`` (the JSON after the length), the value of SELF_SHA256_KEY starts.
-    ValueError unless it occurs exactly once (JSON escapes any quote inside another string)."""
-    pattern = f'"{SELF_SHA256_KEY}":"{value}"'.encode()
-    at = header.find(pattern)
-    if at < 0 or header.find(pattern, at + 1) >= 0:
-        raise ValueError(f"{SELF_SHA256_KEY} is not in the header exactly once")
-    return at + len(pattern) - len(value) - 1
 
 
 class ShardWriters:
@@ -324,13 +331,3 @@ def units_in_file_order(units: tuple[str, ...], outputs: dict[str, list[OutSpec]
     position = {spec.name: i for i, spec in enumerate(fixed)}
     first = {unit: min((position[s.name] for s in outputs[unit] if s.name in position), default=len(fixed)) for unit in units}
     return sorted(units, key=first.__getitem__)
-
-
-def sha256_of(path: Path, chunk_bytes: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(chunk_bytes)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(view):
-            digest.update(view[:n])
-    return digest.hexdigest()
