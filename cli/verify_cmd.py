@@ -11,12 +11,11 @@ from quantkit.errors import VerificationError
 from quantkit.sizes import format_bytes
 from quantkit.verify import VerifyReport, verify_checkpoint
 
-from .common import guarded, print_json
+from .common import GuardedCommand, print_json
 from .main import app
 
 
-@app.command("verify")
-@guarded
+@app.command("verify", cls=GuardedCommand)
 def verify_cmd(
     src: Annotated[Path, typer.Argument(metavar="SRC", help="Folder quantkit wrote, a Hugging Face folder, a .safetensors file or an index .json.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

@@ -57,6 +57,27 @@ def test_debug_shows_the_traceback(cli, tmp_path):
     assert result.stderr.rstrip().endswith("not a checkpoint quantkit can read (neither safetensors nor a PyTorch zip or legacy pickle)")
 
 
+def test_debug_lasts_one_invocation(cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    assert "Traceback" in cli("--debug", "inspect", tmp_path / "notes.txt").stderr
+    result = cli("inspect", tmp_path / "notes.txt")  # the same process: nothing kept from the run before
+    assert result.exit_code == 3
+    assert "Traceback" not in _one_error_line(result.stderr)
+
+
+def test_debug_shows_the_traceback_of_an_internal_error(cli, small_pth, tmp_path, monkeypatch):
+    import importlib
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(importlib.import_module("quantkit.reshard"), "plan_shards", boom)
+    result = cli("--debug", "reshard", small_pth, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr and 'raise ZeroDivisionError("a bug")' in result.stderr
+    assert result.stderr.rstrip().endswith("ZeroDivisionError: a bug (run with --debug for the traceback)")
+
+
 def test_output_parent_is_a_file(cli, small_pth, tmp_path):
     (tmp_path / "afile").write_text("x")
     result = cli("reshard", small_pth, "-o", tmp_path / "afile" / "out")
