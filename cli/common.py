@@ -8,13 +8,13 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import wraps
+from dataclasses import dataclass
 
 import typer
+from typer.core import TyperCommand
 
 from quantkit.errors import QuantkitError
 
-STATE = {"debug": False}
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 1
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE (128 + 13)
@@ -24,29 +24,39 @@ def _raise_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: clean up, e
     raise KeyboardInterrupt
 
 
-def guarded(func: Callable) -> Callable:
-    """Run a command; turn quantkit errors into one line on stderr and an exit code."""
+@dataclass(frozen=True)
+class AppOptions:
+    """The options given before the command name; the app's callback puts them in ``ctx.obj``."""
 
-    @wraps(func)
-    def wrapper(*args, **kwargs):
+    debug: bool = False
+
+
+class GuardedCommand(TyperCommand):
+    """A command whose quantkit errors become one line on stderr and an exit code.
+
+    Register each command with ``@app.command(NAME, cls=GuardedCommand)``. ``--debug`` (read
+    from ``ctx.obj``, which every command's context inherits from the app's) adds the traceback.
+    """
+
+    def invoke(self, ctx: typer.Context):
+        debug = isinstance(ctx.obj, AppOptions) and ctx.obj.debug
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            return func(*args, **kwargs)
+            return super().invoke(ctx)
         except QuantkitError as exc:
-            _fail(f"quantkit: error: {exc}", exc.exit_code)
+            _fail(f"quantkit: error: {exc}", exc.exit_code, debug=debug)
         except KeyboardInterrupt as exc:  # str(exc): what is in place, when the output was complete
-            _fail(f"quantkit: interrupted; {str(exc) or 'partial output removed'}", EXIT_INTERRUPTED)
+            _fail(f"quantkit: interrupted; {str(exc) or 'partial output removed'}", EXIT_INTERRUPTED, debug=debug)
         except BrokenPipeError:  # `quantkit inspect x | head`: the reader left, nothing to say
             _stdout_to_devnull()
             raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # an unexpected failure is a bug: say so in one line
-            _fail(f"quantkit: internal error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)", EXIT_INTERNAL)
+            message = f"quantkit: internal error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)"
+            _fail(message, EXIT_INTERNAL, debug=debug)
         finally:
             signal.signal(signal.SIGTERM, previous)
-
-    return wrapper
 
 
 def _stdout_to_devnull() -> None:
@@ -68,8 +78,8 @@ def warn(message: str) -> None:
     typer.echo(f"quantkit: warning: {message}", err=True)
 
 
-def _fail(message: str, code: int) -> None:
-    if STATE["debug"]:
+def _fail(message: str, code: int, *, debug: bool) -> None:
+    if debug:
         import traceback
 
         traceback.print_exc()

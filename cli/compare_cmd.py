@@ -11,7 +11,7 @@ from quantkit.errors import UsageError
 from quantkit.sources import open_checkpoint
 from quantkit.writing.target import check_report_path
 
-from .common import byte_progress, guarded, source_options
+from .common import GuardedCommand, byte_progress, source_options
 from .main import AllowGlobal, Key, Quiet, StripPrefix, app
 
 Original = Annotated[str, typer.Argument(metavar="ORIGINAL", help="The original checkpoint (file, index or Hugging Face folder, or its s3:// / https:// / hf:// URL).")]
@@ -30,8 +30,7 @@ def model_shape(num_layers: int | None, hidden_size: int | None, num_heads: int 
     return ModelShape(num_layers, hidden_size, num_heads)
 
 
-@app.command("compare")
-@guarded
+@app.command("compare", cls=GuardedCommand)
 def compare_cmd(
     original: Original,
     converted: Converted,

@@ -17,15 +17,14 @@ from quantkit.sources import open_checkpoint
 
 from quantkit.errors import UsageError
 
-from .common import byte_progress, guarded, print_json, source_options, warn
+from .common import GuardedCommand, byte_progress, print_json, source_options, warn
 from .main import DEFAULT_MAX_SIZE, SIZE_HELP, AllowGlobal, Force, Fsync, Key, Quiet, Src, StripPrefix, app
 from .profile_cmd import FAMILY_HELP
 
 DEFAULT_SETTINGS = SchemeSettings()
 
 
-@app.command("convert")
-@guarded
+@app.command("convert", cls=GuardedCommand)
 def convert_cmd(
     src: Src,
     to: Annotated[str, typer.Option("--to", metavar="SCHEME", help=f"Target (any case), one of {', '.join(SCHEMES)}, or auto (a scheme per tensor for one of --target-bits, --target-size, --min-sqnr, --min-overall-sqnr, --max-kl). {schemes_help()}.")],

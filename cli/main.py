@@ -18,7 +18,7 @@ from quantkit.writing.target import check_output
 from quantkit.sizes import format_bytes, format_size_option, parse_size
 from quantkit.sources import open_checkpoint
 
-from .common import STATE, byte_progress, guarded, print_json, source_options
+from .common import AppOptions, GuardedCommand, byte_progress, print_json, source_options
 from .render import anatomy_text
 
 COMMAND_ORDER = ("inspect", "convert", "reshard", "compare", "profile", "verify")  # the order a user needs them
@@ -64,14 +64,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = None,
 ) -> None:
-    STATE["debug"] = debug
+    ctx.obj = AppOptions(debug=debug)  # each command's context inherits it (GuardedCommand reads it)
 
 
-@app.command("reshard")
-@guarded
+@app.command("reshard", cls=GuardedCommand)
 def reshard_cmd(
     src: Src,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: <src>-safetensors beside SRC). Its parent folder must exist; it may not be SRC, inside SRC or hold SRC.")] = None,
@@ -102,8 +102,7 @@ def reshard_cmd(
         typer.echo(f"tied tensors saved once: {len(result.aliases)} ({', '.join(result.aliases)})")
 
 
-@app.command("inspect")
-@guarded
+@app.command("inspect", cls=GuardedCommand)
 def inspect_cmd(
     src: Src,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (keys: num_parameters, num_tensors, total_bytes, groups, ...).")] = False,

@@ -12,15 +12,14 @@ from quantkit.errors import UsageError
 from quantkit.sizes import format_bytes, parse_size
 from quantkit.sources import open_checkpoint
 
-from .common import byte_progress, guarded
+from .common import GuardedCommand, byte_progress
 from .main import Quiet, Src, app
 
 FAMILY_HELP = ("Which schemes the choice may mix: compressed-tensors (its schemes mix freely, with keep) or bitsandbytes "
                "(one method per model, plus kept tensors). Default: compressed-tensors once its schemes are registered, else bitsandbytes.")
 
 
-@app.command("profile")
-@guarded
+@app.command("profile", cls=GuardedCommand)
 def profile_cmd(
     src: Src,
     schemes: Annotated[Optional[str], typer.Option("--schemes", help="Comma-separated schemes to try: quantizers, and bf16 (the narrower keep of a wider source). Default: every registered quantizer and bf16.")] = None,

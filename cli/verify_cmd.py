@@ -12,12 +12,11 @@ from quantkit.sizes import format_bytes
 from quantkit.sources.remote import is_url
 from quantkit.verify import VerifyReport, verify_checkpoint
 
-from .common import guarded, print_json
+from .common import GuardedCommand, print_json
 from .main import app
 
 
-@app.command("verify")
-@guarded
+@app.command("verify", cls=GuardedCommand)
 def verify_cmd(
     src: Annotated[str, typer.Argument(metavar="SRC", help="Folder quantkit wrote, a Hugging Face folder, a .safetensors file or an index .json; or its URL (s3://bucket/prefix, hf://org/model, https://.../index.json).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

@@ -8,15 +8,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .devices import check_device, conversion_device
+from .assign import assign, check_assignment_mix, check_convertible, check_quantizes_something
+from .convert_options import ConvertOptions
+from .devices import conversion_device
 from .dtypes import short_name
-from .errors import InputError, OutputError, UsageError
+from .errors import UsageError
 from .layout import CONFIG, SCHEME_KEY, SOURCE_EXTRAS_KEY, TRANSPOSED_KEY, default_output, provenance
-from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
-from .rules import KEEP, Rule, check_mix, parse_rules
+from .nonfinite import NonFiniteCounts
+from .planner import plan_shards
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
-from .schemes.ct import FAMILY as CT_FAMILY, to_torch
-from .selection import Assignment, Kept, check_patterns, layout_for, only_matches, select
+from .schemes.ct import FAMILY as CT_FAMILY
+from .selection import Assignment, Kept, only_matches
 from .sources import CheckpointSource, opened
 from .specs import OutSpec
 from .writing import ProgressFn, WriteResult, copy_model_files, write_cast_checkpoint, write_checkpoint
@@ -24,65 +26,6 @@ from .writing.folder import record_all_files, skipped_notes
 from .writing.target import check_output, output_stage, output_target
 
 WEIGHTS_FOUND_UNDER = "weights found under"  # an ``extras`` entry describing where, not content
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """How to convert. ``scheme``: a registered scheme name (bf16, fp16, int8, nf4, fp4, ...)."""
-
-    scheme: str
-    blocksize: int = 64
-    double_quant: bool = False
-    rest_dtype: str = "keep"
-    skip: tuple[str, ...] = ()
-    only: tuple[str, ...] = ()
-    device: str = "auto"
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
-    group_size: int = 128  # compressed-tensors w8a16 / w4a16
-    rules: tuple[str, ...] = ()  # "REGEX=SCHEME", first match wins (quantkit.rules)
-    auto: dict | None = field(default=None, compare=False)  # set by convert_auto: the target, rules and predictions
-
-    def __post_init__(self):
-        # names are case-insensitive (--to BF16): keep the registered spelling; "auto" is made
-        # concrete by convert_auto (quantkit.auto)
-        if self.scheme.lower() == "auto":
-            object.__setattr__(self, "scheme", "auto")
-        else:
-            object.__setattr__(self, "scheme", get_scheme(self.scheme).name)  # UsageError naming the choices
-        object.__setattr__(self, "rest_dtype", self.rest_dtype.lower())
-        check_patterns("--skip", self.skip)
-        check_patterns("--only", self.only)
-        if isinstance(self.rules, str):
-            object.__setattr__(self, "rules", (self.rules,))
-        object.__setattr__(self, "rules", tuple(self.rules))
-        if self.scheme != "auto":
-            check_mix(self.scheme, self.parsed_rules)  # before anything is read
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size <= 0:
-            raise UsageError(f"--group-size must be a positive integer, not {self.group_size!r}")
-        rest = rest_choices()
-        if self.rest_dtype not in rest:
-            raise UsageError(f"unknown --rest-dtype {self.rest_dtype!r}: choose {', '.join(rest[:-1])} or {rest[-1]}")
-        if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
-            raise UsageError(f"--blocksize {self.blocksize} is not one bitsandbytes supports (32, 64, ..., 4096)")
-        check_device(self.device)
-
-    @property
-    def parsed_rules(self) -> tuple[Rule, ...]:
-        return parse_rules(self.rules)
-
-    @property
-    def quantizing(self) -> bool:
-        """Whether any quantizer may be used (``--to`` or a rule)."""
-        return get_scheme(self.scheme).quantizes or any(r.scheme != KEEP and get_scheme(r.scheme).quantizes for r in self.parsed_rules)
-
-    @property
-    def settings(self) -> SchemeSettings:
-        return SchemeSettings(blocksize=self.blocksize, double_quant=self.double_quant, group_size=self.group_size)
-
-
-def rest_choices() -> list[str]:
-    """``--rest-dtype``: keep, or a registered cast scheme for the tensors a quantizer leaves."""
-    return ["keep", *(s.name for s in SCHEMES.values() if not s.quantizes)]
 
 
 @dataclass
@@ -124,8 +67,7 @@ class _Converter:
     def __init__(self, source: CheckpointSource, assignment: Assignment, settings: SchemeSettings, device: str):
         self.source, self.assignment, self.settings, self.device = source, assignment, settings, device
         self._local = threading.local()
-        self.nonfinite: dict[str, int] = {}
-        self.nonfinite_created: dict[str, int] = {}
+        self.nonfinite = NonFiniteCounts()
 
     def outputs(self, name: str) -> list[OutSpec]:
         spec = self.source.specs[name]
@@ -142,37 +84,17 @@ class _Converter:
         """The stored tensors of one quantized weight (on a worker thread)."""
         scheme = SCHEMES[self.assignment.schemes[name]]
         transpose = name in self.assignment.transpose
+        compressed_tensors = scheme.family == CT_FAMILY  # numpy kernels on the CPU; NaN / inf stored as given
         if self.device == "cpu" and self.source.reads_into_buffer and scheme.quantizes_arrays:
-            array = self._read_array(name)
-            stored = scheme.quantize_array(name, array, transpose=transpose, settings=self.settings)
-            if not scheme.arrays_finite(stored):  # rare: a scale overflowed or a NaN spread; counted with torch
-                import numpy as np
-
-                in_source = int(np.count_nonzero(~np.isfinite(array)))
-                if in_source and scheme.family == CT_FAMILY:
-                    self.nonfinite[name] = in_source
-                self._count_created(name, scheme.nonfinite_values([(n, to_torch(a)) for n, a in stored]), in_source)
-            return stored
-        tensor = self._read_reused(name)
-        if scheme.family != CT_FAMILY:  # compressed-tensors kernels are numpy, on the CPU
-            tensor = tensor.to(self.device)
-        else:  # stored as the reference stores them (quantkit.schemes.compressed); counted
-            import torch
-
-            bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                self.nonfinite[name] = bad
-        stored = scheme.quantize(name, tensor, transpose=transpose, settings=self.settings)
-        converted = scheme.nonfinite_values(stored)
-        if converted:  # rare: only then is the source counted
-            import torch
-
-            self._count_created(name, converted, int((~torch.isfinite(tensor)).sum()))
+            weight = self._read_array(name)
+            stored = scheme.quantize_array(name, weight, transpose=transpose, settings=self.settings)
+        else:
+            weight = self._read_reused(name)
+            if not compressed_tensors:
+                weight = weight.to(self.device)
+            stored = scheme.quantize(name, weight, transpose=transpose, settings=self.settings)
+        self.nonfinite.record(name, scheme, weight, stored, report_source=compressed_tensors)
         return stored
-
-    def _count_created(self, name: str, converted: int, in_source: int) -> None:
-        if converted - in_source > 0:
-            self.nonfinite_created[name] = converted - in_source
 
     def _read_array(self, name: str):
         """A weight as a numpy array in this thread's reused buffer (no torch)."""
@@ -203,102 +125,6 @@ class _Converter:
         if spec.nbytes:
             self.source.read_into(name, 0, memoryview(data.numpy()))
         return data.view(spec.dtype.torch).reshape(spec.shape)
-
-
-def assign(source: CheckpointSource, options: ConvertOptions) -> Assignment:
-    """Which scheme each tensor goes through, from specs alone, and why.
-
-    A cast scheme takes every floating-point tensor not excluded by --skip / --only; a
-    quantizer takes the linear weights ``select`` picks, and the rest are cast to
-    ``--rest-dtype`` (except those --skip / --only exclude) or written as stored. Then the
-    rules (``--rule``, first match wins) override: a quantizer rule applies to the weights the
-    default policy picks, a cast or ``keep`` to any floating-point tensor. A rule that decides
-    no tensor is a UsageError naming it. compressed-tensors schemes store Linear weights only:
-    Conv1D weights stay unquantized (``Kept.CONV1D``)."""
-    scheme = get_scheme(options.scheme)
-    rules = options.parsed_rules
-    layout = layout_for(source.info.config_dir) if options.quantizing else None
-    selection = select(source, skip=options.skip, only=options.only, layout=layout)
-    reasons: dict[str, str] = {}
-    if not scheme.quantizes:
-        kept = {n: why for n, why in selection.kept.items() if why.by_user or why is Kept.NOT_FLOATING}
-        schemes = {n: scheme.name for n in source.specs if n not in kept}
-        reasons.update(dict.fromkeys(schemes, f"--to {scheme.name}"))
-    else:
-        kept = dict(selection.kept)
-        schemes = dict.fromkeys(selection.quantize, scheme.name)
-        reasons.update(dict.fromkeys(schemes, "linear weight (default policy)"))
-        if options.rest_dtype != "keep":
-            rest = {n: options.rest_dtype for n, why in selection.kept.items() if not why.by_user and source.specs[n].dtype.is_floating_point}
-            schemes.update(rest)
-            reasons.update(dict.fromkeys(rest, f"--rest-dtype {options.rest_dtype}"))
-    used: set[str] = set()
-    for name, spec in source.specs.items():
-        why = selection.kept.get(name)
-        if not spec.dtype.is_floating_point or (why is not None and why.by_user):
-            continue
-        for rule in rules:
-            if not rule.matches(name):
-                continue
-            if rule.scheme != KEEP and get_scheme(rule.scheme).quantizes and name not in selection.quantize:
-                continue  # a quantizer rule applies to linear weights only; a later rule may apply
-            used.add(rule.text)
-            if rule.scheme == KEEP:
-                schemes.pop(name, None)
-                kept[name] = Kept.RULE_KEEP
-            else:
-                schemes[name] = rule.scheme
-                if get_scheme(rule.scheme).quantizes:
-                    kept.pop(name, None)
-            reasons[name] = f"rule '{rule.text}'"
-            break
-    unused = [r.text for r in rules if r.text not in used]
-    if unused:
-        raise UsageError(
-            f"rule {unused[0]!r} decides no tensor of {source.path.name} (it matches no name, only tensors it cannot "
-            f"apply to, or only tensors an earlier rule decided); fix its regex or drop it (see --dry-run)"
-        )
-    for name, target in list(schemes.items()):
-        if get_scheme(target).family == CT_FAMILY and selection.quantize.get(name):
-            del schemes[name]  # a Conv1D weight [in, out]: compressed-tensors loads Linear layers only
-            kept[name] = Kept.CONV1D
-    quantized = {n for n, s in schemes.items() if get_scheme(s).quantizes}
-    for name, spec in source.specs.items():
-        if name not in quantized and name not in kept and reasons.get(name, "").startswith("rule") and (options.quantizing or name not in schemes):
-            kept[name] = Kept.RULE_KEEP  # a weight a rule cast or kept instead of quantizing, or kept instead of casting
-        if kept.get(name) is Kept.CONV1D or name not in reasons:
-            reasons[name] = kept[name].value if name in kept else ""
-    ignore = tuple(
-        n.removesuffix(".weight") for n, spec in source.specs.items()
-        if n.endswith(".weight") and spec.dtype.is_floating_point and len(spec.shape) >= 1 and n not in quantized
-    )
-    transpose = frozenset(n for n in quantized if selection.quantize.get(n))
-    for name in quantized:
-        kept.pop(name, None)
-    return Assignment(schemes, transpose, kept, selection.structure, reasons=reasons, ignore=ignore)
-
-
-def _check_mix(assignment: Assignment) -> None:
-    """Refuse quantizers a stored format cannot mix (bitsandbytes: one method per model)."""
-    used = [SCHEMES[s] for s in sorted(set(assignment.schemes.values())) if SCHEMES[s].quantizes]
-    for scheme in used:
-        others = [o.name for o in used if o.family == scheme.family and o is not scheme]
-        if others and not scheme.mixes_within_family:
-            raise UsageError(f"{scheme.name} cannot be mixed with {', '.join(others)} in one {scheme.family} checkpoint")
-
-
-def _check_quantizes_something(source: CheckpointSource, assignment: Assignment, options: ConvertOptions) -> None:
-    """Refuse, before anything is read, a quantizing --to that would quantize no tensor of a
-    model folder: its config.json's quantization_config would describe quantized layers that
-    are not there (a compressed-tensors one cannot even be written). A bare ``.pth`` has no
-    config to contradict: its tensors are written, none quantized, as the summary says."""
-    if not options.quantizing or source.info.config_dir is None or any(SCHEMES[s].quantizes for s in assignment.schemes.values()):
-        return
-    counts: dict[str, int] = {}
-    for reason in assignment.kept.values():
-        counts[str(reason)] = counts.get(str(reason), 0) + 1
-    kept = ", ".join(f"{n} {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])[:4]) or "no weight found"
-    raise UsageError(f"--to {options.scheme} quantizes no tensor of this checkpoint (kept: {kept}); choose another scheme, or bf16 / fp16 to cast")
 
 
 def convert(
@@ -338,25 +164,18 @@ def convert(
     check_output(src_path, target, force=force)  # before anything is read
     staging_notes: list[str] = []
     with opened(src) as source:
-        _check_convertible(source)
+        check_convertible(source)
         assignment = assign(source, options)
-        _check_mix(assignment)
-        _check_quantizes_something(source, assignment, options)
+        check_assignment_mix(assignment)
+        check_quantizes_something(source, assignment, options)
         converter = _Converter(source, assignment, options.settings, device)
-        outputs = {name: converter.outputs(name) for name in source.specs}
         if executor is not None and not isinstance(target, Path):
             raise UsageError(f"--executor ray writes into a folder on a shared filesystem; -o {target} (object storage) is not supported with it yet")
         stage_context = executor.staged(target, force=force, notes=staging_notes) if executor is not None else output_stage(target, force=force, notes=staging_notes)
         with stage_context as stage:
-            staging = stage if isinstance(stage, Path) else stage.folder
-            shard_done = None if isinstance(stage, Path) else stage.shard_done
-            write = _write(staging, source, src_path, converter, outputs, options, fsync=fsync, progress=progress, executor=executor, shard_done=shard_done)
-            skipped: dict[str, str] = {}
-            copied = copy_model_files(source.model_files_dir(), staging, target=target, skipped=skipped)
-            if source.info.config_dir is not None and (staging / CONFIG).is_file():
-                update_hf_config(staging / CONFIG, options, assignment)
-            write = record_all_files(write, skipped=skipped)  # the manifest covers every file written
-            staging_notes += skipped_notes(skipped)
+            staging, shard_done = (stage, None) if isinstance(stage, Path) else (stage.folder, stage.shard_done)
+            write = _write(staging, source, src_path, converter, options, fsync=fsync, progress=progress, executor=executor, shard_done=shard_done)
+            write, copied = _add_model_files(staging, write, source, target, options, assignment, notes=staging_notes)
         return ConvertResult(
             scheme=options.scheme,
             source_format=source.info.format,
@@ -365,10 +184,10 @@ def convert(
             input_bytes=source.total_bytes,
             num_parameters=sum(s.numel for s in source.specs.values() if s.dtype.is_floating_point),
             quantized=assignment.quantized({s.name for s in SCHEMES.values() if s.quantizes}),
-            nonfinite=dict(converter.nonfinite),
+            nonfinite=dict(converter.nonfinite.in_source),
             kept=dict(assignment.kept),
             fp16_overflow=dict(write.fp16_overflow),
-            nonfinite_created={**write.fp16_overflow, **converter.nonfinite_created},
+            nonfinite_created={**write.fp16_overflow, **converter.nonfinite.created},
             source_extras=list(source.info.extras_json),
             dropped_extras=[k for k in source.info.extras if k not in source.info.extras_json and k != WEIGHTS_FOUND_UNDER],
             input_bytes_by_dtype=bytes_by_dtype(source.specs.values()),
@@ -380,8 +199,9 @@ def convert(
         )
 
 
-def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _Converter, outputs, options: ConvertOptions, *, fsync, progress,
+def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _Converter, options: ConvertOptions, *, fsync, progress,
            executor=None, shard_done=None) -> WriteResult:
+    outputs = {name: converter.outputs(name) for name in source.specs}
     plan = plan_shards([(n, sum(o.nbytes for o in outs)) for n, outs in outputs.items()], options.max_shard_bytes)
     extra = {SCHEME_KEY: options.scheme}
     if converter.assignment.transpose:
@@ -406,6 +226,18 @@ def _write(staging: Path, source: CheckpointSource, src_path: Path, converter: _
     )
 
 
+def _add_model_files(staging: Path, write: WriteResult, source: CheckpointSource, target: Path, options: ConvertOptions,
+                     assignment: Assignment, *, notes: list[str]) -> tuple[WriteResult, list[str]]:
+    """Copy the model's config and tokenizer files beside the shards (config.json records the
+    conversion); the manifest then covers every file written. Returns it and the copied names."""
+    skipped: dict[str, str] = {}
+    copied = copy_model_files(source.model_files_dir(), staging, target=target, skipped=skipped)
+    if source.info.config_dir is not None and (staging / CONFIG).is_file():
+        update_hf_config(staging / CONFIG, options, assignment)
+    notes += skipped_notes(skipped)
+    return record_all_files(write, skipped=skipped), copied
+
+
 def _notes(source: CheckpointSource, options: ConvertOptions, assignment: Assignment) -> list[str]:
     notes = list(source.info.notes)
     if options.quantizing and not assignment.quantized({s.name for s in SCHEMES.values() if s.quantizes}):
@@ -424,13 +256,6 @@ def bytes_by_dtype(specs) -> dict[str, int]:
     for spec in specs:
         totals[short_name(spec.dtype)] = totals.get(short_name(spec.dtype), 0) + spec.nbytes
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
-
-
-def _check_convertible(source: CheckpointSource) -> None:
-    if not source.specs:
-        raise InputError(f"{source.path}: the checkpoint holds no tensors")
-    if not any(s.dtype.is_floating_point for s in source.specs.values()):
-        raise InputError(f"{source.path}: no floating-point tensors to convert (all {len(source.specs)} are integer or bool)")
 
 
 def update_hf_config(path: Path, options: ConvertOptions, assignment: Assignment) -> None:

@@ -48,12 +48,13 @@ def plan_conversion(src: str | Path | CheckpointSource, output: str | Path | Non
 
     Raises the errors ``convert`` raises before writing (unknown scheme, a rule deciding no
     tensor, a group size that does not divide a weight's input dimension)."""
-    from .convert import _Converter, _check_convertible, assign
+    from .assign import assign, check_convertible
+    from .convert import _Converter
 
     src_path = src.path if isinstance(src, CheckpointSource) else Path(src)
     target = output_target(output, lambda: default_output(src_path, options.scheme))  # a folder, or an s3:// prefix
     with opened(src) as source:
-        _check_convertible(source)
+        check_convertible(source)
         assignment = assign(source, options)
         converter = _Converter(source, assignment, options.settings, "cpu")
         outputs = {name: converter.outputs(name) for name in source.specs}

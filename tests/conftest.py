@@ -194,11 +194,9 @@ def cli() -> Callable[..., CliResult]:
     from typer.testing import CliRunner
 
     from quantkit_cli.main import app
-    from quantkit_cli.common import STATE
 
     def invoke(*args: str) -> CliResult:
         result = CliRunner().invoke(app, [str(a) for a in args])
-        STATE["debug"] = False
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception  # a crash the CLI did not turn into a message: show it
         return CliResult(result.exit_code, result.stdout, result.stderr)

@@ -79,6 +79,7 @@ def test_double_quant_on_the_cpu_does_not_import_bitsandbytes(tmp_path):
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
+@pytest.mark.slow  # a GPT-2 converted and compared; the fallback itself: tests/reports/test_outputs.py (without tokenizer)
 def test_compare_without_tokenizer_files_falls_back_to_random_tokens(cli, tied_gpt2, tmp_path):
     folder, _ = tied_gpt2
     assert cli("convert", folder, "--to", "int8", "-o", tmp_path / "int8", "-q").exit_code == 0

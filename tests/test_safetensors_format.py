@@ -216,6 +216,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow  # the longest of the three fuzzers; random bytes and mutated valid files stay in the default run
 @FUZZ
 @given(header=st.dictionaries(st.sampled_from(["a", "b", "__metadata__"]),
                               st.fixed_dictionaries({}, optional={"dtype": st.sampled_from(["F32", "U8", "BOOL", "X"]) | json_values,

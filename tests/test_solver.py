@@ -63,6 +63,7 @@ def test_greedy_is_feasible_and_near_brute_force(items, fraction):
     assert solution.error >= min(e for b, e in brute(items) if b <= budget) - 1e-9
 
 
+@pytest.mark.slow  # 2,000 instances solved both ways: a measurement; the brute-force properties stay in the default run
 def test_greedy_gap_statistics():
     """Measured on 2,000 seeded random instances of 8 tensors x 4 options (weights of realistic
     shape: bytes fall and error rises with the bits): how far the greedy is from the optimum."""

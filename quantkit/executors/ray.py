@@ -122,8 +122,8 @@ class RayExecutor:
         overflow: dict[str, int] = {}
         for counts in [record.counts(name) for name in kept] + [_counts(result) for result in done.values()]:
             overflow.update(counts.get("fp16_overflow", {}))
-            converter.nonfinite.update(counts.get("nonfinite", {}))
-            converter.nonfinite_created.update(counts.get("nonfinite_created", {}))
+            converter.nonfinite.in_source.update(counts.get("nonfinite", {}))
+            converter.nonfinite.created.update(counts.get("nonfinite_created", {}))
         weight_map = {tensor: shard.path.name for shard in shards for tensor in shard.names}
         result = write_index(staging, shards, weight_map, manifest)
         result.fp16_overflow = overflow

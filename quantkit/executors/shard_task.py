@@ -84,7 +84,7 @@ def convert_shard(job: ShardJob) -> ShardDone:
         )
         input_bytes = sum(source.specs[u].nbytes for u in job.units if u in source.specs)
         fetched = source.bytes_fetched
-    return ShardDone(shards[0], input_bytes, dict(overflow), dict(converter.nonfinite), dict(converter.nonfinite_created),
+    return ShardDone(shards[0], input_bytes, dict(overflow), dict(converter.nonfinite.in_source), dict(converter.nonfinite.created),
                      time.perf_counter() - started, fetched)
 
 

@@ -49,7 +49,6 @@ bit everywhere else.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,12 +58,12 @@ import numpy as np
 
 from ..dtypes import BY_ST, DType, dtype_of
 from ..errors import InputError, UsageError
+from .compressed_arith import FP8_MAX, absmax, divide, encode_fp8, round_to, scale_from_absmax, times_scale, widen
 
 SCHEMES = ("fp8", "fp8-block", "w8a16", "w4a16")
 PRESETS = {"fp8": "FP8_DYNAMIC", "fp8-block": "FP8_BLOCK", "w8a16": "W8A16", "w4a16": "W4A16"}
 DEFAULT_GROUP_SIZE = 128
 FP8_BLOCK = 128  # FP8_BLOCK's block_structure [128, 128]
-FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 _INT_BITS = {"w8a16": 8, "w4a16": 4}
 _SCALE_DTYPES = ("F32", "F16", "BF16", "F64")
 _FP8_NAN = np.uint8(0x7F)
@@ -200,9 +199,9 @@ def _check_stored(stored: Mapping[str, np.ndarray], scheme: str, name: str) -> N
 
 def quantize_fp8_channel(weight: np.ndarray) -> dict[str, np.ndarray]:
     """FP8_DYNAMIC's weights: one scale per output row (``weight_scale`` ``[out, 1]``)."""
-    wide = _widen(weight)
-    scale = _scale_from_absmax(_absmax(wide, axis=1), FP8_MAX, weight.dtype)
-    codes = _fp8_codes(wide, _widen(scale)[:, None], weight.dtype)
+    wide = widen(weight)
+    scale = scale_from_absmax(absmax(wide, axis=1), FP8_MAX, weight.dtype)
+    codes = _fp8_codes(wide, widen(scale)[:, None], weight.dtype)
     return {"weight": codes, "weight_scale": scale[:, None]}
 
 
@@ -212,13 +211,13 @@ def quantize_fp8_block(weight: np.ndarray, *, block: int = FP8_BLOCK) -> dict[st
     (helpers.py:412-440), and zeros cannot change a symmetric absmax."""
     rows, cols = weight.shape
     starts = np.arange(0, cols, block)
-    wide = _widen(weight)
-    absmax = np.empty((len(range(0, rows, block)), len(starts)), dtype=wide.dtype)
+    wide = widen(weight)
+    tile_absmax = np.empty((len(range(0, rows, block)), len(starts)), dtype=wide.dtype)
     for i, r in enumerate(range(0, rows, block)):
-        absmax[i] = np.maximum.reduceat(_absmax(wide[r : r + block], axis=0), starts)
-    scale = _scale_from_absmax(absmax, FP8_MAX, weight.dtype)
+        tile_absmax[i] = np.maximum.reduceat(absmax(wide[r : r + block], axis=0), starts)
+    scale = scale_from_absmax(tile_absmax, FP8_MAX, weight.dtype)
     codes = np.empty((rows, cols), dtype=ml_dtypes.float8_e4m3fn)
-    wide_scale = _widen(scale)
+    wide_scale = widen(scale)
     for i, r in enumerate(range(0, rows, block)):
         per_column = np.repeat(wide_scale[i], block)[:cols]
         codes[r : r + block] = _fp8_codes(wide[r : r + block], per_column[None, :], weight.dtype)
@@ -230,11 +229,11 @@ def dequantize_fp8(codes: np.ndarray, scale: np.ndarray, *, block: int | None = 
     if block is not None:
         rows, cols = codes.shape
         scale = np.repeat(np.repeat(scale, block, axis=0), block, axis=1)[:rows, :cols]
-    return _times_scale(codes.astype(np.float32), scale)
+    return times_scale(codes.astype(np.float32), scale)
 
 
 def _fp8_codes(wide: np.ndarray, wide_scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    q = _divide(wide, wide_scale)
+    q = divide(wide, wide_scale)
     # The reference clamps x / scale (in the weight's dtype) to +-448, then casts. Clamping the
     # float32 quotient before its rounding to BF16 / FP16 gives the same values: rounding is
     # monotonic and 448 is exact in both.
@@ -244,46 +243,11 @@ def _fp8_codes(wide: np.ndarray, wide_scale: np.ndarray, dtype: np.dtype) -> np.
     elif dtype == ml_dtypes.bfloat16:
         q = q.astype(dtype)
     elif dtype == np.float16:
-        q = _round_to(q, dtype)
-    codes = _encode_fp8(q)
+        q = round_to(q, dtype)
+    codes = encode_fp8(q)
     if not np.isfinite(wide_scale).all():  # NaN codes only come from a NaN or infinite scale
         codes.view(np.uint8)[np.isnan(q)] = _FP8_NAN
     return codes
-
-
-@functools.cache
-def _fp8_table() -> np.ndarray:
-    """FP8 E4M3 code of every float32 whose bits 0-14 are zero, indexed by its bits 15-31.
-
-    Rounding a float32 to FP8 (3 mantissa bits) looks at bit 19 and up for normal results,
-    higher for subnormal ones, and at bits below only through "any of them set". Folding
-    bits 0-14 into bit 15 as one "any set" bit keeps every rounding decision, so the code of
-    any float32 is this table at ``(u | sticky(u & 0x7FFF) << 15) >> 15``: two times faster
-    than ml_dtypes' own cast here, and the same bytes (ml_dtypes rounds to nearest even, as
-    torch does)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        return (np.arange(1 << 17, dtype=np.uint32) << 15).view(np.float32).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
-
-
-def _encode_fp8(values: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
-    """FP8 codes of float32 (or BF16) values, rounded to nearest even; chunks stay in cache."""
-    table = _fp8_table()
-    flat = values.reshape(-1)
-    codes = np.empty(flat.shape, dtype=np.uint8)
-    if values.dtype == ml_dtypes.bfloat16:  # BF16 bits are float32's bits 16-31
-        for start in range(0, flat.size, chunk):
-            index = flat[start : start + chunk].view(np.uint16).astype(np.uint32)
-            index <<= 1
-            np.take(table, index, out=codes[start : start + chunk])
-        return codes.reshape(values.shape).view(ml_dtypes.float8_e4m3fn)
-    for start in range(0, flat.size, chunk):
-        bits = flat[start : start + chunk].view(np.uint32)
-        index = bits & np.uint32(0x7FFF)
-        index += np.uint32(0x7FFF)  # bit 15 now says "bits 0-14 were not all zero"
-        index |= bits
-        index >>= 15
-        np.take(table, index, out=codes[start : start + chunk])
-    return codes.reshape(values.shape).view(ml_dtypes.float8_e4m3fn)
 
 
 # -- INT8 / INT4 -----------------------------------------------------------------------------
@@ -294,11 +258,11 @@ def quantize_int_group(weight: np.ndarray, *, bits: int, group_size: int = DEFAU
     into int32 (``weight_packed``), with ``weight_scale`` and ``weight_shape``."""
     rows, cols = weight.shape
     q_min, q_max = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    wide = _widen(weight).reshape(rows, cols // group_size, group_size)
-    scale = _scale_from_absmax(_absmax(wide, axis=2), (q_max - q_min) / 2, weight.dtype)
-    q = _divide(wide, _widen(scale)[:, :, None])
+    wide = widen(weight).reshape(rows, cols // group_size, group_size)
+    scale = scale_from_absmax(absmax(wide, axis=2), (q_max - q_min) / 2, weight.dtype)
+    q = divide(wide, widen(scale)[:, :, None])
     np.clip(q, q_min, q_max, out=q)  # before the rounding, as the reference clamps then rounds
-    q = _round_to(q, weight.dtype)
+    q = round_to(q, weight.dtype)
     np.rint(q, out=q)
     with np.errstate(invalid="ignore"):
         codes = q.astype(np.int8)
@@ -321,7 +285,7 @@ def dequantize_int_group(packed: np.ndarray, scale: np.ndarray, shape: np.ndarra
         raise InputError(f"{name}: weight_scale shape {list(scale.shape)} does not fit weight_shape [{rows}, {cols}]")
     codes = unpack_int32(packed, bits, cols).astype(np.float32)
     groups = scale.shape[1]
-    return _times_scale(codes.reshape(rows, groups, cols // groups), scale[:, :, None]).reshape(rows, cols)
+    return times_scale(codes.reshape(rows, groups, cols // groups), scale[:, :, None]).reshape(rows, cols)
 
 
 def pack_int32(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -346,84 +310,6 @@ def unpack_int32(packed: np.ndarray, bits: int, cols: int) -> np.ndarray:
     if bits == 4:
         raw = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(raw.shape[0], -1)
     return (raw[:, :cols].astype(np.int16) - (1 << (bits - 1))).astype(np.int8)
-
-
-# -- arithmetic in the weight's dtype --------------------------------------------------------
-
-
-def _widen(values: np.ndarray) -> np.ndarray:
-    """The array in the precision torch computes its arithmetic in: float32 for BF16 and
-    FP16 (exact), as it is for float32 and float64."""
-    if values.dtype in (np.float32, np.float64):
-        return values
-    if values.dtype == np.float16:  # numpy's own FP16 cast is ~6x slower than a lookup here
-        return np.take(_f16_to_f32_table(), values.view(np.uint16))
-    return values.astype(np.float32)
-
-
-def _round_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round a float32 result to ``dtype`` (and back, exactly), as torch stores each BF16 /
-    FP16 operation's result."""
-    if values.dtype == dtype:
-        return values
-    if dtype == np.float16 and np.isfinite(values).all():
-        return _round_f16(values)
-    return values.astype(dtype).astype(np.float32)
-
-
-@functools.cache
-def _f16_to_f32_table() -> np.ndarray:
-    return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-
-
-def _round_f16(values: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
-    """Finite float32 values rounded to the nearest-even FP16 value, kept as float32: the
-    mantissa cut to 10 bits with integer arithmetic (normal FP16 results), the subnormal range
-    (below 2^-14) rounded on its fixed 2^-24 grid. Same values as numpy's own cast, faster."""
-    flat = values.reshape(-1)
-    out = np.empty(flat.shape, dtype=np.uint32)
-    for start in range(0, flat.size, chunk):
-        x = flat[start : start + chunk]
-        bits = x.view(np.uint32)
-        rounded = out[start : start + chunk]
-        np.right_shift(bits, 13, out=rounded)
-        rounded &= np.uint32(1)  # the kept mantissa's last bit: ties go to even
-        rounded += np.uint32(0xFFF)
-        rounded += bits
-        rounded &= np.uint32(0xFFFFE000)
-        small = np.abs(x) < np.float32(2.0**-14)
-        if small.any():
-            rounded.view(np.float32)[small] = np.rint(x[small] * np.float32(2.0**24)) * np.float32(2.0**-24)
-    return out.view(np.float32).reshape(values.shape)
-
-
-def _absmax(wide: np.ndarray, *, axis: int) -> np.ndarray:
-    """``max(|min(x.min, 0)|, |max(x.max, 0)|)`` along ``axis``; NaN when the slice holds one."""
-    high = np.maximum(wide.max(axis=axis), 0)
-    low = np.minimum(wide.min(axis=axis), 0)
-    return np.maximum(np.abs(low), high)
-
-
-def _scale_from_absmax(absmax: np.ndarray, half_range: float, dtype: np.dtype) -> np.ndarray:
-    """``absmax / half_range`` in ``dtype``, a zero scale replaced by ``finfo(dtype).eps``."""
-    scale = (absmax / absmax.dtype.type(half_range)).astype(dtype)
-    nan = np.isnan(scale)
-    if nan.any():  # one fixed NaN pattern (see the module's note on NaN bit patterns)
-        scale[nan] = np.nan
-    scale[scale == 0] = ml_dtypes.finfo(dtype).eps
-    return scale
-
-
-def _divide(wide: np.ndarray, wide_scale: np.ndarray) -> np.ndarray:
-    """``x / scale`` in float32 (float64 for F64), not yet rounded to a BF16 / FP16 weight's
-    dtype: the callers clamp first, then round."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return wide / wide_scale
-
-
-def _times_scale(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    product = codes * _widen(scale)
-    return product.astype(scale.dtype)
 
 
 def _suffixes(scheme: str) -> tuple[str, ...]:

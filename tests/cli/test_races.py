@@ -108,6 +108,7 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path):
     assert _beside(tmp_path, "out") == []
 
 
+@pytest.mark.slow  # up to 3 attempts of two real processes; the lock: test_a_second_run_on_the_same_output_is_refused
 def test_two_runs_started_together_one_wins(tmp_path):
     sources = [_model(tmp_path / f"{n}.safetensors", seed) for n, seed in (("a", 1), ("b", 2))]
     for attempt in range(3):
@@ -160,6 +161,7 @@ def test_sigkill_during_the_forced_swap_leaves_a_complete_output(tmp_path, pause
     assert _beside(tmp_path, "out") == [] and _same(out, new_src)
 
 
+@pytest.mark.slow  # the paused run sleeps 60 s through the swap; in-process: tests/writing/test_output_safety.py
 def test_sigterm_during_the_forced_swap_says_what_is_in_place(tmp_path):
     old_src, new_src = _model(tmp_path / "old.safetensors", 1), _model(tmp_path / "new.safetensors", 2)
     out = tmp_path / "out"
@@ -174,6 +176,7 @@ def test_sigterm_during_the_forced_swap_says_what_is_in_place(tmp_path):
     assert _same(out, new_src) and _beside(tmp_path, "out") == []  # the old output removed, nothing left behind
 
 
+@pytest.mark.slow  # 5 kills of real runs; the fixed moments: test_sigkill_during_the_forced_swap_leaves_a_complete_output
 def test_sigkill_at_random_moments_of_forced_runs(tmp_path):
     sources = [_model(tmp_path / f"{n}.safetensors", seed, count=200) for n, seed in (("a", 1), ("b", 2))]
     out = tmp_path / "out"

@@ -102,6 +102,7 @@ def test_closed_stdout_exits_quietly_with_141(small_pth):
     assert stderr == ""
 
 
+@pytest.mark.slow  # the same path through a shell; test_closed_stdout_exits_quietly_with_141 stays fast
 def test_shell_pipe_to_true_leaves_no_traceback(small_pth):
     quantkit_bin = Path(sys.executable).parent / "quantkit"
     done = subprocess.run(f"'{quantkit_bin}' inspect '{small_pth}' | true; echo \"${{PIPESTATUS[0]}}\"",

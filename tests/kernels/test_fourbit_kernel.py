@@ -54,6 +54,7 @@ def test_transposed_conv1d_weights(kind, quant_type, dtype):
             assert_bitsandbytes_bytes(w, blocksize, quant_type, transpose=True)
 
 
+@pytest.mark.slow  # 80 random examples; test_matches_bitsandbytes covers each kind of value in the default run
 @settings(max_examples=80, deadline=None)
 @given(
     numel=st.integers(1, 700),

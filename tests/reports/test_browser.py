@@ -89,6 +89,7 @@ def test_report_renders_charts_without_console_errors(html_report, tmp_path):
     assert console == [], console
 
 
+@pytest.mark.slow  # a third browser start; test_report_renders_charts_without_console_errors stays in the default run
 def test_screenshot_is_not_blank(html_report, tmp_path):
     shot = tmp_path / "shot.png"
     result = chromium(html_report, tmp_path / "profile", f"--screenshot={shot}")

@@ -75,3 +75,17 @@ def test_compare_ranks_nonfinite_tensors_worst_and_says_so(cli, tmp_path):
     text = cli("compare", ckpt, tmp_path / "out", "-q", "--no-outputs").stdout
     worst_lines = text.split("worst tensors (NaN/inf first, then lowest SQNR):\n")[1].splitlines()
     assert worst_lines[0].startswith("  layers.0.fc.weight") and worst_lines[0].endswith("64 values NaN/inf")
+
+
+def test_compressed_tensors_count_the_source_nan_and_what_it_spreads_to(cli, tmp_path):
+    weight = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    weight[2, 7] = float("nan")  # fp8: one scale per output row, so row 2's scale and its 64 values become NaN
+    ckpt = _checkpoint(tmp_path / "m.pth", weight)
+    result = cli("convert", ckpt, "--to", "fp8", "-o", tmp_path / "o", "-q")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert ("warning: 1 NaN / inf weight values in 1 tensor(s), stored as llm-compressor stores them "
+            "(their group's scale becomes NaN / inf): layers.0.fc.weight") in lines
+    summary = json.loads(cli("convert", ckpt, "--to", "fp8", "-o", tmp_path / "o2", "-q", "--json").stdout)
+    assert summary["nonfinite"] == {"layers.0.fc.weight": 1}
+    assert summary["nonfinite_created"] == {"layers.0.fc.weight": 64 - 1}

@@ -313,7 +313,7 @@ def test_dequantize_refuses_damaged_tensors(scheme, suffix, bad):
 def test_fp8_encoder_equals_ml_dtypes_cast():
     """quantkit's table encoder against ml_dtypes' float32 -> FP8 cast (round to nearest even),
     on random bit patterns within +-448 and on every tie between FP8 values and its neighbours."""
-    from quantkit.schemes.compressed import _encode_fp8
+    from quantkit.schemes.compressed_arith import encode_fp8 as _encode_fp8
 
     bits = np.random.default_rng(0).integers(0, 1 << 32, 2_000_000, dtype=np.uint64).astype(np.uint32)
     values = bits.view(np.float32)
@@ -332,7 +332,7 @@ def test_fp8_encoder_equals_ml_dtypes_cast():
 def test_f16_rounding_equals_numpy_cast():
     """quantkit's FP16 rounding (integer arithmetic, subnormals on their grid) and its FP16 ->
     float32 lookup against numpy's own casts, ties and the subnormal range included."""
-    from quantkit.schemes.compressed import _round_to, _widen
+    from quantkit.schemes.compressed_arith import round_to as _round_to, widen as _widen
 
     rng = np.random.default_rng(1)
     bits = rng.integers(0, 1 << 32, 2_000_000, dtype=np.uint64).astype(np.uint32)

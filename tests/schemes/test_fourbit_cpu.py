@@ -60,6 +60,7 @@ def test_matches_bitsandbytes_with_double_quant(quant_type):
     assert_same(special_values((300, 70), "heavy_tail", seed=3), quant_type, 64, double_quant=True)
 
 
+@pytest.mark.slow  # 60 random examples; the fixed kinds of value stay in the default run
 @settings(max_examples=60, deadline=None)
 @given(
     numel=st.integers(1, 700),

@@ -119,7 +119,9 @@ def test_mutated_files_are_read_exactly_or_refused(valid_files, tmp_path, kind, 
     _check(tmp_path, kind, data.draw(mutations(raw, spans)))
 
 
-@pytest.mark.parametrize("kind", ["pth", "safetensors"])
+# every flip of the .pth (2,337 reads) is marked slow; the safetensors sweep and the random
+# mutations of both stay in the default run
+@pytest.mark.parametrize("kind", [pytest.param("pth", marks=pytest.mark.slow), "safetensors"])
 def test_every_single_byte_of_a_small_file_flipped(valid_files, tmp_path, kind):
     """Exhaustive over positions (one bit pattern each): the cheap structured sweep."""
     raw = valid_files[kind]
