@@ -16,6 +16,7 @@ from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .rules import KEEP, Rule, check_mix, parse_rules
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .schemes.ct import FAMILY as CT_FAMILY
+from .schemes.rowchunks import chunk_rows, quantize_in_chunks
 from .selection import Assignment, Kept, check_patterns, layout_for, only_matches, select
 from .sources import CheckpointSource, opened
 from .sources.remote import check_local_output
@@ -143,6 +144,10 @@ class _Converter:
         """The stored tensors of one quantized weight (on a worker thread)."""
         scheme = SCHEMES[self.assignment.schemes[name]]
         transpose = name in self.assignment.transpose
+        step = None if transpose or self.device != "cpu" or not self.source.reads_into_buffer else chunk_rows(scheme, self.source.specs[name], self.settings)
+        stored = None if step is None else self._produce_chunked(scheme, name, step)  # memory follows the chunk
+        if stored is not None:
+            return stored
         if self.device == "cpu" and self.source.reads_into_buffer and scheme.quantizes_arrays:
             array = self._read_array(name)
             stored = scheme.quantize_array(name, array, transpose=transpose, settings=self.settings)
@@ -169,6 +174,38 @@ class _Converter:
 
             self._count_created(name, converted, int((~torch.isfinite(tensor)).sum()))
         return stored
+
+    def _produce_chunked(self, scheme, name: str, step: int) -> list:
+        spec = self.source.specs[name]
+        row_bytes = spec.shape[1] * spec.dtype.itemsize
+
+        def read_rows(first: int, count: int, buffer):
+            data = buffer[: count * row_bytes]
+            self.source.read_into(name, first * row_bytes, memoryview(data))
+            return data.view(spec.dtype.numpy).reshape(count, spec.shape[1])
+
+        stored, in_source = quantize_in_chunks(scheme, spec, read_rows, step, settings=self.settings)
+        if scheme.family == CT_FAMILY:  # counted, and stored as torch tensors, as the whole-weight path does
+            from .schemes.ct import to_torch
+
+            if in_source:
+                self.nonfinite[name] = in_source
+            stored = [(n, to_torch(a)) for n, a in stored]
+            converted = scheme.nonfinite_values(stored)
+        elif in_source:  # a NaN (or inf) takes bitsandbytes' own functions, whose NaN payloads depend
+            return None  # on the value's place in the whole tensor (kernels._reference): quantized whole
+        else:
+            converted = 0 if in_source is None else self._converted(scheme, stored)
+        if converted:
+            self._count_created(name, converted, in_source or 0)
+        return stored
+
+    @staticmethod
+    def _converted(scheme, stored) -> int:
+        import numpy as np
+        import torch
+
+        return scheme.nonfinite_values([(n, torch.from_numpy(np.ascontiguousarray(a))) for n, a in stored])
 
     def _count_created(self, name: str, converted: int, in_source: int) -> None:
         if converted - in_source > 0:

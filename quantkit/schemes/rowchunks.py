@@ -1,0 +1,125 @@
+"""A Linear weight quantized a run of rows at a time, so memory follows the chunk, not the tensor.
+
+Every CPU quantizer of a ``[out, in]`` weight is local to a run of rows: LLM.int8 and
+compressed-tensors FP8 / W8A16 / W4A16 scale each row (or groups within it), FP8_BLOCK
+scales 128x128 tiles, and NF4 / FP4 scale blocks of the flattened values. A chunk of whole
+rows (whole tiles, whole blocks) therefore quantizes to exactly the bytes the whole weight
+gives at those rows, and the results are laid end to end. Only the 4-bit double quantization
+(a mean over every absmax) and the quant state's JSON need the whole weight: they are taken
+once, from the merged absmax, as ``quantize_array`` takes them.
+
+A weight stored transposed (GPT-2's Conv1D, ``[in, out]``) is not chunked: its output rows are
+the source's columns. Those weights are small next to a 7B model's Linear weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ..specs import TensorSpec
+from .base import QuantScheme, SchemeSettings
+from .ct import FAMILY as CT_FAMILY
+
+# Source bytes read and quantized at a time (per worker thread): a 7B model's MLP weight is
+# 180 MB FP32, its embedding 524 MB; a chunk this size keeps each worker at a few tens of MB.
+CHUNK_BYTES = 16 << 20
+_ROW_PARTS = {"weight", "SCB", "weight_packed", "weight_scale"}  # the stored tensors laid out by rows
+
+ReadRows = Callable[[int, int, np.ndarray], np.ndarray]  # (first row, row count, buffer) -> rows
+
+
+def rows_multiple(scheme: QuantScheme, spec: TensorSpec, settings: SchemeSettings) -> int | None:
+    """Rows a chunk of ``spec`` must hold a multiple of, or None where ``scheme`` is not chunked."""
+    if len(spec.shape) != 2 or 0 in spec.shape:
+        return None
+    cols = spec.shape[1]
+    if scheme.name in ("nf4", "fp4"):
+        return settings.blocksize // math.gcd(cols, settings.blocksize)  # rows holding whole blocks
+    if scheme.name == "fp8-block":
+        from .compressed import FP8_BLOCK
+
+        return FP8_BLOCK
+    if scheme.name in ("int8", "fp8", "w8a16", "w4a16"):
+        return 1
+    return None
+
+
+def chunk_rows(scheme: QuantScheme, spec: TensorSpec, settings: SchemeSettings, chunk_bytes: int | None = None) -> int | None:
+    """Rows per chunk for ``spec`` (a multiple of ``rows_multiple``, at least one multiple), or
+    None where the weight is quantized whole: not chunkable, or no larger than one chunk."""
+    multiple = rows_multiple(scheme, spec, settings)
+    if multiple is None:
+        return None
+    row_bytes = spec.shape[1] * spec.dtype.itemsize
+    step = max(multiple, (chunk_bytes or CHUNK_BYTES) // row_bytes // multiple * multiple)
+    return step if step < spec.shape[0] else None
+
+
+def quantize_in_chunks(scheme: QuantScheme, spec: TensorSpec, read_rows: ReadRows, step: int, *, settings: SchemeSettings) -> tuple[list[tuple[str, np.ndarray]], int | None]:
+    """The stored tensors of weight ``spec`` (numpy arrays, as ``quantize_array`` or the
+    compressed-tensors kernel give them), quantized ``step`` rows at a time from
+    ``read_rows(first, count, buffer)``, and how many of the source's values are NaN or inf:
+    counted always for compressed-tensors (as its whole-weight path counts them), for the
+    bitsandbytes schemes only in chunks where some stored float is not finite (None where
+    every one is: then no value was, as their kernels carry a NaN or inf into the row's
+    scale or the block's absmax)."""
+    rows, cols = spec.shape
+    buffer = np.empty(min(step, rows) * cols * spec.dtype.itemsize, dtype=np.uint8)
+    merged: dict[str, np.ndarray] = {}
+    pieces: dict[str, list[np.ndarray]] = {}
+    nonfinite_in_source = None
+    for first in range(0, rows, step):
+        count = min(step, rows - first)
+        values = read_rows(first, count, buffer)
+        stored = _quantize_chunk(scheme, spec.name, values, settings)
+        if scheme.family == CT_FAMILY or not all(bool(np.isfinite(a).all()) for a in stored.values() if a.dtype.kind == "f"):
+            nonfinite_in_source = (nonfinite_in_source or 0) + _count_nonfinite(values)
+        for suffix, array in stored.items():
+            if suffix in _ROW_PARTS:
+                pieces.setdefault(suffix, []).append(array)
+            else:
+                merged.setdefault(suffix, array)
+    arrays = {suffix: np.concatenate(pieces[suffix]) if suffix in pieces else merged[suffix] for suffix in stored}
+    return _finish(scheme, spec, arrays, settings), nonfinite_in_source
+
+
+def _quantize_chunk(scheme: QuantScheme, name: str, values: np.ndarray, settings: SchemeSettings) -> dict[str, np.ndarray]:
+    """One chunk's stored arrays by suffix (4-bit: codes and absmax only)."""
+    if scheme.name in ("nf4", "fp4"):
+        from ..kernels import quantize_4bit_codes
+
+        packed, absmax = quantize_4bit_codes(values, blocksize=settings.blocksize, quant_type=scheme.name, name=name)
+        return {"weight_packed": packed, "weight_scale": absmax}
+    if scheme.name == "int8":
+        from ..kernels import quantize_int8
+
+        codes, scales = quantize_int8(values, name=name)
+        return {"weight": codes, "SCB": scales}
+    from . import compressed
+
+    return compressed.quantize(values, scheme.name, group_size=settings.group_size, name=name)
+
+
+def _finish(scheme: QuantScheme, spec: TensorSpec, arrays: dict[str, np.ndarray], settings: SchemeSettings) -> list[tuple[str, np.ndarray]]:
+    """The merged chunks as the scheme's whole-weight outputs, named and ordered as it names them."""
+    if scheme.name in ("nf4", "fp4"):
+        return scheme.stored_from_codes(
+            spec.name, arrays["weight_packed"], arrays["weight_scale"], shape=spec.shape, dtype_name=spec.dtype.numpy.name, settings=settings
+        )
+    module = spec.name.removesuffix(".weight")
+    if scheme.name == "int8":
+        from .bnb_layout import ROW_FORMAT
+
+        return [(f"{module}.weight", arrays["weight"]), (f"{module}.SCB", arrays["SCB"]), (f"{module}.weight_format", np.array(ROW_FORMAT, dtype=np.uint8))]
+    if "weight_shape" in arrays:
+        arrays["weight_shape"] = np.array(spec.shape, dtype=np.int64)
+    return [(f"{module}.{suffix}", array) for suffix, array in arrays.items()]
+
+
+def _count_nonfinite(values: np.ndarray) -> int:
+    if values.dtype.kind != "f":  # bfloat16 (ml_dtypes): widened, one chunk at a time
+        values = values.astype(np.float32)
+    return int(np.count_nonzero(~np.isfinite(values)))
