@@ -46,6 +46,36 @@ print(json.dumps({"import_torch_s": t1 - t0, "import_quantkit_s": t2 - t1, "tabl
 """
 
 
+def build_pth_direct(size: str) -> Path:
+    """The ``-pth`` folder built straight from the seeded generator, in the order and with the
+    values ``build_checkpoint`` gives (no safetensors copy on disk: for a disk short of room)."""
+    folder = CACHE / f"gpt2-{size}-pth"
+    if (folder / "pytorch_model.bin").is_file():
+        return folder
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    sys.path.insert(0, str(ROOT))
+    from bench_convert import SEED, SHARD_BYTES, SIZES
+    from quantkit.planner import plan_shards
+
+    config = GPT2Config(**SIZES[size], architectures=["GPT2LMHeadModel"])
+    with torch.device("meta"):
+        state = GPT2LMHeadModel(config).state_dict()
+    state.pop("lm_head.weight", None)
+    shapes = {n: tuple(t.shape) for n, t in state.items() if t.is_floating_point()}
+    plan = plan_shards([(n, 4 * torch.Size(s).numel()) for n, s in shapes.items()], SHARD_BYTES)
+    gen = torch.Generator().manual_seed(SEED)
+    tensors = {u: torch.empty(shapes[u], dtype=torch.float32).normal_(0.0, 0.02, generator=gen) for units in plan.shards for u in units}
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({n: tensors[n] for n in shapes}, tmp / "pytorch_model.bin")
+    config.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
 def phases(pth: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", PHASES, str(pth)], cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -55,8 +85,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="xl")
     parser.add_argument("--schemes", default="bf16,fp16,int8,nf4,fp4")
+    parser.add_argument("--direct", action="store_true", help="build the .pth straight from the generator (no safetensors copy)")
     args = parser.parse_args()
-    folder = build_pth_checkpoint(args.size)
+    folder = build_pth_direct(args.size) if args.direct else build_pth_checkpoint(args.size)
     st_folder = CACHE / f"gpt2-{args.size}"
     gb = folder_bytes(folder) / 1e9
     p = phases(folder / "pytorch_model.bin")

@@ -24,8 +24,9 @@ from .base import QuantScheme, SchemeSettings
 from .ct import FAMILY as CT_FAMILY
 
 # Source bytes read and quantized at a time (per worker thread): a 7B model's MLP weight is
-# 180 MB FP32, its embedding 524 MB; a chunk this size keeps each worker at a few tens of MB.
-CHUNK_BYTES = 16 << 20
+# 180 MB FP32, its embedding 524 MB; a chunk this size keeps each worker's buffer and the
+# kernels' temporaries at a few tens of MB. The outputs are allocated whole and filled in place.
+CHUNK_BYTES = 8 << 20
 _ROW_PARTS = {"weight", "SCB", "weight_packed", "weight_scale"}  # the stored tensors laid out by rows
 
 ReadRows = Callable[[int, int, np.ndarray], np.ndarray]  # (first row, row count, buffer) -> rows
@@ -68,8 +69,8 @@ def quantize_in_chunks(scheme: QuantScheme, spec: TensorSpec, read_rows: ReadRow
     scale or the block's absmax)."""
     rows, cols = spec.shape
     buffer = np.empty(min(step, rows) * cols * spec.dtype.itemsize, dtype=np.uint8)
-    merged: dict[str, np.ndarray] = {}
-    pieces: dict[str, list[np.ndarray]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    filled: dict[str, int] = {}
     nonfinite_in_source = None
     for first in range(0, rows, step):
         count = min(step, rows - first)
@@ -78,11 +79,17 @@ def quantize_in_chunks(scheme: QuantScheme, spec: TensorSpec, read_rows: ReadRow
         if scheme.family == CT_FAMILY or not all(bool(np.isfinite(a).all()) for a in stored.values() if a.dtype.kind == "f"):
             nonfinite_in_source = (nonfinite_in_source or 0) + _count_nonfinite(values)
         for suffix, array in stored.items():
-            if suffix in _ROW_PARTS:
-                pieces.setdefault(suffix, []).append(array)
-            else:
-                merged.setdefault(suffix, array)
-    arrays = {suffix: np.concatenate(pieces[suffix]) if suffix in pieces else merged[suffix] for suffix in stored}
+            if suffix not in _ROW_PARTS:
+                arrays.setdefault(suffix, array)
+                continue
+            if suffix not in arrays:  # the first chunk is a whole one: the output grows with it in proportion
+                total = -(-rows * array.shape[0] // count)  # (a partial 128-row tile or 4-bit block last)
+                arrays[suffix] = np.empty((total, *array.shape[1:]), dtype=array.dtype)
+            at = filled.get(suffix, 0)
+            arrays[suffix][at : at + array.shape[0]] = array
+            filled[suffix] = at + array.shape[0]
+    if any(filled[s] != arrays[s].shape[0] for s in filled):  # the layout above is the kernels': a bug if not
+        raise AssertionError(f"{spec.name}: chunks filled {filled} of {[(s, arrays[s].shape) for s in filled]}")
     return _finish(scheme, spec, arrays, settings), nonfinite_in_source
 
 
