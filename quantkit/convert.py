@@ -16,7 +16,7 @@ from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .rules import KEEP, Rule, check_mix, parse_rules
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .schemes.ct import FAMILY as CT_FAMILY
-from .schemes.rowchunks import chunk_rows, quantize_in_chunks
+from .schemes.rowchunks import chunk_rows, floats_finite, quantize_in_chunks
 from .selection import Assignment, Kept, check_patterns, layout_for, only_matches, select
 from .sources import CheckpointSource, opened
 from .sources.remote import check_local_output
@@ -185,13 +185,10 @@ class _Converter:
             return data.view(spec.dtype.numpy).reshape(count, spec.shape[1])
 
         stored, in_source = quantize_in_chunks(scheme, spec, read_rows, step, settings=self.settings)
-        if scheme.family == CT_FAMILY:  # counted, and stored as torch tensors, as the whole-weight path does
-            from .schemes.ct import to_torch
-
+        if scheme.family == CT_FAMILY:  # counted as the whole-weight path counts; no torch unless a float is not finite
             if in_source:
                 self.nonfinite[name] = in_source
-            stored = [(n, to_torch(a)) for n, a in stored]
-            converted = scheme.nonfinite_values(stored)
+            converted = 0 if floats_finite(stored) else self._converted(scheme, stored)
         elif in_source:  # a NaN (or inf) takes bitsandbytes' own functions, whose NaN payloads depend
             return None  # on the value's place in the whole tensor (kernels._reference): quantized whole
         else:
@@ -202,10 +199,9 @@ class _Converter:
 
     @staticmethod
     def _converted(scheme, stored) -> int:
-        import numpy as np
-        import torch
+        from .schemes.ct import to_torch  # any numpy array, bfloat16 and float8 included
 
-        return scheme.nonfinite_values([(n, torch.from_numpy(np.ascontiguousarray(a))) for n, a in stored])
+        return scheme.nonfinite_values([(n, to_torch(a)) for n, a in stored])
 
     def _count_created(self, name: str, converted: int, in_source: int) -> None:
         if converted - in_source > 0:

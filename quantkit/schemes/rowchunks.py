@@ -50,13 +50,17 @@ def rows_multiple(scheme: QuantScheme, spec: TensorSpec, settings: SchemeSetting
 
 def chunk_rows(scheme: QuantScheme, spec: TensorSpec, settings: SchemeSettings, chunk_bytes: int | None = None) -> int | None:
     """Rows per chunk for ``spec`` (a multiple of ``rows_multiple``, at least one multiple), or
-    None where the weight is quantized whole: not chunkable, or no larger than one chunk."""
+    None where the weight is quantized whole: not chunkable, or (bitsandbytes) no larger than
+    one chunk. A compressed-tensors weight of one chunk is one chunk of all its rows: its
+    kernels are numpy, and this path needs no torch."""
     multiple = rows_multiple(scheme, spec, settings)
     if multiple is None:
         return None
     row_bytes = spec.shape[1] * spec.dtype.itemsize
     step = max(multiple, (chunk_bytes or CHUNK_BYTES) // row_bytes // multiple * multiple)
-    return step if step < spec.shape[0] else None
+    if step < spec.shape[0]:
+        return step
+    return spec.shape[0] if scheme.family == CT_FAMILY else None
 
 
 def quantize_in_chunks(scheme: QuantScheme, spec: TensorSpec, read_rows: ReadRows, step: int, *, settings: SchemeSettings) -> tuple[list[tuple[str, np.ndarray]], int | None]:
@@ -130,3 +134,16 @@ def _count_nonfinite(values: np.ndarray) -> int:
     if values.dtype.kind != "f":  # bfloat16 (ml_dtypes): widened, one chunk at a time
         values = values.astype(np.float32)
     return int(np.count_nonzero(~np.isfinite(values)))
+
+
+def floats_finite(stored: list[tuple[str, np.ndarray]], *, slice_elements: int = 1 << 22) -> bool:
+    """Whether every floating-point stored array (numpy floats and ml_dtypes' bfloat16 / float8)
+    is finite, checked a slice at a time (no whole-weight temporary)."""
+    for _, array in stored:
+        if array.dtype.kind not in "fV" or array.dtype.names is not None:
+            continue
+        flat = array.reshape(-1)
+        for start in range(0, flat.size, slice_elements):
+            if not np.isfinite(flat[start : start + slice_elements]).all():
+                return False
+    return True

@@ -115,18 +115,20 @@ def test_no_chunks_where_the_weight_fits_or_the_scheme_is_not_row_local():
     spec = TensorSpec("w", dtype_of(np.float32), (64, 256))
     assert chunk_rows(SCHEMES["nf4"], spec, SchemeSettings(), 64 * 256 * 4) is None  # one chunk: whole
     assert chunk_rows(SCHEMES["nf4"], spec, SchemeSettings(), 1) == 1  # at least one multiple of rows
-    assert chunk_rows(SCHEMES["fp8-block"], spec, SchemeSettings(), 1) is None  # 128 rows: the whole weight
+    assert chunk_rows(SCHEMES["fp8-block"], spec, SchemeSettings(), 1) == 64  # one chunk of all its rows (numpy, no torch)
+    assert chunk_rows(SCHEMES["fp8"], spec, SchemeSettings(), 64 * 256 * 4) == 64
     assert chunk_rows(SCHEMES["int8"], TensorSpec("b", dtype_of(np.float32), (256,)), SchemeSettings(), 1) is None
 
 
-def _llama_folder(tmp_path):
+def _llama_folder(tmp_path, *, nan: bool = True):
     g = torch.Generator().manual_seed(1)
     sd = {"model.embed_tokens.weight": torch.randn(96, 128, generator=g), "model.norm.weight": torch.ones(128),
           "lm_head.weight": torch.randn(96, 128, generator=g)}
     for proj in ("q", "k", "v", "o"):
         sd[f"model.layers.0.self_attn.{proj}_proj.weight"] = torch.randn(128, 128, generator=g) * 0.02
     sd["model.layers.0.mlp.up_proj.weight"] = torch.randn(384, 128, generator=g) * 0.02
-    sd["model.layers.0.mlp.up_proj.weight"][7, 3] = float("nan")
+    if nan:
+        sd["model.layers.0.mlp.up_proj.weight"][7, 3] = float("nan")
     sd["model.layers.0.mlp.down_proj.weight"] = torch.randn(128, 384, generator=g).to(torch.bfloat16)
     folder = tmp_path / "llama"
     folder.mkdir()
@@ -152,3 +154,30 @@ def test_convert_with_a_tiny_chunk_bound_writes_the_same_files(tmp_path, monkeyp
     assert results[0][0]
     # every Linear weight went through the chunks (2048 bytes: 4 rows of 128); fp8-block only the one over 128 rows
     assert len(calls) >= (1 if scheme == "fp8-block" else 6)
+
+
+def test_compressed_tensors_convert_from_safetensors_imports_no_torch(tmp_path):
+    """Every Linear weight goes through the numpy row chunks: torch is never imported (a NaN
+    would import it, to count what it spread to)."""
+    import subprocess
+    import textwrap
+
+    src = _llama_folder(tmp_path, nan=False)
+    code = textwrap.dedent(f"""
+        import sys
+        from quantkit.convert import ConvertOptions, convert
+        convert({str(src)!r}, {str(tmp_path / 'out')!r}, options=ConvertOptions("fp8"))
+        print("torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_floats_finite_sees_float8_and_bfloat16_in_slices():
+    weight = np.zeros(1000, dtype=ml_dtypes.float8_e4m3fn)
+    scale = np.ones(3, dtype=ml_dtypes.bfloat16)
+    assert rowchunks.floats_finite([("w", weight), ("s", scale), ("i", np.arange(4))], slice_elements=64)
+    weight[999] = np.nan
+    assert not rowchunks.floats_finite([("w", weight), ("s", scale)], slice_elements=64)
+    scale[1] = np.inf
+    assert not rowchunks.floats_finite([("w", np.zeros(4, np.float32)), ("s", scale)], slice_elements=64)
