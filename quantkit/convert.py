@@ -16,7 +16,7 @@ from .planner import DEFAULT_MAX_SHARD_BYTES, plan_shards
 from .rules import KEEP, Rule, check_mix, parse_rules
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .schemes.ct import FAMILY as CT_FAMILY
-from .schemes.rowchunks import chunk_rows, floats_finite, quantize_in_chunks
+from .schemes.rowchunks import chunk_rows, quantize_weight
 from .selection import Assignment, Kept, check_patterns, layout_for, only_matches, select
 from .sources import CheckpointSource, opened
 from .sources.remote import check_local_output
@@ -175,33 +175,15 @@ class _Converter:
             self._count_created(name, converted, int((~torch.isfinite(tensor)).sum()))
         return stored
 
-    def _produce_chunked(self, scheme, name: str, step: int) -> list:
-        spec = self.source.specs[name]
-        row_bytes = spec.shape[1] * spec.dtype.itemsize
-
-        def read_rows(first: int, count: int, buffer):
-            data = buffer[: count * row_bytes]
-            self.source.read_into(name, first * row_bytes, memoryview(data))
-            return data.view(spec.dtype.numpy).reshape(count, spec.shape[1])
-
-        stored, in_source = quantize_in_chunks(scheme, spec, read_rows, step, settings=self.settings)
-        if scheme.family == CT_FAMILY:  # counted as the whole-weight path counts; no torch unless a float is not finite
-            if in_source:
-                self.nonfinite[name] = in_source
-            converted = 0 if floats_finite(stored) else self._converted(scheme, stored)
-        elif in_source:  # a NaN (or inf) takes bitsandbytes' own functions, whose NaN payloads depend
-            return None  # on the value's place in the whole tensor (kernels._reference): quantized whole
-        else:
-            converted = 0 if in_source is None else self._converted(scheme, stored)
-        if converted:
-            self._count_created(name, converted, in_source or 0)
-        return stored
-
-    @staticmethod
-    def _converted(scheme, stored) -> int:
-        from .schemes.ct import to_torch  # any numpy array, bfloat16 and float8 included
-
-        return scheme.nonfinite_values([(n, to_torch(a)) for n, a in stored])
+    def _produce_chunked(self, scheme, name: str, step: int) -> list | None:
+        quantized = quantize_weight(scheme, self.source.specs[name], self.source.read_into, step, settings=self.settings)
+        if quantized is None:  # a bitsandbytes weight holding NaN or inf: quantized whole
+            return None
+        if scheme.family == CT_FAMILY and quantized.nonfinite_in_source:  # counted as the whole-weight path counts
+            self.nonfinite[name] = quantized.nonfinite_in_source
+        if quantized.nonfinite_stored:
+            self._count_created(name, quantized.nonfinite_stored, quantized.nonfinite_in_source or 0)
+        return quantized.stored
 
     def _count_created(self, name: str, converted: int, in_source: int) -> None:
         if converted - in_source > 0:

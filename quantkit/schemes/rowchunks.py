@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,6 +62,40 @@ def chunk_rows(scheme: QuantScheme, spec: TensorSpec, settings: SchemeSettings, 
     if step < spec.shape[0]:
         return step
     return spec.shape[0] if scheme.family == CT_FAMILY else None
+
+
+@dataclass(frozen=True)
+class ChunkedWeight:
+    """One weight quantized in row chunks: its stored arrays, its source's NaN / inf count (see
+    ``quantize_in_chunks``) and how many values of the stored weight dequantize to NaN or inf."""
+
+    stored: list[tuple[str, np.ndarray]]
+    nonfinite_in_source: int | None
+    nonfinite_stored: int
+
+
+def quantize_weight(scheme: QuantScheme, spec: TensorSpec, read_into: Callable[[str, int, memoryview], None], step: int, *,
+                    settings: SchemeSettings) -> ChunkedWeight | None:
+    """Weight ``spec`` read from a source's ``read_into`` and quantized ``step`` rows at a time;
+    None for a bitsandbytes weight holding NaN or inf, which is quantized whole instead: its
+    NaN payloads come from bitsandbytes' own functions and depend on the value's place in the
+    whole tensor (``kernels._reference``). torch is imported only where a stored float is not
+    finite, to count the values it spoils as the whole-weight path counts them."""
+    row_bytes = spec.shape[1] * spec.dtype.itemsize
+
+    def read_rows(first: int, count: int, buffer: np.ndarray) -> np.ndarray:
+        data = buffer[: count * row_bytes]
+        read_into(spec.name, first * row_bytes, memoryview(data))
+        return data.view(spec.dtype.numpy).reshape(count, spec.shape[1])
+
+    stored, in_source = quantize_in_chunks(scheme, spec, read_rows, step, settings=settings)
+    if scheme.family != CT_FAMILY and in_source:
+        return None
+    if floats_finite(stored):
+        return ChunkedWeight(stored, in_source, 0)
+    from .ct import to_torch  # any numpy array, bfloat16 and float8 included
+
+    return ChunkedWeight(stored, in_source, scheme.nonfinite_values([(n, to_torch(a)) for n, a in stored]))
 
 
 def quantize_in_chunks(scheme: QuantScheme, spec: TensorSpec, read_rows: ReadRows, step: int, *, settings: SchemeSettings) -> tuple[list[tuple[str, np.ndarray]], int | None]:

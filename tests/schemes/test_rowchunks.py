@@ -143,8 +143,8 @@ def test_convert_with_a_tiny_chunk_bound_writes_the_same_files(tmp_path, monkeyp
     converting = sys.modules["quantkit.convert"]  # the package exports the function under the same name
 
     results, calls = [], []
-    real = converting.quantize_in_chunks
-    monkeypatch.setattr(converting, "quantize_in_chunks", lambda *a, **k: calls.append(a[1].name) or real(*a, **k))
+    real = converting.quantize_weight
+    monkeypatch.setattr(converting, "quantize_weight", lambda *a, **k: calls.append(a[1].name) or real(*a, **k))
     for label, chunk_bytes in (("whole", 1 << 30), ("chunked", 2048)):
         monkeypatch.setattr(rowchunks, "CHUNK_BYTES", chunk_bytes)
         result = convert(src, tmp_path / label, options=ConvertOptions(scheme, double_quant=double_quant))
