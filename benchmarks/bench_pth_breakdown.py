@@ -87,7 +87,8 @@ def main() -> int:
     parser.add_argument("--schemes", default="bf16,fp16,int8,nf4,fp4")
     parser.add_argument("--direct", action="store_true", help="build the .pth straight from the generator (no safetensors copy)")
     args = parser.parse_args()
-    folder = build_pth_direct(args.size) if args.direct else build_pth_checkpoint(args.size)
+    cached = (CACHE / f"gpt2-{args.size}-pth" / "pytorch_model.bin").is_file()  # used as it is, safetensors folder or not
+    folder = build_pth_direct(args.size) if args.direct or cached else build_pth_checkpoint(args.size)
     st_folder = CACHE / f"gpt2-{args.size}"
     gb = folder_bytes(folder) / 1e9
     p = phases(folder / "pytorch_model.bin")
