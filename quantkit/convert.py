@@ -144,7 +144,8 @@ class _Converter:
         """The stored tensors of one quantized weight (on a worker thread)."""
         scheme = SCHEMES[self.assignment.schemes[name]]
         transpose = name in self.assignment.transpose
-        step = None if transpose or self.device != "cpu" or not self.source.reads_into_buffer else chunk_rows(scheme, self.source.specs[name], self.settings)
+        # any source reads into buffers (read_into: a .pth's mapping too), so the numpy kernels take every CPU weight
+        step = None if transpose or self.device != "cpu" else chunk_rows(scheme, self.source.specs[name], self.settings)
         stored = None if step is None else self._produce_chunked(scheme, name, step)  # memory follows the chunk
         if stored is not None:
             return stored

@@ -137,9 +137,18 @@ def _llama_folder(tmp_path, *, nan: bool = True):
     return folder
 
 
+@pytest.mark.parametrize("source", ["safetensors", "pth"])
 @pytest.mark.parametrize("scheme,double_quant", [("int8", False), ("nf4", False), ("nf4", True), ("fp8", False), ("fp8-block", False), ("w4a16", False)])
-def test_convert_with_a_tiny_chunk_bound_writes_the_same_files(tmp_path, monkeypatch, scheme, double_quant):
+def test_convert_with_a_tiny_chunk_bound_writes_the_same_files(tmp_path, monkeypatch, scheme, double_quant, source):
+    """From a .pth the whole weights go through torch's kernels, the chunks through numpy's."""
     src = _llama_folder(tmp_path)
+    if source == "pth":
+        from safetensors.torch import load_file
+
+        (src / "model.pth").write_bytes(b"")
+        torch.save(load_file(str(src / "model.safetensors")), src / "model.pth")
+        (src / "model.safetensors").unlink()
+        src = src / "model.pth"
     converting = sys.modules["quantkit.convert"]  # the package exports the function under the same name
 
     results, calls = [], []
