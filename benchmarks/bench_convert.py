@@ -71,6 +71,9 @@ SIZES = {
                     "num_key_value_heads": 4, "vocab_size": 32000},  # ~0.55 GB FP32
     "llama-large": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16,
                     "num_key_value_heads": 4, "vocab_size": 32000},  # ~3.4 GB FP32, beside GPT-2 large's 3.1 GB
+    # Llama-2-7B's shapes (6.74B parameters, 26.95 GB FP32; no grouped-query attention, untied lm_head)
+    "llama-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+                 "num_key_value_heads": 32, "vocab_size": 32000},
 }
 CT_SCHEMES = {"fp8": "FP8_DYNAMIC", "fp8-block": "FP8_BLOCK", "w8a16": "W8A16", "w4a16": "W4A16"}
 CT_IGNORE = ["re:.*embed_tokens$", "lm_head"]  # norms are passed over by name (module names ending in "norm")

@@ -18,6 +18,7 @@ from .nonfinite import NonFiniteCounts
 from .planner import plan_shards
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .schemes.ct import FAMILY as CT_FAMILY
+from .schemes.rowchunks import chunk_rows, quantize_weight
 from .selection import Assignment, Kept, only_matches
 from .sources import CheckpointSource, opened
 from .specs import OutSpec
@@ -85,6 +86,11 @@ class _Converter:
         scheme = SCHEMES[self.assignment.schemes[name]]
         transpose = name in self.assignment.transpose
         compressed_tensors = scheme.family == CT_FAMILY  # numpy kernels on the CPU; NaN / inf stored as given
+        # any source reads into buffers (read_into: a .pth's mapping too), so the numpy kernels take every CPU weight
+        step = None if transpose or self.device != "cpu" else chunk_rows(scheme, self.source.specs[name], self.settings)
+        stored = None if step is None else self._produce_chunked(scheme, name, step)  # memory follows the chunk
+        if stored is not None:
+            return stored
         if self.device == "cpu" and self.source.reads_into_buffer and scheme.quantizes_arrays:
             weight = self._read_array(name)
             stored = scheme.quantize_array(name, weight, transpose=transpose, settings=self.settings)
@@ -95,6 +101,17 @@ class _Converter:
             stored = scheme.quantize(name, weight, transpose=transpose, settings=self.settings)
         self.nonfinite.record(name, scheme, weight, stored, report_source=compressed_tensors)
         return stored
+
+    def _produce_chunked(self, scheme, name: str, step: int) -> list | None:
+        quantized = quantize_weight(scheme, self.source.specs[name], self.source.read_into, step, settings=self.settings)
+        if quantized is None:  # a bitsandbytes weight holding NaN or inf: quantized whole
+            return None
+        in_source = quantized.nonfinite_in_source or 0
+        if scheme.family == CT_FAMILY and in_source:  # counted as the whole-weight path counts
+            self.nonfinite.in_source[name] = in_source
+        if quantized.nonfinite_stored - in_source > 0:
+            self.nonfinite.created[name] = quantized.nonfinite_stored - in_source
+        return quantized.stored
 
     def _read_array(self, name: str):
         """A weight as a numpy array in this thread's reused buffer (no torch)."""

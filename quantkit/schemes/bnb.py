@@ -119,10 +119,17 @@ class FourBitScheme(BitsAndBytesScheme):
     def quantize_array(self, name, array, *, transpose=False, settings=SchemeSettings()):
         """The fused kernel's codes and absmax; with double quantization the absmax values go
         through bitsandbytes' own 8-bit blockwise kernel (small: torch is imported then)."""
-        from ..kernels import code_table, quantize_4bit_codes
+        from ..kernels import quantize_4bit_codes
 
         packed, absmax = quantize_4bit_codes(array, blocksize=settings.blocksize, quant_type=self.name, transpose=transpose, name=name)
         shape = array.shape[::-1] if transpose else array.shape
+        return self.stored_from_codes(name, packed, absmax, shape=shape, dtype_name=array.dtype.name, settings=settings)
+
+    def stored_from_codes(self, name, packed, absmax, *, shape, dtype_name, settings):
+        """The stored tensors of a weight from its whole codes and absmax (``quantize_array``'s
+        last step, also taken after a weight was quantized in row chunks)."""
+        from ..kernels import code_table
+
         out = [(name, packed)]
         nested_offset = None
         if settings.double_quant:
@@ -131,7 +138,7 @@ class FourBitScheme(BitsAndBytesScheme):
             out += [(f"{name}.nested_absmax", parts[1]), (f"{name}.nested_quant_map", parts[2])]
         else:
             out += [(f"{name}.absmax", absmax), (f"{name}.quant_map", code_table(self.name))]
-        state = state_json(self.name, settings.blocksize, array.dtype.name, shape, nested_offset)
+        state = state_json(self.name, settings.blocksize, dtype_name, shape, nested_offset)
         out.append((f"{name}.quant_state.bitsandbytes__{self.name}", np.frombuffer(state, dtype=np.uint8).copy()))
         return out
 
