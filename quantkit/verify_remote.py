@@ -12,6 +12,8 @@ the index or the ``.safetensors`` file; ``quantkit.json`` is looked for beside i
 
 from __future__ import annotations
 
+import hashlib
+
 from . import jsonio
 from .errors import InputError
 from .layout import MANIFEST, SELF_SHA256_KEY, ST_INDEX, parse_index
@@ -19,7 +21,7 @@ from .safetensors_format import HEADER_LENGTH_BYTES, SafetensorsHeader
 from .sources.remote import RemoteFile, RemoteOptions, RemoteStore, display_url
 from .sources.remote_safetensors import read_remote_header
 from .verify import VerifyReport, _check_aliases, _check_coverage, _check_index_records, _is_sha256, _record_key, _safe_relative, _self_record
-from .writing.selfsum import read_digests
+from .writing.selfsum import stream_digests
 
 
 def verify_remote(url: str, *, options: RemoteOptions | None = None) -> VerifyReport:
@@ -194,5 +196,11 @@ def _check_checksums(store, files, shard_names, manifest, index_meta, headers, b
 
 def _remote_digests(store: RemoteStore, file: RemoteFile, header: SafetensorsHeader | None) -> tuple[str, str | None]:
     step = store.options.request_bytes
-    whole, own = read_digests(lambda begin, end: store.read(file, begin, end), file.size, header, step)
-    return whole, (own or None) if header is not None else None
+    blocks = lambda begin, end: (store.read(file, at, min(at + step, end)) for at in range(begin, end, step))  # noqa: E731
+    if header is None:
+        whole = hashlib.sha256()
+        for block in blocks(0, file.size):
+            whole.update(block)
+        return whole.hexdigest(), None
+    whole, own = stream_digests(blocks, file.size, header)
+    return whole, own or None

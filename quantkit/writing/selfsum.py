@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,46 +153,19 @@ def _mapped(fd: int, begin: int, end: int, window_bytes: int) -> Iterator[memory
 
 def file_digests(path: Path, header: SafetensorsHeader, window_bytes: int = HASH_WINDOW_BYTES) -> tuple[str, str | None]:
     """The plain SHA-256 of a shard and, when its header carries a record, the value that
-    record should hold ("" when the record is not in the header exactly once); one read."""
-    key = SELF_CHECKSUM_V2_KEY if SELF_CHECKSUM_V2_KEY in header.metadata else SELF_SHA256_KEY
+    record should hold ("" when the record is not in the header exactly once); one read,
+    through mapped windows."""
     with open(path, "rb", buffering=0) as f:
-        head = f.read(header.data_start)
-        size = f.seek(0, 2)
-        rest = lambda digest: _hashed(f.fileno(), len(head), size, window_bytes, digest)  # noqa: E731
-        whole = hashlib.sha256(head)
-        if key not in header.metadata:
-            return rest(whole), None
-        try:
-            at = HEADER_LENGTH_BYTES + record_offset(head[HEADER_LENGTH_BYTES:], key, header.metadata[key])
-        except ValueError:
-            return rest(whole), ""
-        zeroed = head[:at] + SELF_SHA256_PLACEHOLDER.encode() + head[at + len(SELF_SHA256_PLACEHOLDER) :]
-        if key == SELF_SHA256_KEY:  # version 1: the whole file over zeros
-            own = hashlib.sha256(zeroed)
-            for view in _mapped(f.fileno(), len(head), size, window_bytes):
-                whole.update(view)
-                own.update(view)
-            return whole.hexdigest(), own.hexdigest()
-        return _whole_and_tree(f, header, whole, zeroed)
+        size = os.fstat(f.fileno()).st_size
+        return stream_digests(lambda begin, end: _mapped(f.fileno(), begin, end, window_bytes), size, header)
 
 
-def _hashed(fd: int, begin: int, end: int, window_bytes: int, digest) -> str:
-    for view in _mapped(fd, begin, end, window_bytes):
-        digest.update(view)
-    return digest.hexdigest()
-
-
-def read_digests(read, size: int, header: SafetensorsHeader | None, block_bytes: int) -> tuple[str, str | None]:
-    """``file_digests`` of a file read through ``read(begin, end) -> bytes`` (ranged requests
-    to a remote file), ``block_bytes`` at a time; ``header`` None: the plain SHA-256 only."""
-    blocks = lambda begin, end: (read(at, min(at + block_bytes, end)) for at in range(begin, end, block_bytes))  # noqa: E731
-    whole = hashlib.sha256()
-    if header is None:
-        for block in blocks(0, size):
-            whole.update(block)
-        return whole.hexdigest(), None
-    head = read(0, header.data_start)
-    whole.update(head)
+def stream_digests(blocks, size: int, header: SafetensorsHeader) -> tuple[str, str | None]:
+    """``file_digests`` of a file of ``size`` bytes given by ``blocks(begin, end)``: bytes
+    ``begin..end`` as successive buffers (mapped windows of a local file, ranged requests to a
+    remote one), each used before the next is asked for."""
+    head = b"".join(bytes(block) for block in blocks(0, min(header.data_start, size)))
+    whole = hashlib.sha256(head)
     key = SELF_CHECKSUM_V2_KEY if SELF_CHECKSUM_V2_KEY in header.metadata else SELF_SHA256_KEY
     zeroed = None
     if key in header.metadata:
@@ -200,45 +174,30 @@ def read_digests(read, size: int, header: SafetensorsHeader | None, block_bytes:
             zeroed = head[:at] + SELF_SHA256_PLACEHOLDER.encode() + head[at + len(SELF_SHA256_PLACEHOLDER) :]
         except ValueError:
             zeroed = b""
-    own = hashlib.sha256(zeroed) if zeroed and key == SELF_SHA256_KEY else None
-    entries = list(header.entries.items())
-    leaves = [TensorLeaves(name, entry.end - entry.begin) for name, entry in entries] if zeroed and own is None else None
-    position, index = header.data_start, 0
-    for block in blocks(header.data_start, size):
+    own = hashlib.sha256(zeroed) if zeroed and key == SELF_SHA256_KEY else None  # version 1: the whole file over zeros
+    entries = list(header.entries.values())  # in file order, tiling the data (read_header checked)
+    leaves = [TensorLeaves(name, entry.end - entry.begin) for name, entry in header.entries.items()] if zeroed and own is None else None
+    offset, index = 0, 0  # into the data
+    for block in blocks(len(head), size):
         whole.update(block)
         if own is not None:
             own.update(block)
-        view, offset = memoryview(block), position - header.data_start
+        view = memoryview(block)
         while leaves is not None and index < len(entries) and len(view):
-            entry = entries[index][1]  # in file order, tiling the data (read_header checked)
-            take = min(len(view), entry.end - offset)
+            take = min(len(view), entries[index].end - offset)
             if take > 0:
-                leaves[index].add(offset - entry.begin, view[:take])
+                leaves[index].add(offset - entries[index].begin, view[:take])
                 view, offset = view[take:], offset + take
-            if offset >= entry.end:
+            if offset >= entries[index].end:
                 index += 1
             elif take <= 0:
                 break
-        position += len(block)
-    if key not in header.metadata:
+        offset += len(view)  # bytes past the last tensor (none in a well-formed shard)
+        view.release()
+    if zeroed is None:
         return whole.hexdigest(), None
     if not zeroed:
         return whole.hexdigest(), ""
     if own is not None:
         return whole.hexdigest(), own.hexdigest()
-    return whole.hexdigest(), tree_root(zeroed, [d for tensor in leaves for d in tensor.digests])
-
-
-def _whole_and_tree(f, header: SafetensorsHeader, whole, zeroed: bytes) -> tuple[str, str]:
-    """Both digests of a version 2 shard, its data read once, a leaf at a time."""
-    buffer = memoryview(bytearray(LEAF_BYTES))
-    leaves = []
-    f.seek(header.data_start)
-    for entry in header.entries.values():  # in file order, tiling the data (read_header checked)
-        for leaf in range(entry.begin, entry.end, LEAF_BYTES):
-            piece = buffer[: f.readinto(buffer[: min(LEAF_BYTES, entry.end - leaf)]) or 0]
-            whole.update(piece)
-            leaves.append(_leaf(piece))
-    while block := f.read(HASH_WINDOW_BYTES):  # nothing in a well-formed shard
-        whole.update(block)
-    return whole.hexdigest(), tree_root(zeroed, leaves)
+    return whole.hexdigest(), tree_root(zeroed, [digest for tensor in leaves for digest in tensor.digests])
