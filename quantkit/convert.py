@@ -106,11 +106,7 @@ class _Converter:
         quantized = quantize_weight(scheme, self.source.specs[name], self.source.read_into, step, settings=self.settings)
         if quantized is None:  # a bitsandbytes weight holding NaN or inf: quantized whole
             return None
-        in_source = quantized.nonfinite_in_source or 0
-        if scheme.family == CT_FAMILY and in_source:  # counted as the whole-weight path counts
-            self.nonfinite.in_source[name] = in_source
-        if quantized.nonfinite_stored - in_source > 0:
-            self.nonfinite.created[name] = quantized.nonfinite_stored - in_source
+        self.nonfinite.add(name, quantized.nonfinite_in_source or 0, quantized.nonfinite_stored, report_source=scheme.family == CT_FAMILY)
         return quantized.stored
 
     def _read_array(self, name: str):

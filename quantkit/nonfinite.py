@@ -29,13 +29,18 @@ class NonFiniteCounts:
         ``scheme`` quantized it. The source is only counted when reported or when the stored
         weight holds some NaN / inf (rare)."""
         in_source = count_nonfinite(source) if report_source else None
-        if in_source:
-            self.in_source[name] = in_source
         converted = _dequantized_nonfinite(scheme, stored)
-        if converted:
-            created = converted - (count_nonfinite(source) if in_source is None else in_source)
-            if created > 0:
-                self.created[name] = created
+        if converted and in_source is None:
+            in_source = count_nonfinite(source)
+        self.add(name, in_source or 0, converted, report_source=report_source)
+
+    def add(self, name: str, in_source: int, converted: int, *, report_source: bool) -> None:
+        """Record counts already taken: ``in_source`` NaN / inf in the source, ``converted`` in
+        what the stored weight dequantizes to."""
+        if report_source and in_source:
+            self.in_source[name] = in_source
+        if converted - in_source > 0:
+            self.created[name] = converted - in_source
 
 
 def count_nonfinite(values) -> int:
