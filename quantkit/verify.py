@@ -316,24 +316,32 @@ def _check_checksums(
     mismatched = False
     for name in dict.fromkeys([*recorded, *own]):
         actual, own_actual = _digests(folder / name, own.get(name))
-        key = _record_key(own[name]) if name in own else SELF_SHA256_KEY
-        claims = recorded.get(name, [])
-        for where, digest in claims:
-            if digest.lower() != actual:
-                mismatched = True
-                report.problems.append(f"{folder / name}: SHA-256 {actual[:16]}... differs from {where}'s {digest[:16]}... (file changed or damaged)")
-        if own_actual == "":
-            mismatched = True
-            report.problems.append(f"{folder / name}: header record {key!r} cannot be checked: not in the header exactly once (the record is damaged)")
-        elif own_actual is not None and own_actual != own[name].metadata[key].lower():
-            mismatched = True
-            if not any(digest.lower() != actual for _, digest in claims):  # one line per damaged file
-                recorded_own = own[name].metadata[key]
-                report.problems.append(
-                    f"{folder / name}: SHA-256 {own_actual[:16]}... differs from the {recorded_own[:16]}... its header records "
-                    f"({key}) (file changed or damaged)"
-                )
+        mismatched |= compare_digests(str(folder / name), actual, own_actual, recorded.get(name, []), own.get(name), report)
     report.checksums = "mismatch" if mismatched else "verified"
+
+
+def compare_digests(where: str, actual: str, own_actual: str | None, claims: list[tuple[str, str]],
+                    header: SafetensorsHeader | None, report: VerifyReport) -> bool:
+    """Report how file ``where``'s SHA-256 ``actual`` differs from the digests recorded for it
+    (``claims``: who recorded it, digest) and from its header's own record (``own_actual``: the
+    value the record should hold, "" when the record is not in the header exactly once, None
+    when it has none); one line per damaged file. True when anything differs."""
+    mismatched = False
+    key = _record_key(header) if header is not None else SELF_SHA256_KEY
+    for who, digest in claims:
+        if digest.lower() != actual:
+            mismatched = True
+            report.problems.append(f"{where}: SHA-256 {actual[:16]}... differs from {who}'s {digest[:16]}... (file changed or damaged)")
+    if own_actual == "":
+        mismatched = True
+        report.problems.append(f"{where}: header record {key!r} cannot be checked: not in the header exactly once (the record is damaged)")
+    elif own_actual is not None and own_actual != header.metadata[key].lower():
+        if not mismatched:
+            report.problems.append(
+                f"{where}: SHA-256 {own_actual[:16]}... differs from the {header.metadata[key][:16]}... its header records ({key}) (file changed or damaged)"
+            )
+        mismatched = True
+    return mismatched
 
 
 def _record_key(header: SafetensorsHeader) -> str:

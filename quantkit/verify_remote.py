@@ -16,11 +16,11 @@ import hashlib
 
 from . import jsonio
 from .errors import InputError
-from .layout import MANIFEST, SELF_SHA256_KEY, ST_INDEX, parse_index
+from .layout import MANIFEST, SELF_CHECKSUM_V2_KEY, SELF_SHA256_KEY, ST_INDEX, parse_index
 from .safetensors_format import HEADER_LENGTH_BYTES, SafetensorsHeader
 from .sources.remote import RemoteFile, RemoteOptions, RemoteStore, display_url
 from .sources.remote_safetensors import read_remote_header
-from .verify import VerifyReport, _check_aliases, _check_coverage, _check_index_records, _is_sha256, _record_key, _safe_relative, _self_record
+from .verify import VerifyReport, _check_aliases, _check_coverage, _check_index_records, _is_sha256, _safe_relative, _self_record, compare_digests
 from .writing.selfsum import stream_digests
 
 
@@ -125,8 +125,8 @@ def _incomplete(store: RemoteStore, shown: str, files: dict[str, RemoteFile]) ->
         return ""
     if len(shards) == 1:
         header = read_remote_header(store, files[shards[0]])
-        if SELF_SHA256_KEY not in header.metadata:
-            return ""  # a plain single-file checkpoint, not quantkit's
+        if not {SELF_SHA256_KEY, SELF_CHECKSUM_V2_KEY} & set(header.metadata):
+            return ""  # a plain single-file checkpoint, not quantkit's (which carries its own record)
     return (f"{shown}: incomplete: {len(shards)} shard(s) but no {ST_INDEX} or {MANIFEST} (an output whose writing was "
             f"interrupted or is still running); {fix}")
 
@@ -184,13 +184,7 @@ def _check_checksums(store, files, shard_names, manifest, index_meta, headers, b
     mismatched = False
     for name in dict.fromkeys([*recorded, *own]):
         actual, own_actual = _remote_digests(store, files[name], own.get(name))
-        bad = [where for where, digest in recorded.get(name, []) if digest.lower() != actual]
-        key = _record_key(own[name]) if name in own else SELF_SHA256_KEY
-        if own_actual is not None and own_actual != own[name].metadata[key].lower():
-            bad.append(f"its header ({key})")
-        if bad:
-            mismatched = True
-            report.problems.append(f"{files[name].url}: SHA-256 {actual[:16]}... differs from the one recorded by {', '.join(bad)} (file changed or damaged)")
+        mismatched |= compare_digests(files[name].url, actual, own_actual, recorded.get(name, []), own.get(name), report)
     report.checksums = "mismatch" if mismatched else "verified"
 
 
@@ -202,5 +196,4 @@ def _remote_digests(store: RemoteStore, file: RemoteFile, header: SafetensorsHea
         for block in blocks(0, file.size):
             whole.update(block)
         return whole.hexdigest(), None
-    whole, own = stream_digests(blocks, file.size, header)
-    return whole, own or None
+    return stream_digests(blocks, file.size, header)
