@@ -184,6 +184,19 @@ def test_a_failed_upload_exits_5_and_removes_what_it_uploaded(cli, s3, monkeypat
     assert _objects(fs, f"{BUCKET}/failed") == {}
 
 
+def test_a_single_shard_output_without_its_manifest_is_incomplete(cli, s3):
+    """One shard and no quantkit.json (uploaded last): quantkit's own record in the shard's
+    header tells it from a plain single-file checkpoint."""
+    _, fs, _ = s3
+    url = f"s3://{BUCKET}/single"
+    assert cli("convert", f"s3://{BUCKET}/model", "--to", "bf16", "-o", url, "-q").exit_code == 0
+    shards = [k for k in fs.find(f"{BUCKET}/single/") if k.endswith(".safetensors")]
+    assert len(shards) == 1
+    fs.rm_file(f"{BUCKET}/single/quantkit.json")
+    result = cli("verify", url)
+    assert result.exit_code == 6 and f"{url}: incomplete: 1 shard(s) but no" in result.stdout
+
+
 def test_verify_finds_a_damaged_object(cli, s3):
     local, fs, _ = s3
     url = f"s3://{BUCKET}/damaged"
