@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import jsonio
 from ..errors import OutputError, UsageError
 from ..planner import ShardPlan
 from ..safetensors_format import read_header
@@ -84,7 +85,10 @@ class RunRecord:
             )
         record = cls(folder, digest)
         kept: dict[str, WrittenShard] = {}
-        for name, done in (previous or {}).get("done", {}).items():
+        done_before = (previous or {}).get("done")
+        for name, done in (done_before.items() if isinstance(done_before, dict) else ()):
+            if not isinstance(name, str) or name != Path(name).name or name in (".", ".."):  # a shard's file name only
+                continue
             shard = _still_valid(folder / name, done)
             if shard is not None:
                 kept[name] = shard
@@ -117,10 +121,10 @@ class RunRecord:
 
 def _load(path: Path) -> dict | None:
     try:
-        record = json.loads(path.read_text())
+        record = jsonio.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):  # unreadable or damaged: nothing in it is trusted
+    except (OSError, jsonio.BadJson):  # unreadable or damaged: nothing in it is trusted
         return None
     return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None
 

@@ -72,6 +72,21 @@ def test_a_damaged_record_keeps_nothing(tmp_path):
     assert RunRecord.start(tmp_path, "d1", resume=True)[1] == {}
 
 
+@pytest.mark.parametrize("done", ['[]', '"x"', '{"../outside.safetensors": {}}', '{"sub/x.safetensors": {}}', '{"..": {}}'])
+def test_a_record_naming_no_plain_shard_keeps_nothing(tmp_path, done):
+    """``done`` that is not a mapping, or names a path rather than a shard's file name (one
+    outside the partial folder, with the recorded size and SHA-256, included): nothing kept."""
+    inner = tmp_path / "partial"
+    inner.mkdir()
+    outside = _shard(tmp_path, "outside.safetensors")
+    (inner / "sub").mkdir()
+    _shard(inner / "sub", "x.safetensors")
+    records = {"../outside.safetensors": {"bytes": outside.stat().st_size, "sha256": sha256_of(outside)}}
+    raw = json.dumps({"format": 1, "digest": "d1", "done": json.loads(done) if done != '{"../outside.safetensors": {}}' else records})
+    (inner / PLAN_FILE).write_text(raw)
+    assert RunRecord.start(inner, "d1", resume=True)[1] == {}
+
+
 def test_source_files_change_with_the_file(tmp_path):
     path = _shard(tmp_path)
     before = source_files([path])
