@@ -71,6 +71,8 @@ SIZES = {
                     "num_key_value_heads": 4, "vocab_size": 32000},  # ~0.55 GB FP32
     "llama-large": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16, "num_attention_heads": 16,
                     "num_key_value_heads": 4, "vocab_size": 32000},  # ~3.4 GB FP32, beside GPT-2 large's 3.1 GB
+    "llama-xl": {"hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": 20, "num_attention_heads": 20,
+                 "num_key_value_heads": 4, "vocab_size": 32000},  # ~6.2 GB FP32, beside GPT-2 XL's 6.23 GB
     # Llama-2-7B's shapes (6.74B parameters, 26.95 GB FP32; no grouped-query attention, untied lm_head)
     "llama-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
                  "num_key_value_heads": 32, "vocab_size": 32000},
@@ -413,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_raw(src, out, int(extra))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="large", help="comma-separated: small, large, xl, llama-small, llama-large (default large; compressed-tensors schemes run on llama-<size>)")
+    parser.add_argument("--sizes", default="large", help="comma-separated: small, large, xl, llama-small, llama-large, llama-xl, llama-7b (default large; compressed-tensors schemes run on llama-<size>)")
     parser.add_argument("--schemes", default="bf16,int8,nf4", help="comma-separated (default bf16,int8,nf4)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,llmcompressor,raw (transformers runs bf16 and bitsandbytes, llmcompressor the compressed-tensors schemes), and quantkit-before: the checkout given by --quantkit-from, alternating with this one")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the median is reported (default 3)")
