@@ -73,7 +73,7 @@ def task_resources(device: str, gpus_per_task: float | None) -> tuple[str, float
     check_device(device)
     if gpus_per_task is not None and (not math.isfinite(gpus_per_task) or gpus_per_task < 0
                                       or (gpus_per_task > 1 and not float(gpus_per_task).is_integer())):
-        raise UsageError(f"--ray-gpus-per-task {gpus_per_task}: give 0, a fraction of one GPU up to 1 (e.g. 0.5), or a whole number")
+        raise UsageError(f"--ray-gpus-per-task {gpus_per_task:g}: give 0, a fraction of one GPU up to 1 (e.g. 0.5), or a whole number")
     if device.startswith("cuda:") and device != "cuda:0":
         raise UsageError(f"--device {device} with --executor ray: a task sees only the GPUs Ray gives it, numbered from 0; use --device cuda")
     if device.startswith("cuda"):
@@ -81,7 +81,7 @@ def task_resources(device: str, gpus_per_task: float | None) -> tuple[str, float
             raise UsageError("--device cuda with --ray-gpus-per-task 0: tasks would share GPUs Ray does not schedule; give each task one (the default) or a fraction")
         return "cuda", 1.0 if gpus_per_task is None else float(gpus_per_task)
     if device == "cpu" and gpus_per_task:
-        raise UsageError(f"--ray-gpus-per-task {gpus_per_task} with --device cpu: the GPUs would go unused; use --device cuda or auto")
+        raise UsageError(f"--ray-gpus-per-task {gpus_per_task:g} with --device cpu: the GPUs would go unused; use --device cuda or auto")
     gpus = float(gpus_per_task or 0)
     return ("auto" if gpus else "cpu"), gpus
 
