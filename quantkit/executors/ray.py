@@ -209,8 +209,8 @@ class RayExecutor:
         ray = self.ray
         started = not ray.is_initialized()
         if started:
-            try:
-                ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            try:  # ERROR: Ray's notices on starting a cluster (token authentication, ...) would break the CLI's one-line output
+                ray.init(address=self.address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
             except ConnectionError as exc:
                 raise UsageError(f"--ray-address {self.address}: cannot connect to a Ray cluster there: {exc}") from None
         try:

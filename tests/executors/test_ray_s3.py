@@ -170,3 +170,24 @@ def test_an_s3_output_overlapping_nothing_but_unreachable_is_one_line(cli, s3, m
     assert result.exit_code == 5 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("quantkit: error: s3://no-such-bucket/x:") and SECRET not in result.stderr
     assert not os.path.exists("s3:")
+
+
+def test_an_interrupted_driver_keeps_the_uploaded_shards_and_resume_finishes(s3, model, tmp_path):
+    from quantkit.convert import ConvertOptions, convert
+    from quantkit.executors.ray import InterruptedWithPartial, RayExecutor
+
+    fs, url = s3, f"s3://{BUCKET}/interrupted"
+    options = ConvertOptions("int8", max_shard_bytes=150_000, device="cpu")
+
+    def interrupt_after_the_first_shard(num_bytes: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(InterruptedWithPartial, match=f"1 finished shard.* kept at {url} .*--resume"):
+        convert(model, url, options=options, progress=interrupt_after_the_first_shard, executor=RayExecutor(model))
+    left = _objects(fs, f"{BUCKET}/interrupted")
+    assert PLAN_FILE in left and "quantkit.json" not in left and "model.safetensors.index.json" not in left
+    executor = RayExecutor(model, resume=True)
+    result = convert(model, url, options=options, executor=executor)
+    assert len(executor.kept) == 1 and str(result.write.folder) == url
+    convert(model, tmp_path / "local", options=options)
+    assert _objects(fs, f"{BUCKET}/interrupted") == _files(tmp_path / "local")
