@@ -74,13 +74,47 @@ def convert(src: Path, out: Path, scheme: str, device: str, max_size: str, ray_a
            "--max-size", max_size, "--json", "-q"]
     if ray_address is not None:
         cmd += ["--executor", "ray", "--ray-address", ray_address, "--ray-gpus-per-task", "1" if device == "cuda" else "0"]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), cli_shim(), os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[2:])}: exit {done.returncode}: {done.stderr.strip()}")
     return elapsed, json.loads(done.stdout)
+
+
+def cli_shim() -> str:
+    """A folder where ``quantkit_cli`` imports from this tree's ``cli/`` (pyproject maps it so
+    when installed): the check runs from a bare checkout too."""
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / "quantkit-cli-shim"
+    folder.mkdir(exist_ok=True)
+    link = folder / "quantkit_cli"
+    if not link.exists():
+        link.symlink_to(ROOT / "cli", target_is_directory=True)
+    return str(folder)
+
+
+def trim_wheels(folder: Path) -> None:
+    """Make the wheels in ``folder`` fit a 64 MiB transfer: Ray's without its Java jars (32 MB;
+    Python tasks never load them), bitsandbytes' with only the CUDA 13 and CPU libraries."""
+    import zipfile
+
+    keep = {"ray-": lambda n: not n.startswith("ray/jars/") and not n.endswith(".js.map"),
+            "bitsandbytes-": lambda n: not n.startswith("bitsandbytes/libbitsandbytes_") or any(k in n for k in ("cuda13", "_cpu"))}
+    for wheel in sorted(folder.glob("*.whl")):
+        wanted = next((f for prefix, f in keep.items() if wheel.name.startswith(prefix)), None)
+        if wanted is None:
+            continue
+        trimmed = wheel.with_suffix(".trimmed")
+        with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(trimmed, "w", zipfile.ZIP_DEFLATED) as zout:
+            for info in zin.infolist():
+                if wanted(info.filename):
+                    zout.writestr(info, zin.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+        before = wheel.stat().st_size
+        os.replace(trimmed, wheel)
+        print(f"{wheel.name}: {before / 1e6:.1f} -> {wheel.stat().st_size / 1e6:.1f} MB")
 
 
 def differing_files(a: Path, b: Path) -> list[str]:
@@ -109,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-size", default="60MB", help="shard size: several shards, so several tasks")
     parser.add_argument("--work", type=Path, default=CACHE / "out" / "gpu-ray-check")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--trim-wheels", type=Path, metavar="DIR", help="only trim the Ray and bitsandbytes wheels in DIR (gpu_check.sh --prepare)")
     args = parser.parse_args(argv)
+    if args.trim_wheels is not None:
+        trim_wheels(args.trim_wheels)
+        return 0
     started = time.perf_counter()
     why = check_machine(args.device)
     if why is not None:
