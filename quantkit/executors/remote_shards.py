@@ -31,6 +31,8 @@ from .resume import written_shard
 class RemoteShards:
     """The shard store of ``resume.RunRecord`` for an S3 prefix."""
 
+    restart_hint = "rerun with --force instead of --resume to start over"  # a prefix holding objects needs --force
+
     def __init__(self, uploader: Uploader):
         self.uploader = uploader
         self.where = uploader.url

@@ -71,6 +71,8 @@ def source_files(files: list) -> list:
 class LocalShards:
     """A resumable run's shards and record in its partial folder (a shared filesystem)."""
 
+    restart_hint = "rerun without --resume to start over"
+
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.where = str(self.folder)
@@ -143,7 +145,7 @@ class RunRecord:
         if previous is not None and previous.get("digest") != digest:
             raise UsageError(
                 f"{store.where}: the partial output there was made by a different command (other source, options or "
-                "quantkit version); rerun without --resume to start over"
+                f"quantkit version); {store.restart_hint}"
             )
         record = cls(store, digest)
         kept: dict[str, WrittenShard] = {}

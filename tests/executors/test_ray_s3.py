@@ -144,6 +144,10 @@ def test_resume_with_a_replaced_shard_converts_it_again(cli, s3, model, tmp_path
     damaged = bytearray(fs.cat_file(f"{prefix}/{shards[1]}"))
     damaged[-1] ^= 1  # a tensor byte: the header (and its self-checksum) unchanged
     fs.pipe_file(f"{prefix}/{shards[1]}", bytes(damaged))
+    other = cli("convert", model, "--to", "int8", "-o", url, "--max-size", "1MB", "--device", "cpu", "--executor", "ray", "--resume")
+    assert other.exit_code == 2
+    assert other.stderr.strip() == (f"quantkit: error: {url}: the partial output there was made by a different command (other source, "
+                                    "options or quantkit version); rerun with --force instead of --resume to start over")
     resumed = cli(*_args(model, url, "--executor", "ray", "--resume", "--json"))
     assert resumed.exit_code == 0, resumed.stderr
     assert json.loads(resumed.stdout)["shards_converted"] == sorted([shards[0], shards[1]])
