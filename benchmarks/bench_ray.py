@@ -12,6 +12,11 @@ the median wall time of each and their ratio are reported. Each Ray task's own t
 README.md starts from. Memory: the local run's peak RSS (its process tree), and the largest
 peak RSS of one Ray worker process (sampled from /proc: the workers are children of the
 raylet, not of the command).
+
+``--s3``: both write to ``-o s3://bench/...`` on moto's S3 server on 127.0.0.1 (started by
+this script before the cluster, so the workers inherit its endpoint and credentials; ranged
+reads patched as in ``bench_remote.py``): each Ray task uploads its own shard. Both outputs are
+compared object by object.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--max-size", default="200MB", help="shard size for both executors (default 200MB: several shards to run in parallel)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--s3", action="store_true", help="write both outputs to moto's S3 on 127.0.0.1 (-o s3://bench/...)")
     parser.add_argument("--estimate-from", type=Path, default=None, help="print the on-paper estimate from a results JSON (runs nothing)")
     parser.add_argument("--params", type=float, default=405e9)
     parser.add_argument("--node-cpus", type=int, default=32)
@@ -98,24 +104,33 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     import logging
 
+    stop_s3, fs = None, None
+    if args.s3:
+        import tempfile
+
+        from bench_remote import serve_s3
+
+        _, _, _, stop_s3, fs = serve_s3(Path(tempfile.mkdtemp(prefix="bench-ray-s3-")))  # nothing to upload: an empty bucket
     import ray
 
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     address = ray.get_runtime_context().gcs_address
     cluster_start_s = time.perf_counter() - started
-    results: dict = {"src": str(src), "input_bytes": in_bytes, "cpus": os.cpu_count(), "cluster_start_s": cluster_start_s, "runs": {}}
+    results: dict = {"src": str(src), "s3": args.s3, "input_bytes": in_bytes, "cpus": os.cpu_count(), "cluster_start_s": cluster_start_s, "runs": {}}
     try:
         for scheme in args.schemes.split(","):
             local, runs = [], []
             for rep in range(args.repeat):
                 out_local, out_ray = work / f"local-{scheme}", work / f"ray-{scheme}"
+                if fs is not None:
+                    out_local, out_ray = f"s3://bench/local-{scheme}", f"s3://bench/ray-{scheme}"
                 local.append(measure(_convert(src, out_local, scheme, args.max_size)))
                 runs.append(_run_ray(_convert(src, out_ray, scheme, args.max_size) + ["--json", "--executor", "ray", "--ray-address", address]))
-                same = _same_files(out_local, out_ray)
+                same = _same_files(out_local, out_ray) if fs is None else _same_objects(fs, out_local, out_ray)
                 print(f"{scheme} run {rep + 1}: local {local[-1]['wall_s']:.2f}s  ray {runs[-1]['wall_s']:.2f}s  identical {same}", flush=True)
-                shutil.rmtree(out_local, ignore_errors=True)
-                shutil.rmtree(out_ray, ignore_errors=True)
+                for out in (out_local, out_ray):
+                    fs.rm(str(out).removeprefix("s3://"), recursive=True) if fs is not None else shutil.rmtree(out, ignore_errors=True)
             seconds = [s for r in runs for s in r["shard_seconds"].values()]
             results["runs"][scheme] = {
                 "local_wall_s": statistics.median(r["wall_s"] for r in local),
@@ -135,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"peak RSS local {r['local_peak_rss'] / 1e9:.2f} GB, largest Ray worker {r['ray_worker_peak_rss'] / 1e9:.2f} GB", flush=True)
     finally:
         ray.shutdown()
+        if stop_s3 is not None:
+            stop_s3()
     print(f"cluster start: {cluster_start_s:.1f}s (not in the ray times)")
     target = args.json or ROOT / "benchmarks" / "results" / f"ray-{time.strftime('%Y%m%d-%H%M%S')}.json"
     target.write_text(json.dumps(results, indent=2) + "\n")
@@ -188,6 +205,14 @@ def _same_files(a: Path, b: Path) -> bool:
     if names != sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()):
         return False
     return all(_file_equal(a / n, b / n) for n in names)
+
+
+def _same_objects(fs, a: str, b: str) -> bool:
+    fs.invalidate_cache()
+    keys = {url: sorted(k.split("/", 2)[2] for k in fs.find(url.removeprefix("s3://") + "/")) for url in (a, b)}
+    if keys[a] != keys[b] or not keys[a]:
+        return False
+    return all(fs.cat_file(f"{a.removeprefix('s3://')}/{k}") == fs.cat_file(f"{b.removeprefix('s3://')}/{k}") for k in keys[a])
 
 
 def _file_equal(x: Path, y: Path) -> bool:

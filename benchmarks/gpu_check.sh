@@ -20,6 +20,10 @@
 # GPU_CHECK_DEVICE=cpu runs steps 3 and 4 on the CPU (the GPU tests then skip and the
 # comparison is CPU against CPU): the way to test the script's steps on a machine without a GPU.
 # GPU_CHECK_SIZE (default large) and GPU_CHECK_SCHEMES choose the checkpoint and schemes.
+# GPU_CHECK_RAY=1 adds step 6: --executor ray --ray-gpus-per-task 1 --device cuda on GPT-2 small
+# against a local --device cuda run, int8 and nf4, byte for byte (benchmarks/gpu_ray_check.py);
+# with --prepare it also downloads Ray and its missing dependencies and trims the Ray and
+# bitsandbytes wheels so that all of them fit a 64 MiB transfer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +41,11 @@ if [ "${1:-}" = "--prepare" ]; then
     -d "$WHEELS" bitsandbytes==0.50.2 compressed-tensors==0.19.0 \
     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 loguru==0.7.3
   $PY -m pip wheel -q --no-deps -w "$WHEELS" .
+  if [ "${GPU_CHECK_RAY:-0}" = "1" ]; then
+    $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
+      -d "$WHEELS" ray==2.60.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
+    $PY benchmarks/gpu_ray_check.py --trim-wheels "$WHEELS"
+  fi
   ls -la "$WHEELS"
   exit 0
 fi
@@ -82,4 +91,9 @@ $PY benchmarks/bench_gpu.py --size "$SIZE" --schemes "$schemes" --device "$DEVIC
 
 echo "== fp8 output loaded by transformers on $DEVICE against the CPU dequantized path"
 $PY benchmarks/gpu_ct_load.py --device "$DEVICE" --json "$OUT/gpu_ct_load.json"
+
+if [ "${GPU_CHECK_RAY:-0}" = "1" ]; then
+  echo "== --executor ray with a GPU per task against a local --device $DEVICE run"
+  $PY benchmarks/gpu_ray_check.py --device "$DEVICE" --json "$OUT/gpu_ray_check.json"
+fi
 echo "results: $OUT"

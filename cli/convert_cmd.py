@@ -59,9 +59,10 @@ def convert_cmd(
     key: Key = None,
     strip_prefix: StripPrefix = None,
     allow_global: AllowGlobal = None,
-    executor: Annotated[str, typer.Option("--executor", metavar="NAME", help="Where the shards are converted: local (this process) or ray (one Ray task per shard; pip install 'quantkit[ray]'; the output must be on a filesystem every node shares).")] = "local",
+    executor: Annotated[str, typer.Option("--executor", metavar="NAME", help="Where the shards are converted: local (this process) or ray (one Ray task per shard; pip install 'quantkit[ray]'; the output must be on a filesystem every node shares, or s3://bucket/prefix).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", help="--executor ray: the cluster to use (default: RAY_ADDRESS, else a new local one).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="--executor ray: keep the shards a failed or interrupted run of the same command finished (checked by size and SHA-256) and convert only the rest.")] = False,
+    ray_gpus_per_task: Annotated[Optional[float], typer.Option("--ray-gpus-per-task", metavar="N", help="--executor ray: GPUs each task is given (a fraction up to 1, or a whole number; default 1 with --device cuda, else 0); with --device cuda or auto a task quantizes on the first GPU Ray gave it.")] = None,
 ) -> None:
     """Convert a checkpoint to safetensors shards (a cast or a quantization) that transformers loads unchanged.
 
@@ -72,7 +73,7 @@ def convert_cmd(
                                  ("--min-overall-sqnr", min_overall_sqnr), ("--max-kl", max_kl), ("--family", family), ("--profile", profile), ("--schemes", schemes)) if v is not None]
     if to.lower() != "auto" and auto_given:
         raise UsageError(f"{auto_given[0]} applies to --to auto only")
-    check_executor(executor, ray_address=ray_address, resume=resume)
+    check_executor(executor, ray_address=ray_address, resume=resume, gpus_per_task=ray_gpus_per_task, device=device)
     options = ConvertOptions(
         scheme=to, blocksize=DEFAULT_SETTINGS.blocksize if blocksize is None else blocksize, double_quant=double_quant,
         rest_dtype=rest_dtype or "keep", skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
@@ -105,7 +106,7 @@ def convert_cmd(
             if options.auto:
                 typer.echo(auto_text(options.auto))
         return
-    check_output(src, output if output is not None else default_output(src, options.scheme), force=force)  # before reading
+    check_output(src, output if output is not None else default_output(src, options.scheme), force=force, resume=resume)  # before reading
     if report is not None:
         check_report_path(report, src=src)
     opening = source_options(key, strip_prefix, allow_global)
@@ -113,7 +114,7 @@ def convert_cmd(
     if executor == "ray":  # imports Ray (or says how to install it) before anything is read
         from quantkit.executors.ray import RayExecutor
 
-        runner = RayExecutor(src, open_options=opening, address=ray_address, resume=resume)
+        runner = RayExecutor(src, open_options=opening, address=ray_address, resume=resume, gpus_per_task=ray_gpus_per_task)
     with open_checkpoint(src, **opening) as source:
         if options.scheme == "auto":
             from quantkit.auto import auto_options
@@ -130,7 +131,8 @@ def convert_cmd(
         write_report(build_report(src, result.write.folder, **opening), report)
     if json_out:
         ran = {"executor": "ray", "shards_kept": runner.kept, "shards_converted": sorted(runner.converted),
-               "shard_seconds": dict(sorted(runner.task_seconds.items()))} if runner is not None else {}
+               "shard_seconds": dict(sorted(runner.task_seconds.items())), "task_devices": dict(sorted(runner.task_devices.items())),
+               "task_gpu_ids": dict(sorted(runner.gpu_ids.items()))} if runner is not None else {}
         print_json({**summary(result), "bytes_fetched": fetched, **ran})
     else:
         typer.echo(summary_text(result))
@@ -142,14 +144,20 @@ def convert_cmd(
             typer.echo(f"resumed: {len(runner.kept)} shard(s) kept from the earlier run, {len(runner.converted)} converted")
 
 
-def check_executor(executor: str, *, ray_address: str | None, resume: bool) -> None:
+def check_executor(executor: str, *, ray_address: str | None, resume: bool, gpus_per_task: float | None = None,
+                   device: str = "auto") -> None:
     """--executor and the options that go with --executor ray, before anything is read."""
     if executor not in ("local", "ray"):
         raise UsageError(f"unknown --executor {executor!r}: choose local or ray")
     if executor != "ray":
-        given = [flag for flag, on in (("--ray-address", ray_address is not None), ("--resume", resume)) if on]
+        given = [flag for flag, on in (("--ray-address", ray_address is not None), ("--resume", resume),
+                                       ("--ray-gpus-per-task", gpus_per_task is not None)) if on]
         if given:
             raise UsageError(f"{given[0]} applies to --executor ray only")
+        return
+    from quantkit.executors.ray import task_resources  # the module imports Ray only when an executor is made
+
+    task_resources(device, gpus_per_task)
 
 
 def unused_options(scheme_name: str, *, blocksize: int | None, double_quant: bool, rest_dtype: str | None) -> list[str]:

@@ -162,7 +162,7 @@ def convert(
         progress: called with input byte counts as tensors (for casts, chunks of them) are
             converted, possibly from worker threads; the calls add up to the input's tensor bytes.
         executor: where the shards are written: None, here (threads of this process); or an
-            object with ``staged`` and ``write`` (``quantkit.executors``, e.g. on Ray).
+            object with ``task_device``, ``staged`` and ``write`` (``quantkit.executors``, e.g. on Ray).
 
     Example:
         >>> convert("model.pth", options=ConvertOptions("nf4", double_quant=True))  # doctest: +SKIP
@@ -173,8 +173,12 @@ def convert(
     src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str
     target = output_target(output, lambda: default_output(src_path, options.scheme))  # a folder, or an s3:// prefix
     # casts run on the CPU (they are bound by reading and writing); quantizers where asked
-    device = conversion_device(options.device) if options.quantizing else "cpu"
-    check_output(src_path, target, force=force)  # before anything is read
+    # (an executor's tasks resolve the device where they run: the driver needs no GPU)
+    if not options.quantizing:
+        device = "cpu"
+    else:
+        device = executor.task_device(options.device) if executor is not None else conversion_device(options.device)
+    check_output(src_path, target, force=force, resume=getattr(executor, "resume", False))  # before anything is read
     staging_notes: list[str] = []
     with opened(src) as source:
         check_convertible(source)
@@ -182,8 +186,6 @@ def convert(
         check_assignment_mix(assignment)
         check_quantizes_something(source, assignment, options)
         converter = _Converter(source, assignment, options.settings, device)
-        if executor is not None and not isinstance(target, Path):
-            raise UsageError(f"--executor ray writes into a folder on a shared filesystem; -o {target} (object storage) is not supported with it yet")
         stage_context = executor.staged(target, force=force, notes=staging_notes) if executor is not None else output_stage(target, force=force, notes=staging_notes)
         with stage_context as stage:
             staging, shard_done = (stage, None) if isinstance(stage, Path) else (stage.folder, stage.shard_done)

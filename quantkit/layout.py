@@ -13,6 +13,7 @@ from .version import __version__
 MANIFEST = "quantkit.json"  # what quantkit wrote: source, operation, per-file sizes and SHA-256
 SOURCE_EXTRAS_KEY = "source_extras"  # quantkit.json: a training checkpoint's JSON-representable non-tensor entries
 ST_INDEX = "model.safetensors.index.json"
+RUN_RECORD = "quantkit-plan.json"  # a resumable (--executor ray) run's record, removed once its shards are in place
 BIN_INDEX = "pytorch_model.bin.index.json"
 SINGLE_SHARD = "model.safetensors"
 CONFIG = "config.json"

@@ -12,24 +12,38 @@ A failed or interrupted run keeps its partial folder (``.X.quantkit-partial``): 
 command with ``--resume`` converts only the shards not finished; without ``--resume`` the
 folder is removed first and everything is converted again.
 
+An S3 output (``-o s3://bucket/prefix``, for a cluster without a shared filesystem): each
+task writes its shard in a local temporary folder and uploads it straight to the prefix
+(``remote_output.upload_task_shard``); the record is an object there (``remote_shards``), and
+the driver uploads the copied files, the index and ``quantkit.json`` last. A failed or
+interrupted run keeps the uploaded shards and the record for ``--resume``.
+
+GPUs: ``gpus_per_task`` gives each task that many of the cluster's GPUs (``num_gpus``); with
+``--device cuda`` (or ``auto`` when tasks get GPUs) a task quantizes on the first GPU it sees.
+
 Ray is imported only here, when an executor is made (``pip install quantkit[ray]``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..devices import check_device
 from ..errors import QuantkitError, UsageError, VerificationError
+from ..layout import MANIFEST, RUN_RECORD
 from ..planner import ShardPlan
 from ..safetensors_format import read_header
-from ..sources.remote import is_url
+from ..sources.remote import RemoteLocation, is_url
 from ..writing.folder import WriteResult, write_index
+from ..writing.remote_output import staged_remote_output
 from ..writing.shard import WrittenShard
 from ..writing.staging import InterruptedAfterOutput, partial_folder, staged_output
-from .resume import RunRecord, plan_digest, source_files
+from .remote_shards import RemoteShards
+from .resume import LocalShards, RunRecord, plan_digest, source_files
 from .shard_task import CRASH_SHARD_ENV, ShardDone, ShardJob, convert_shard
 
 INSTALL_HINT = "--executor ray needs Ray: pip install 'quantkit[ray]'"
@@ -46,6 +60,30 @@ class ShardTaskError(QuantkitError):
 
 class InterruptedWithPartial(KeyboardInterrupt):
     """The driver was interrupted; its message says where the finished shards are kept."""
+
+
+def task_resources(device: str, gpus_per_task: float | None) -> tuple[str, float]:
+    """The device each task is given (``ShardJob.device``) and its ``num_gpus``, from
+    ``--device`` and ``--ray-gpus-per-task`` (None: 1 with ``--device cuda``, else 0).
+
+    A task sees only the GPUs Ray gave it, numbered from 0. Refused (UsageError): a count that
+    is negative, not a number, or a fraction above 1 (Ray's rule); ``--device cuda`` with no
+    GPU per task; ``cuda:N`` other than ``cuda:0``; GPUs for ``--device cpu``, which would go unused.
+    ``auto`` is the CPU kernels (as a local run) unless tasks get GPUs: then each task's GPU."""
+    check_device(device)
+    if gpus_per_task is not None and (not math.isfinite(gpus_per_task) or gpus_per_task < 0
+                                      or (gpus_per_task > 1 and not float(gpus_per_task).is_integer())):
+        raise UsageError(f"--ray-gpus-per-task {gpus_per_task:g}: give 0, a fraction of one GPU up to 1 (e.g. 0.5), or a whole number")
+    if device.startswith("cuda:") and device != "cuda:0":
+        raise UsageError(f"--device {device} with --executor ray: a task sees only the GPUs Ray gives it, numbered from 0; use --device cuda")
+    if device.startswith("cuda"):
+        if gpus_per_task == 0:
+            raise UsageError("--device cuda with --ray-gpus-per-task 0: tasks would share GPUs Ray does not schedule; give each task one (the default) or a fraction")
+        return "cuda", 1.0 if gpus_per_task is None else float(gpus_per_task)
+    if device == "cpu" and gpus_per_task:
+        raise UsageError(f"--ray-gpus-per-task {gpus_per_task:g} with --device cpu: the GPUs would go unused; use --device cuda or auto")
+    gpus = float(gpus_per_task or 0)
+    return ("auto" if gpus else "cpu"), gpus
 
 
 def import_ray():
@@ -67,10 +105,18 @@ class RayExecutor:
             cluster this process is connected to already, or ``RAY_ADDRESS``, or a new local one.
         resume: keep the shards a failed run of the same command finished (checked by size and
             SHA-256) and convert only the rest.
+        gpus_per_task: GPUs each task is given (``task_resources``; None: 1 with ``--device cuda``).
     """
 
-    def __init__(self, src, *, open_options: dict | None = None, address: str | None = None, resume: bool = False):
+    def __init__(self, src, *, open_options: dict | None = None, address: str | None = None, resume: bool = False,
+                 gpus_per_task: float | None = None):
         self.ray = import_ray()
+        self.gpus_per_task = gpus_per_task
+        self.num_gpus = 0.0  # per task, set by task_device
+        self.task_devices: dict[str, str] = {}  # each converted shard's device, as its task resolved it
+        self.gpu_ids: dict[str, list[str]] = {}  # each converted shard's GPUs, as Ray gave them
+        self._remote: RemoteShards | None = None  # an S3 output's store, while staged
+        self._record_live = False  # an S3 output's record is there (--resume can finish the run)
         self.src = str(src) if is_url(str(src)) else os.path.abspath(src)  # tasks may run in another folder
         self.open_options = dict(open_options or {})
         self.address = address
@@ -80,20 +126,46 @@ class RayExecutor:
         self.task_seconds: dict[str, float] = {}  # each converted shard's task time
         self.bytes_fetched = 0  # by the tasks, over the network (a remote source)
 
+    def task_device(self, device: str) -> str:
+        """What ``convert`` resolves ``--device`` to for this executor (nothing on the driver
+        needs a GPU): ``cpu``, ``cuda`` or ``auto``, resolved by each task (``task_resources``)."""
+        task, self.num_gpus = task_resources(device, self.gpus_per_task)
+        return task
+
     @contextmanager
-    def staged(self, target: Path, *, force: bool, notes: list[str]):
-        """``staged_output``, resumable: the partial folder is kept when the run fails."""
-        try:
-            with staged_output(target, force=force, notes=notes, resumable=True, resume=self.resume) as staging:
-                yield staging
-        except (InterruptedWithPartial, InterruptedAfterOutput):
-            raise
-        except KeyboardInterrupt:  # outside the tasks' loop (checking kept shards, writing the index)
-            if not partial_folder(target).is_dir():
+    def staged(self, target: Path | RemoteLocation, *, force: bool, notes: list[str]):
+        """``staged_output``, resumable: the partial folder is kept when the run fails; for an S3
+        target, ``staged_remote_output`` keeping the uploaded shards and the record."""
+        with self._connected():
+            if isinstance(target, RemoteLocation):
+                with self._staged_remote(target, force=force, notes=notes) as stage:
+                    yield stage
+                return
+            try:
+                with staged_output(target, force=force, notes=notes, resumable=True, resume=self.resume) as staging:
+                    yield staging
+            except (InterruptedWithPartial, InterruptedAfterOutput):
                 raise
-            raise InterruptedWithPartial(
-                f"the partial output is kept in {partial_folder(target)}: rerun the same command with --resume to finish it"
-            ) from None
+            except KeyboardInterrupt:  # outside the tasks' loop (checking kept shards, writing the index)
+                if not partial_folder(target).is_dir():
+                    raise
+                raise InterruptedWithPartial(
+                    f"the partial output is kept in {partial_folder(target)}: rerun the same command with --resume to finish it"
+                ) from None
+
+    @contextmanager
+    def _staged_remote(self, target: RemoteLocation, *, force: bool, notes: list[str]):
+        try:
+            with staged_remote_output(target, force=force, notes=notes, resumable=True, resume=self.resume) as stage:
+                self._remote = RemoteShards(stage.uploader)
+                yield stage
+        except InterruptedWithPartial:
+            raise
+        except KeyboardInterrupt:  # checking kept shards, or uploading the index
+            fix = "rerun the same command with --resume to finish it" if self._record_live else "rerun with --force to replace it"
+            raise InterruptedWithPartial(f"{target.url} is incomplete (no {MANIFEST}): {fix}") from None
+        finally:
+            self._remote, self._record_live = None, False
 
     def write(self, staging: Path, plan: ShardPlan, outputs, converter, *, metadata: dict[str, str], manifest: dict,
               quantizing: bool, fsync: bool, progress) -> WriteResult:
@@ -104,21 +176,24 @@ class RayExecutor:
             source=self.src, source_files=source_files(converter.source.info.files), plan=plan, names=names, outputs=outputs,
             schemes=assignment.schemes, transpose=assignment.transpose, settings=converter.settings, metadata=metadata,
         )
-        record, kept = RunRecord.start(staging, digest, resume=self.resume)
+        remote = self._remote
+        record, kept = RunRecord.start(remote or LocalShards(staging), digest, resume=self.resume)
+        self._record_live = True
         self.kept = sorted(kept)
         crash = os.environ.get(CRASH_SHARD_ENV)
         jobs = {
             name: ShardJob(self.src, self.open_options, str(staging), name, units, {u: outputs[u] for u in units}, assignment,
-                           converter.settings, converter.device, quantizing, metadata, fsync, crash_partway=crash == name)
+                           converter.settings, converter.device, quantizing, metadata, fsync, crash_partway=crash == name,
+                           upload_to=remote.where if remote else None)
             for name, units in zip(names, plan.shards) if name not in kept
         }
         if progress:
             for name in kept:
                 progress(sum(converter.source.specs[u].nbytes for u in plan.shards[names.index(name)] if u in converter.source.specs))
-        with self._connected():
-            done = self._run(jobs, record, converter, progress)
-        shards = [kept[name] if name in kept else _checked(done[name].shard, jobs[name]) for name in names]
+        done = self._run(jobs, record, progress)
+        shards = [kept[name] if name in kept else self._checked(done[name], jobs[name]) for name in names]
         record.remove()  # the folder now holds the shards only; the manifest lists every file in it
+        self._record_live = False
         overflow: dict[str, int] = {}
         for counts in [record.counts(name) for name in kept] + [_counts(result) for result in done.values()]:
             overflow.update(counts.get("fp16_overflow", {}))
@@ -134,20 +209,24 @@ class RayExecutor:
         ray = self.ray
         started = not ray.is_initialized()
         if started:
-            try:
-                ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            try:  # ERROR: Ray's notices on starting a cluster (token authentication, ...) would break the CLI's one-line output
+                ray.init(address=self.address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
             except ConnectionError as exc:
                 raise UsageError(f"--ray-address {self.address}: cannot connect to a Ray cluster there: {exc}") from None
         try:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if self.num_gpus > gpus:  # the tasks would wait forever for a node that has them
+                where = self.address or "started here"
+                raise UsageError(f"--ray-gpus-per-task {self.num_gpus:g}: the Ray cluster ({where}) has {gpus:g} GPU(s) in all; "
+                                 "use a cluster with GPUs, or --device cpu")
             yield
         finally:
             if started:
                 ray.shutdown()
 
-    def _run(self, jobs: dict[str, ShardJob], record: RunRecord, converter, progress) -> dict[str, ShardDone]:
+    def _run(self, jobs: dict[str, ShardJob], record: RunRecord, progress) -> dict[str, ShardDone]:
         ray = self.ray
-        gpus = 1 if str(converter.device).startswith("cuda") else 0
-        task = ray.remote(convert_shard).options(max_retries=TASK_RETRIES, num_gpus=gpus)
+        task = ray.remote(_shard_in_task).options(max_retries=TASK_RETRIES, num_gpus=self.num_gpus)
         pending = {task.remote(job): name for name, job in jobs.items()}
         done: dict[str, ShardDone] = {}
         failed: list[tuple[str, Exception]] = []
@@ -164,7 +243,8 @@ class RayExecutor:
                 self.converted.append(name)
                 self.task_seconds[name] = result.elapsed_s
                 self.bytes_fetched += result.bytes_fetched or 0
-                record.finished(result.shard, _counts(result))
+                self.task_devices[name], self.gpu_ids[name] = result.device, result.gpu_ids
+                record.finished(result.shard, _counts(result), state=result.state)
                 if progress:
                     progress(result.input_bytes)
         except KeyboardInterrupt:
@@ -182,10 +262,28 @@ class RayExecutor:
             raise kind(f"{len(failed)} shard task(s) failed, first {name}: {_task_reason(exc)}; {self._kept_message(record)}")
         return done
 
+    def _checked(self, result: ShardDone, job: ShardJob) -> WrittenShard:
+        planned = {o.name for unit in job.units for o in job.outputs[unit]}
+        if self._remote is not None:
+            return self._remote.check_written(result.shard, result.state, planned)
+        return _checked(result.shard, job, planned)
+
     def _kept_message(self, record: RunRecord) -> str:
-        target = record.folder.name.removeprefix(".").removesuffix(".quantkit-partial")
-        return (f"{len(record.done)} finished shard(s) are kept in {record.folder}: rerun the same command with --resume "
+        if self._remote is not None:
+            return (f"{len(record.done)} finished shard(s) are kept at {record.where} (with its {RUN_RECORD}): rerun the same "
+                    "command with --resume to convert only the rest (or with --force to start over)")
+        target = Path(record.where).name.removeprefix(".").removesuffix(".quantkit-partial")
+        return (f"{len(record.done)} finished shard(s) are kept in {record.where}: rerun the same command with --resume "
                 f"to convert only the rest (without --resume the output {target} is started over)")
+
+
+def _shard_in_task(job: ShardJob) -> ShardDone:
+    """``convert_shard`` as a Ray task, reporting the GPUs Ray gave it."""
+    import ray
+
+    done = convert_shard(job)
+    done.gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    return done
 
 
 def _counts(result: ShardDone) -> dict:
@@ -193,7 +291,7 @@ def _counts(result: ShardDone) -> dict:
     return {k: v for k, v in found.items() if v}
 
 
-def _checked(shard: WrittenShard, job: ShardJob) -> WrittenShard:
+def _checked(shard: WrittenShard, job: ShardJob, planned: set[str]) -> WrittenShard:
     """The driver's check of a shard a task wrote: there, on the driver's filesystem, with the
     size the task reported and the planned tensors."""
     path = Path(job.folder) / job.file_name
@@ -207,7 +305,6 @@ def _checked(shard: WrittenShard, job: ShardJob) -> WrittenShard:
             f"{path}: the shard a Ray task wrote ({shard.file_bytes} bytes) is not here ({'missing' if size < 0 else f'{size} bytes'}): "
             "the output must be on a filesystem every node of the cluster shares"
         )
-    planned = {o.name for unit in job.units for o in job.outputs[unit]}
     if header is None or set(header.entries) != planned:
         raise VerificationError(f"{path}: the shard's tensors differ from the plan")
     return shard

@@ -15,6 +15,10 @@ incomplete until the new output is complete), and deletes the old layout's other
 once the new output is complete. An error or interrupt deletes what this run uploaded; a
 process killed outright leaves shards without an index, which a rerun with ``--force``
 replaces.
+
+A resumable run (``--executor ray``) is staged the same way, except that each Ray task
+uploads its own shard (``upload_task_shard``) and a failure keeps what was uploaded, beside
+the run's record (``layout.RUN_RECORD``): ``--resume`` finishes it.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError, UsageError
-from ..layout import MANIFEST, ST_INDEX
-from ..sources.remote import RemoteLocation, RemoteOptions, RemoteStore, describe_failure
+from ..layout import MANIFEST, RUN_RECORD, SELF_CHECKSUM_V2_KEY, ST_INDEX
+from ..safetensors_format import read_header
+from ..sources.remote import RemoteFile, RemoteLocation, RemoteOptions, RemoteStore, describe_failure
+from ..sources.remote_safetensors import read_remote_header
 from .shard import WrittenShard
 
 PART_BYTES = 16 << 20  # multipart part size (S3's minimum is 5 MiB); a shard under 2 parts is one PUT
@@ -51,13 +57,12 @@ def s3_output_url(output: object) -> str | None:
     return "s3://" + "/".join(parts)
 
 
-def check_remote_output(src: object, url: str, *, force: bool) -> RemoteLocation:
+def check_remote_output(src: object, url: str, *, force: bool, resume: bool = False) -> RemoteLocation:
     """Refuse, before anything is read, an S3 output that overlaps an S3 input (UsageError) or
-    already holds objects (OutputError, unless ``force``); the output's location."""
+    already holds objects (OutputError, unless ``force``, or ``resume`` and the prefix holds an
+    unfinished resumable run); the output's location."""
     _check_overlap(src, url)
-    existing = _Uploader(url).existing()
-    if existing and not force:
-        raise OutputError(_exists_message(url, existing))
+    _check_existing(url, Uploader(url).existing(), force=force, resume=resume)
     return RemoteLocation(url)
 
 
@@ -68,38 +73,53 @@ class RemoteStage:
 
     folder: Path
     shard_done: Callable[[WrittenShard], None] | None  # None: nothing to do (a local folder)
+    uploader: "Uploader | None" = None  # S3: the prefix's objects (a resumable run's tasks upload their own shards)
 
 
 @contextmanager
-def staged_remote_output(target: RemoteLocation, *, force: bool, notes: list[str] | None = None) -> Iterator[RemoteStage]:
+def staged_remote_output(target: RemoteLocation, *, force: bool, notes: list[str] | None = None,
+                         resumable: bool = False, resume: bool = False) -> Iterator[RemoteStage]:
     """Yield a local temporary folder whose shards are uploaded to ``target`` as they finish;
     on success the folder's other files, then the index, then ``quantkit.json`` are uploaded,
     and (``force``) the previous output's other objects deleted. On any error or interrupt
-    the objects this run uploaded are deleted (best effort) and no index is left."""
-    uploader = _Uploader(target.url)
+    the objects this run uploaded are deleted (best effort) and no index is left.
+
+    ``resumable``: the shards are uploaded by the caller (``shard_done`` is None; each name
+    passed to ``uploader.register``) and kept when the run fails; ``resume`` accepts a prefix
+    holding an unfinished resumable run without ``force``."""
+    uploader = Uploader(target.url)
     existing = uploader.existing()  # again: another run may have written meanwhile
-    if existing and not force:
-        raise OutputError(_exists_message(target.url, existing))
+    _check_existing(target.url, existing, force=force, resume=resume)
     local = Path(tempfile.mkdtemp(prefix="quantkit-upload-"))
     complete = False
     try:
         uploader.delete([n for n in existing if n in (ST_INDEX, MANIFEST)])  # the old output now reads incomplete
-        yield RemoteStage(local, uploader.upload_shard)
+        yield RemoteStage(local, None if resumable else uploader.upload_shard, uploader)
         uploader.upload_rest(local)
         complete = True
-        stale = sorted(set(existing) - uploader.uploaded())
+        stale = sorted(set(existing) - uploader.uploaded() - {RUN_RECORD})  # the record: removed by its run
         uploader.delete(stale)
         if stale and notes is not None:
             notes.append(f"removed {len(stale)} object(s) of the previous output at {target.url}")
     except BaseException:
-        if not complete:
+        if not complete and not resumable:
             uploader.delete(sorted(uploader.uploaded()), best_effort=True)
         raise
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
 
-class _Uploader:
+def upload_task_shard(url: str, shard: WrittenShard) -> dict:
+    """Upload a shard a Ray task wrote (then delete it locally), as ``staged_remote_output``
+    uploads a local run's; what a resumed run checks it by without reading it (``object_state``)
+    and the self-checksum its header holds."""
+    self_checksum = read_header(shard.path).metadata.get(SELF_CHECKSUM_V2_KEY)
+    uploader = Uploader(url)
+    uploader.upload_shard(shard)
+    return {**uploader.object_state(shard.path.name), "self_checksum": self_checksum}
+
+
+class Uploader:
     """The objects of one S3 prefix: listing, uploads (counted), deletions; thread-safe."""
 
     def __init__(self, url: str):
@@ -151,6 +171,38 @@ class _Uploader:
         with self._lock:
             return set(self._names)
 
+    def register(self, name: str) -> None:
+        """Count ``name`` as part of this output (uploaded by another process, or kept)."""
+        with self._lock:
+            self._names.add(name)
+
+    def object_state(self, name: str) -> dict:
+        """``bytes`` and ``etag`` of an object (S3 gives a new ETag to any object written again);
+        an empty dict when there is none."""
+        with self._errors(f"looking up {name}"):
+            try:
+                info = self._store.fs.info(f"{self._key}/{name}", refresh=True)
+            except FileNotFoundError:
+                return {}
+        return {"bytes": info.get("size"), "etag": info.get("ETag")}
+
+    def read_small(self, name: str) -> bytes | None:
+        """A small object's bytes (the run's record), None when it does not exist."""
+        with self._errors(f"reading {name}"):
+            try:
+                return self._store.fs.cat_file(f"{self._key}/{name}")
+            except FileNotFoundError:
+                return None
+
+    def write_small(self, name: str, data: bytes) -> None:
+        """Replace a small object (one PUT: readers see the old bytes or the new, never half)."""
+        with self._errors(f"writing {name}"):
+            self._store.fs.pipe_file(f"{self._key}/{name}", data)
+
+    def shard_header(self, name: str, size: int):
+        """The checked header of the shard ``name`` (``size`` bytes), by ranged reads."""
+        return read_remote_header(self._store, RemoteFile(f"{self._key}/{name}", f"{self.url}/{name}", size))
+
     def delete(self, names: list[str], *, best_effort: bool = False) -> None:
         if not names:
             return
@@ -162,11 +214,20 @@ class _Uploader:
                 raise
 
 
-def _exists_message(url: str, existing: list[str]) -> str:
+def _check_existing(url: str, existing: list[str], *, force: bool, resume: bool) -> None:
+    if existing and not force and not (resume and RUN_RECORD in existing and MANIFEST not in existing):
+        raise OutputError(_exists_message(url, existing, resume=resume))
+
+
+def _exists_message(url: str, existing: list[str], *, resume: bool = False) -> str:
     if MANIFEST in existing or ST_INDEX in existing:
         return f"{url}: already holds a checkpoint; choose another output or pass --force to replace it"
+    if RUN_RECORD in existing:
+        return (f"{url}: holds an unfinished --executor ray run ({len(existing) - 1} object(s) and its {RUN_RECORD}); "
+                "rerun the same command with --resume to finish it, or pass --force to replace it")
     return (f"{url}: already holds {len(existing)} object(s) but no {MANIFEST} (an incomplete output?); "
-            "choose another output or pass --force to replace it")
+            + ("nothing to resume there (no --executor ray run record); " if resume else "")
+            + "choose another output or pass --force to replace it")
 
 
 def _check_overlap(src: object, url: str) -> None:

@@ -38,7 +38,7 @@ def output_stage(target: Path | RemoteLocation, *, force: bool, notes: list[str]
         yield RemoteStage(staging, None)
 
 
-def check_output(src: str | Path, target: str | Path | RemoteLocation, *, force: bool) -> Path | RemoteLocation:
+def check_output(src: str | Path, target: str | Path | RemoteLocation, *, force: bool, resume: bool = False) -> Path | RemoteLocation:
     """Refuse an output that would destroy the input or cannot be created; return ``target``.
 
     Compared as real paths (symlinks resolved): an output equal to the input, inside an
@@ -46,11 +46,12 @@ def check_output(src: str | Path, target: str | Path | RemoteLocation, *, force:
     replacing it would delete the input); so is the current folder or one holding it. An
     existing output without ``force``, or a parent folder that does not exist, is an
     OutputError. Nothing is created; the staging step checks again under its lock. An S3
-    output (``s3://bucket/prefix``) is checked by ``remote_output.check_remote_output``.
+    output (``s3://bucket/prefix``) is checked by ``remote_output.check_remote_output``
+    (``resume``: one holding an unfinished ``--executor ray`` run is accepted).
     """
     url = s3_output_url(target) if not isinstance(target, RemoteLocation) else target.url
     if url is not None:  # also one a Path folded into s3:/b
-        return check_remote_output(src, url, force=force)
+        return check_remote_output(src, url, force=force, resume=resume)
     check_local_output(target)  # another URL is not written at all (nor locally, as ./gs:/b)
     target = Path(target)
     local = isinstance(src, (str, Path)) and "://" not in str(src)  # a remote source has nothing local to destroy

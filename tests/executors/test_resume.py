@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from quantkit.errors import UsageError
 from quantkit.executors.resume import PLAN_FILE, RunRecord, source_files
 from quantkit.writing.shard import sha256_of
-from quantkit.executors.resume import _still_valid
+from quantkit.executors.resume import LocalShards
 
 
 def _shard(folder, name="model-00001-of-00002.safetensors"):
@@ -24,7 +24,7 @@ def _shard(folder, name="model-00001-of-00002.safetensors"):
 def _finish(folder, path, digest="d1"):
     record, kept = RunRecord.start(folder, digest, resume=False)
     assert kept == {}
-    shard = _still_valid(path, {"bytes": path.stat().st_size, "sha256": sha256_of(path)})
+    shard = LocalShards(folder).still_valid(path.name, {"bytes": path.stat().st_size, "sha256": sha256_of(path)})
     record.finished(shard)
     return shard
 

@@ -264,7 +264,7 @@ def test_a_shard_is_gone_from_the_local_disk_before_the_next_is_uploaded(cli, s3
     """Disk use stays at the shard uploading, the one being written and the bytes written
     ahead (``WriteOptions.ahead_bytes``): never the shards before them."""
     local, fs, _ = s3
-    real = remote_output._Uploader.upload_shard
+    real = remote_output.Uploader.upload_shard
     seen = []
 
     def checking(self, shard):
@@ -272,7 +272,7 @@ def test_a_shard_is_gone_from_the_local_disk_before_the_next_is_uploaded(cli, s3
         real(self, shard)
         assert not shard.path.exists()
 
-    monkeypatch.setattr(remote_output._Uploader, "upload_shard", checking)
+    monkeypatch.setattr(remote_output.Uploader, "upload_shard", checking)
     result = cli("reshard", f"s3://{BUCKET}/model", "--max-size", "10KB", "-o", f"s3://{BUCKET}/disk", "-q")
     assert result.exit_code == 0, result.stderr
     assert [name for name, _ in seen] == sorted(name for name, _ in seen) and len(seen) >= 4
