@@ -21,11 +21,15 @@ demo: setup
 
 # `make test`: the correctness suite without the tests marked slow (large property sweeps,
 # end-to-end runs against reference tools, real-process races); `make test-all` (CI) runs all.
+# PYTEST_WORKERS="-n 2 --dist loadgroup" runs them on pytest-xdist workers (the Ray tests share
+# one, `xdist_group`); on this 2-core machine that took more CPU and no less time, so the
+# default is one process.
+PYTEST_WORKERS ?=
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-all: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_convert.py $(BENCH_ARGS)

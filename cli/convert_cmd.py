@@ -79,7 +79,7 @@ def convert_cmd(
         rest_dtype=rest_dtype or "keep", skip=tuple(skip or ()), only=tuple(only or ()), device=device, max_shard_bytes=parse_size(max_size),
         group_size=group_size, rules=tuple(rule or ()),
     )
-    if options.scheme == "auto":
+    if options.is_auto:
         from quantkit.plan import Target
 
         target = Target(bits=target_bits, size_bytes=parse_size(target_size) if target_size is not None else None,
@@ -94,7 +94,7 @@ def convert_cmd(
         from quantkit.dryrun import plan_conversion, plan_text
 
         with open_checkpoint(src, **source_options(key, strip_prefix, allow_global)) as source:
-            if options.scheme == "auto":
+            if options.is_auto:
                 from quantkit.auto import auto_options
 
                 options, _ = auto_options(source, options, target, family=family, profile=profile, schemes=names)
@@ -116,7 +116,7 @@ def convert_cmd(
 
         runner = RayExecutor(src, open_options=opening, address=ray_address, resume=resume, gpus_per_task=ray_gpus_per_task)
     with open_checkpoint(src, **opening) as source:
-        if options.scheme == "auto":
+        if options.is_auto:
             from quantkit.auto import auto_options
 
             options, _ = auto_options(source, options, target, family=family, profile=profile, schemes=names)

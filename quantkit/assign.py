@@ -6,7 +6,6 @@ from .convert_options import ConvertOptions
 from .errors import InputError, UsageError
 from .rules import KEEP
 from .schemes import SCHEMES, get_scheme
-from .schemes.ct import FAMILY as CT_FAMILY
 from .selection import Assignment, Kept, layout_for, select
 from .sources import CheckpointSource
 
@@ -26,8 +25,8 @@ def assign(source: CheckpointSource, options: ConvertOptions) -> Assignment:
     ``--rest-dtype`` (except those --skip / --only exclude) or written as stored. Then the
     rules (``--rule``, first match wins) override: a quantizer rule applies to the weights the
     default policy picks, a cast or ``keep`` to any floating-point tensor. A rule that decides
-    no tensor is a UsageError naming it. compressed-tensors schemes store Linear weights only:
-    Conv1D weights stay unquantized (``Kept.CONV1D``)."""
+    no tensor is a UsageError naming it. A scheme that does not ``quantizes_transposed``
+    (compressed-tensors: Linear weights only) keeps Conv1D weights unquantized (``Kept.CONV1D``)."""
     scheme = get_scheme(options.scheme)
     rules = options.parsed_rules
     layout = layout_for(source.info.config_dir) if options.quantizing else None
@@ -72,8 +71,9 @@ def assign(source: CheckpointSource, options: ConvertOptions) -> Assignment:
             f"apply to, or only tensors an earlier rule decided); fix its regex or drop it (see --dry-run)"
         )
     for name, target in list(schemes.items()):
-        if get_scheme(target).family == CT_FAMILY and selection.quantize.get(name):
-            del schemes[name]  # a Conv1D weight [in, out]: compressed-tensors loads Linear layers only
+        scheme_of = get_scheme(target)
+        if scheme_of.quantizes and not scheme_of.quantizes_transposed and selection.quantize.get(name):
+            del schemes[name]  # a Conv1D weight [in, out]: e.g. compressed-tensors loads Linear layers only
             kept[name] = Kept.CONV1D
     quantized = {n for n, s in schemes.items() if get_scheme(s).quantizes}
     for name, spec in source.specs.items():

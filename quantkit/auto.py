@@ -7,14 +7,12 @@ import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from .convert_options import AUTO
 from .errors import UsageError
 from .plan import AutoPlan, Target, default_family, plan_auto
 from .profile import CAST, KEEP, Profile, load_profile, profile_checkpoint
 from .schemes import SCHEMES, SchemeSettings
 from .sources import CheckpointSource, opened
-
-AUTO = "auto"
-
 
 def auto_record(plan: AutoPlan, target: Target) -> dict:
     """What ``quantkit.json`` (``auto``), the summary and the report say of the choice."""

@@ -17,7 +17,6 @@ from .layout import CONFIG, SCHEME_KEY, SOURCE_EXTRAS_KEY, TRANSPOSED_KEY, defau
 from .nonfinite import NonFiniteCounts
 from .planner import plan_shards
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
-from .schemes.ct import FAMILY as CT_FAMILY
 from .schemes.rowchunks import chunk_rows, quantize_weight
 from .selection import Assignment, Kept, only_matches
 from .sources import CheckpointSource, opened
@@ -85,7 +84,6 @@ class _Converter:
         """The stored tensors of one quantized weight (on a worker thread)."""
         scheme = SCHEMES[self.assignment.schemes[name]]
         transpose = name in self.assignment.transpose
-        compressed_tensors = scheme.family == CT_FAMILY  # numpy kernels on the CPU; NaN / inf stored as given
         # any source reads into buffers (read_into: a .pth's mapping too), so the numpy kernels take every CPU weight
         step = None if transpose or self.device != "cpu" else chunk_rows(scheme, self.source.specs[name], self.settings)
         stored = None if step is None else self._produce_chunked(scheme, name, step)  # memory follows the chunk
@@ -96,17 +94,17 @@ class _Converter:
             stored = scheme.quantize_array(name, weight, transpose=transpose, settings=self.settings)
         else:
             weight = self._read_reused(name)
-            if not compressed_tensors:
+            if scheme.quantizes_on_device:
                 weight = weight.to(self.device)
             stored = scheme.quantize(name, weight, transpose=transpose, settings=self.settings)
-        self.nonfinite.record(name, scheme, weight, stored, report_source=compressed_tensors)
+        self.nonfinite.record(name, scheme, weight, stored, report_source=scheme.stores_source_nonfinite)
         return stored
 
     def _produce_chunked(self, scheme, name: str, step: int) -> list | None:
         quantized = quantize_weight(scheme, self.source.specs[name], self.source.read_into, step, settings=self.settings)
-        if quantized is None:  # a bitsandbytes weight holding NaN or inf: quantized whole
+        if quantized is None:  # a weight holding NaN or inf that the scheme does not chunk: quantized whole
             return None
-        self.nonfinite.add(name, quantized.nonfinite_in_source or 0, quantized.nonfinite_stored, report_source=scheme.family == CT_FAMILY)
+        self.nonfinite.add(name, quantized.nonfinite_in_source or 0, quantized.nonfinite_stored, report_source=scheme.stores_source_nonfinite)
         return quantized.stored
 
     def _read_array(self, name: str):
@@ -167,7 +165,7 @@ def convert(
     Example:
         >>> convert("model.pth", options=ConvertOptions("nf4", double_quant=True))  # doctest: +SKIP
     """
-    if options.scheme == "auto":
+    if options.is_auto:
         raise UsageError("--to auto needs a target: use convert_auto (quantkit.auto) or the CLI's --target-bits / --target-size / --min-sqnr / --min-overall-sqnr")
     started = time.perf_counter()
     src_path = src.path if isinstance(src, CheckpointSource) else src  # a URL stays a str

@@ -11,6 +11,8 @@ from .rules import KEEP, Rule, check_mix, parse_rules
 from .schemes import SCHEMES, SchemeSettings, get_scheme
 from .selection import check_patterns
 
+AUTO = "auto"  # --to auto: not a scheme; quantkit.auto makes it a concrete one per tensor
+
 
 @dataclass(frozen=True)
 class ConvertOptions:
@@ -31,8 +33,8 @@ class ConvertOptions:
     def __post_init__(self):
         # names are case-insensitive (--to BF16): keep the registered spelling; "auto" is made
         # concrete by convert_auto (quantkit.auto)
-        if self.scheme.lower() == "auto":
-            object.__setattr__(self, "scheme", "auto")
+        if self.scheme.lower() == AUTO:
+            object.__setattr__(self, "scheme", AUTO)
         else:
             object.__setattr__(self, "scheme", get_scheme(self.scheme).name)  # UsageError naming the choices
         object.__setattr__(self, "rest_dtype", self.rest_dtype.lower())
@@ -41,7 +43,7 @@ class ConvertOptions:
         if isinstance(self.rules, str):
             object.__setattr__(self, "rules", (self.rules,))
         object.__setattr__(self, "rules", tuple(self.rules))
-        if self.scheme != "auto":
+        if not self.is_auto:
             check_mix(self.scheme, self.parsed_rules)  # before anything is read
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size <= 0:
             raise UsageError(f"--group-size must be a positive integer, not {self.group_size!r}")
@@ -51,6 +53,11 @@ class ConvertOptions:
         if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
             raise UsageError(f"--blocksize {self.blocksize} is not one bitsandbytes supports (32, 64, ..., 4096)")
         check_device(self.device)
+
+    @property
+    def is_auto(self) -> bool:
+        """``--to auto``: the scheme of each tensor is still to be chosen (``quantkit.auto``)."""
+        return self.scheme == AUTO
 
     @property
     def parsed_rules(self) -> tuple[Rule, ...]:

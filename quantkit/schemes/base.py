@@ -84,6 +84,36 @@ class QuantScheme(Scheme):
     quantizes: ClassVar[bool] = True
     # True where ``quantize_array`` runs on numpy arrays without torch (CPU only)
     quantizes_arrays: ClassVar[bool] = False
+    # False where ``quantize`` runs numpy kernels on the CPU whatever the device: the weight is not moved
+    quantizes_on_device: ClassVar[bool] = True
+    # False where a weight stored transposed (GPT-2's Conv1D, [in, out]) is kept unquantized
+    quantizes_transposed: ClassVar[bool] = True
+    # True where a source's NaN / inf are stored as given (their scale becomes NaN / inf): the
+    # source's count is then always taken and reported, not only when a stored float is not finite
+    stores_source_nonfinite: ClassVar[bool] = False
+    # Row chunks (``rowchunks``), for schemes whose ``row_chunk_multiple`` is not None:
+    # the suffixes of ``quantize_rows``' arrays laid out by rows (the others are taken from the first chunk);
+    row_parts: ClassVar[frozenset[str]] = frozenset()
+    # whether a weight of one chunk is still quantized through the row chunks (numpy, no torch);
+    chunks_single_chunk: ClassVar[bool] = False
+    # whether a weight holding NaN or inf chunks to the whole weight's bytes (else it is quantized whole).
+    chunks_nonfinite: ClassVar[bool] = False
+
+    def row_chunk_multiple(self, spec: TensorSpec, settings: SchemeSettings) -> int | None:
+        """Rows a chunk of the 2-D weight ``spec`` must hold a multiple of so that its chunks,
+        quantized by ``quantize_rows`` and merged by ``stored_from_rows``, give exactly the
+        whole weight's bytes; None (the default) where the scheme is not quantized in chunks."""
+        return None
+
+    def quantize_rows(self, name: str, rows, settings: SchemeSettings) -> dict:
+        """One chunk of rows (a numpy ``[count, in]`` array) as numpy arrays by suffix; with
+        ``chunks_nonfinite`` False, a NaN or inf in ``rows`` must make some stored float not finite."""
+        raise NotImplementedError(f"{self.name} is not quantized in row chunks")
+
+    def stored_from_rows(self, spec: TensorSpec, arrays: dict, settings: SchemeSettings) -> list[tuple[str, object]]:
+        """The merged chunks' arrays (``quantize_rows``' suffixes, row parts laid end to end) as
+        the stored tensors ``quantize_array`` gives for the whole weight, named and ordered alike."""
+        raise NotImplementedError(f"{self.name} is not quantized in row chunks")
 
     def quantize_array(self, name: str, array, *, transpose: bool = False, settings: SchemeSettings = SchemeSettings()) -> list[tuple[str, object]]:
         """``quantize`` on the CPU for a numpy array (bfloat16 as ``ml_dtypes.bfloat16``), e.g. a

@@ -32,9 +32,10 @@ class BitsAndBytesScheme(QuantScheme):
     family: ClassVar[str] = "bitsandbytes"
     quantizes_arrays: ClassVar[bool] = True
     mixes_within_family: ClassVar[bool] = False  # one load_in_8bit / load_in_4bit method per model
+    load_in_8bit: ClassVar[bool] = False  # transformers' load_in_8bit, else load_in_4bit
 
     def update_hf_config(self, config, assignment, settings):
-        eight = self.name == "int8"
+        eight = self.load_in_8bit
         config["quantization_config"] = {
             "_load_in_4bit": not eight,
             "_load_in_8bit": eight,
@@ -56,6 +57,9 @@ class BitsAndBytesScheme(QuantScheme):
 class Int8Scheme(BitsAndBytesScheme):
     """LLM.int8 row-wise absmax."""
 
+    load_in_8bit: ClassVar[bool] = True
+    row_parts: ClassVar[frozenset[str]] = frozenset({"weight", "SCB"})
+
     def outputs(self, spec, *, transpose=False, settings=SchemeSettings()):
         rows, cols = (spec.shape[1], spec.shape[0]) if transpose else spec.shape
         p = spec.name.removesuffix(".weight")
@@ -67,6 +71,19 @@ class Int8Scheme(BitsAndBytesScheme):
         codes, scales = quantize_int8(array, transpose=transpose, name=name)
         p = name.removesuffix(".weight")
         return [(f"{p}.weight", codes), (f"{p}.SCB", scales), (f"{p}.weight_format", np.array(ROW_FORMAT, dtype=np.uint8))]
+
+    def row_chunk_multiple(self, spec, settings):
+        return 1  # one scale per row
+
+    def quantize_rows(self, name, rows, settings):
+        from ..kernels import quantize_int8
+
+        codes, scales = quantize_int8(rows, name=name)
+        return {"weight": codes, "SCB": scales}
+
+    def stored_from_rows(self, spec, arrays, settings):
+        p = spec.name.removesuffix(".weight")
+        return [(f"{p}.weight", arrays["weight"]), (f"{p}.SCB", arrays["SCB"]), (f"{p}.weight_format", np.array(ROW_FORMAT, dtype=np.uint8))]
 
     def quantize(self, name, tensor, *, transpose=False, settings=SchemeSettings()):
         from .int8 import apply_int8
@@ -96,6 +113,7 @@ class FourBitScheme(BitsAndBytesScheme):
     """Blockwise 4-bit with a 16-value code table (NF4 or FP4)."""
 
     uses_settings: ClassVar[frozenset[str]] = frozenset({"blocksize", "double_quant"})
+    row_parts: ClassVar[frozenset[str]] = frozenset({"codes", "absmax"})
 
     def outputs(self, spec, *, transpose=False, settings=SchemeSettings()):
         """With double quantization the quant state's JSON holds a data-dependent float, so its
@@ -124,6 +142,22 @@ class FourBitScheme(BitsAndBytesScheme):
         packed, absmax = quantize_4bit_codes(array, blocksize=settings.blocksize, quant_type=self.name, transpose=transpose, name=name)
         shape = array.shape[::-1] if transpose else array.shape
         return self.stored_from_codes(name, packed, absmax, shape=shape, dtype_name=array.dtype.name, settings=settings)
+
+    def row_chunk_multiple(self, spec, settings):
+        """Rows holding whole blocks of the flattened values (only the last chunk's last block is partial)."""
+        return settings.blocksize // math.gcd(spec.shape[1], settings.blocksize)
+
+    def quantize_rows(self, name, rows, settings):
+        """Codes and absmax only: double quantization and the quant state need the whole weight's absmax."""
+        from ..kernels import quantize_4bit_codes
+
+        packed, absmax = quantize_4bit_codes(rows, blocksize=settings.blocksize, quant_type=self.name, name=name)
+        return {"codes": packed, "absmax": absmax}
+
+    def stored_from_rows(self, spec, arrays, settings):
+        return self.stored_from_codes(
+            spec.name, arrays["codes"], arrays["absmax"], shape=spec.shape, dtype_name=spec.dtype.numpy.name, settings=settings
+        )
 
     def stored_from_codes(self, name, packed, absmax, *, shape, dtype_name, settings):
         """The stored tensors of a weight from its whole codes and absmax (``quantize_array``'s

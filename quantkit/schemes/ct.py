@@ -24,7 +24,6 @@ from . import compressed
 from .compressed_config import ConfigGroup, quantization_config
 
 FAMILY = "compressed-tensors"
-_INT = ("w8a16", "w4a16")
 
 
 def to_numpy(tensor):
@@ -56,15 +55,26 @@ def to_torch(array):
 
 @dataclass(frozen=True)
 class CompressedTensorsScheme(QuantScheme):
-    """One compressed-tensors preset (``compressed.PRESETS``)."""
+    """One compressed-tensors preset (``compressed.PRESETS``, by its name). ``packs_integers``:
+    INT8 / INT4 codes packed in ``weight_packed`` with a ``weight_shape`` (else FP8 in
+    ``weight``); ``rows_per_scale``: the rows one scale spans (FP8_BLOCK's 128-row tiles)."""
 
+    packs_integers: bool = False
+    rows_per_scale: int = 1
     family: ClassVar[str] = FAMILY
     mixes_within_family: ClassVar[bool] = True  # one config group per scheme, "mixed-precision"
     quantizes_arrays: ClassVar[bool] = True
+    quantizes_on_device: ClassVar[bool] = False  # numpy kernels on the CPU
+    quantizes_transposed: ClassVar[bool] = False  # transformers loads compressed-tensors Linear layers only
+    stores_source_nonfinite: ClassVar[bool] = True  # a NaN / inf makes its group's scale NaN / inf, as the reference
+    # row chunks: every scale spans whole rows (or tiles of rows), NaN / inf included; no torch for one chunk either
+    row_parts: ClassVar[frozenset[str]] = frozenset({"weight", "weight_packed", "weight_scale"})
+    chunks_single_chunk: ClassVar[bool] = True
+    chunks_nonfinite: ClassVar[bool] = True
 
     @property
     def uses_settings(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset({"group_size"}) if self.name in _INT else frozenset()
+        return frozenset({"group_size"}) if self.packs_integers else frozenset()
 
     def outputs(self, spec, *, transpose=False, settings=SchemeSettings()):
         if transpose:
@@ -84,6 +94,19 @@ class CompressedTensorsScheme(QuantScheme):
         stored = compressed.quantize(array, self.name, group_size=settings.group_size, name=name)
         return [(f"{module}.{suffix}", value) for suffix, value in stored.items()]
 
+    def row_chunk_multiple(self, spec, settings):
+        return self.rows_per_scale
+
+    def quantize_rows(self, name, rows, settings):
+        return compressed.quantize(rows, self.name, group_size=settings.group_size, name=name)
+
+    def stored_from_rows(self, spec, arrays, settings):
+        import numpy as np
+
+        module = spec.name.removesuffix(".weight")
+        shape = {"weight_shape": np.array(spec.shape, dtype=np.int64)} if "weight_shape" in arrays else {}  # the whole weight's
+        return [(f"{module}.{suffix}", shape.get(suffix, array)) for suffix, array in arrays.items()]
+
     def arrays_finite(self, stored):
         """The scales alone: FP8 codes are NaN only where their scale is not finite."""
         import numpy as np
@@ -102,7 +125,7 @@ class CompressedTensorsScheme(QuantScheme):
                 continue
             module = name.removesuffix(".weight_scale")
             if _stored_scheme(module, specs) == self.name:
-                parts = (f"{module}.weight", name) if self.name.startswith("fp8") else (f"{module}.weight_packed", name, f"{module}.weight_shape")
+                parts = (f"{module}.weight_packed", name, f"{module}.weight_shape") if self.packs_integers else (f"{module}.weight", name)
                 found[f"{module}.weight"] = StoredWeight(self.name, f"{module}.weight", parts)
         return found
 
@@ -111,7 +134,7 @@ class CompressedTensorsScheme(QuantScheme):
 
         arrays = {p.rpartition(".")[2]: to_numpy(t) for p, t in parts.items()}
         scheme = self.name
-        if scheme in _INT:  # the stored shape tells the bits exactly (the specs alone cannot)
+        if self.packs_integers:  # the stored shape tells the bits exactly (the specs alone cannot)
             cols = int(np.asarray(arrays["weight_shape"]).reshape(-1)[-1]) if arrays["weight_shape"].size == 2 else 0
             packed_cols = arrays["weight_packed"].shape[-1]
             scheme = "w4a16" if cols and -(-cols // 8) == packed_cols and -(-cols // 4) != packed_cols else "w8a16"
@@ -119,7 +142,7 @@ class CompressedTensorsScheme(QuantScheme):
 
     def logical_numel(self, stored, specs):
         first = specs[stored.parts[0]]
-        if self.name.startswith("fp8"):
+        if not self.packs_integers:
             return first.numel
         return first.shape[0] * first.shape[1] * (32 // compressed._INT_BITS[self.name])
 
@@ -176,6 +199,6 @@ def ct_quantization_config(assignment, settings: SchemeSettings) -> dict:
 
 
 FP8 = CompressedTensorsScheme("fp8", "compressed-tensors FP8_DYNAMIC: FP8 E4M3 per output channel (vLLM, SGLang)")
-FP8_BLOCK = CompressedTensorsScheme("fp8-block", "compressed-tensors FP8_BLOCK: FP8 E4M3 in 128x128 blocks")
-W8A16 = CompressedTensorsScheme("w8a16", "compressed-tensors W8A16: int8 weights in groups of --group-size")
-W4A16 = CompressedTensorsScheme("w4a16", "compressed-tensors W4A16: int4 weights in groups of --group-size")
+FP8_BLOCK = CompressedTensorsScheme("fp8-block", "compressed-tensors FP8_BLOCK: FP8 E4M3 in 128x128 blocks", rows_per_scale=compressed.FP8_BLOCK)
+W8A16 = CompressedTensorsScheme("w8a16", "compressed-tensors W8A16: int8 weights in groups of --group-size", packs_integers=True)
+W4A16 = CompressedTensorsScheme("w4a16", "compressed-tensors W4A16: int4 weights in groups of --group-size", packs_integers=True)

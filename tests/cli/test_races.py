@@ -3,9 +3,10 @@ a folder created at the output mid-run, and SIGKILL during the ``--force`` swap.
 
 To make "mid-run" and "during the swap" certain rather than a race, the runs go through a
 wrapper that patches quantkit before running the module (as test_interrupts does): tensor
-writes are slowed down, and, where a test asks through ``QK_TEST_PAUSE``, the swap writes a
-marker file and sleeps just before or just after its exchange. Nothing in quantkit reads
-these variables.
+writes are slowed down and, while a file named by ``QK_TEST_GATE`` exists, held (so a run is
+still writing however loaded the machine is), and, where a test asks through ``QK_TEST_PAUSE``,
+the swap writes a marker file and sleeps just before or just after its exchange. Nothing in
+quantkit reads these variables.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ REPO = Path(__file__).resolve().parents[2]
 WRAPPER = """
 import os, runpy, sys, time
 from quantkit.writing import shard, staging
-delay = float(os.environ.get("QK_TEST_WRITE_DELAY", "0"))
-if delay:
+delay, gate = float(os.environ.get("QK_TEST_WRITE_DELAY", "0")), os.environ.get("QK_TEST_GATE")
+if delay or gate:
     for method in ("write", "wrote_piece"):
         real = getattr(shard.ShardWriter, method)
         def slow(self, *args, _real=real):
             time.sleep(delay)
+            held_until = time.monotonic() + 120
+            while gate and os.path.exists(gate) and time.monotonic() < held_until:
+                time.sleep(0.01)
             return _real(self, *args)
         setattr(shard.ShardWriter, method, slow)
 pause, marker = os.environ.get("QK_TEST_PAUSE"), os.environ.get("QK_TEST_MARKER")
@@ -56,8 +60,9 @@ def _model(path: Path, seed: int, count: int = 100) -> Path:
     return path
 
 
-def _start(args: list[str], *, delay: float = 0.0, pause: str | None = None, marker: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "QK_TEST_WRITE_DELAY": str(delay)}
+def _start(args: list[str], *, delay: float = 0.0, pause: str | None = None, marker: Path | None = None,
+           gate: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "QK_TEST_WRITE_DELAY": str(delay), **({"QK_TEST_GATE": str(gate)} if gate else {})}
     if pause:
         env.update(QK_TEST_PAUSE=pause, QK_TEST_MARKER=str(marker))
     return subprocess.Popen([sys.executable, "-c", WRAPPER, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -95,10 +100,12 @@ def _same(folder: Path, src: Path) -> bool:
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path):
     first, second = _model(tmp_path / "a.safetensors", 1), _model(tmp_path / "b.safetensors", 2)
-    out = tmp_path / "out"
-    winner = _start(["convert", str(first), "--to", "bf16", "-o", str(out), "-q"], delay=0.02)
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    gate.touch()  # the winner writes until the loser has been refused, however slow the machine
+    winner = _start(["convert", str(first), "--to", "bf16", "-o", str(out), "-q"], delay=0.02, gate=gate)
     _wait_for(lambda: _writing(tmp_path, "out"), winner)
     loser = _run(["convert", str(second), "--to", "bf16", "-o", str(out), "-q", "--force"])
+    gate.unlink()
     assert loser.returncode == 5
     assert loser.stderr == f"quantkit: error: {out}: another quantkit (pid {winner.pid}) is writing this output now; wait for it to finish or choose another output\n"
     _, stderr = winner.communicate(timeout=120)

@@ -19,7 +19,7 @@ from quantkit.executors.ray import InterruptedWithPartial, RayExecutor  # noqa: 
 from quantkit.executors.resume import PLAN_FILE  # noqa: E402
 from quantkit.executors.shard_task import CRASH_SHARD_ENV  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one local cluster at a time under -n 2
 MAX_SIZE = "150KB"  # several shards of the model below, whatever the scheme
 
 
