@@ -88,8 +88,9 @@ def _quantize_blocks(values, blocksize, table, codes, absmax):
             x = values[i] * factor
             x = -one if x < -one else one if x > one else x  # std::clamp: a NaN stays NaN
             t = (x + one) * half
-            # bitsandbytes computes t * 65535 + 0.5 as one fused multiply-add: the product of
-            # two float32 and the 0.5 fit a float64 exactly, so one rounding to float32 is the same
+            # bitsandbytes computes t * 65535 + 0.5 as one fused multiply-add (one rounding). In
+            # float64 it is exact for t above 2**-30 (at most 53 significant bits), so rounding
+            # it once to float32 is the same; below, both truncate to 0
             position = 0 if t != t else np.int64(np.float32(np.float64(t) * 65535.0 + 0.5))
             codes[i] = table[position & 0xFFFF]
 
