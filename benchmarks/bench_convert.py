@@ -263,7 +263,8 @@ def _tree(pid: int) -> list[int]:
 
 
 def measure(cmd: list[str], interval: float = 0.02, cwd: Path | None = None, env: dict | None = None) -> dict:
-    """Run ``cmd``; wall time, peak summed RSS / RssAnon of its tree, and ru_maxrss."""
+    """Run ``cmd``; wall time, CPU time (user + system, from ``wait4``: less sensitive to a
+    busy machine than wall time), peak summed RSS / RssAnon of its tree, and ru_maxrss."""
     peak = {"rss": 0, "anon": 0, "hwm": 0}
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -292,6 +293,7 @@ def measure(cmd: list[str], interval: float = 0.02, cwd: Path | None = None, env
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output.decode(errors='replace')[-4000:]}")
     return {
         "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_rss": peak["rss"],
         "peak_anon": peak["anon"],
         "maxrss": max(usage.ru_maxrss * 1024, peak["hwm"]),
@@ -359,7 +361,7 @@ def run(args) -> dict:
                     samples[tool].append(m)
                     shutil.rmtree(out, ignore_errors=True)
                     print(
-                        f"  {key:14s} {tool:12s} run {rep + 1}/{args.repeat}: {m['wall_s']:7.2f}s  "
+                        f"  {key:14s} {tool:12s} run {rep + 1}/{args.repeat}: {m['wall_s']:7.2f}s  cpu {m['cpu_s']:6.2f}s  "
                         f"rss {m['peak_rss'] / 1e9:5.2f} GB  anon {m['peak_anon'] / 1e9:5.2f} GB",
                         flush=True,
                     )
@@ -382,10 +384,11 @@ def _expected_bytes(src: Path, scheme: str, work: Path, max_size: str) -> int:
 def table(results: dict) -> str:
     head = (
         f"{'input/scheme':20s} {'quantkit s':>10s} {'tf|lc s':>10s} {'raw s':>8s} {'qk/ref':>7s} {'qk/raw':>7s} "
-        f"{'qk RSS':>8s} {'qk anon':>8s} {'ref RSS':>8s} {'ref anon':>8s} {'raw RSS':>8s} {'qk/refRSS':>9s} {'qk out':>7s} {'ref out':>7s}"
+        f"{'qk cpu':>7s} {'tf|lc cpu':>9s} {'raw cpu':>7s} {'qk RSS':>8s} {'qk anon':>8s} {'ref RSS':>8s} {'ref anon':>8s} {'raw RSS':>8s} {'qk/refRSS':>9s} {'qk out':>7s} {'ref out':>7s}"
     )
     lines = [head, "-" * len(head)]
     gb = lambda b: f"{b / 1e9:.2f}G"  # noqa: E731
+    cpu = lambda v: f"{v:.1f}"  # noqa: E731
     rows = [(key, run_["median"], tool) for key, run_ in results["runs"].items() for tool in ("quantkit", "quantkit-before") if tool in run_["median"]]
     for key, m, tool in rows:
         key = key if tool == "quantkit" else f"{key} before"
@@ -396,6 +399,7 @@ def table(results: dict) -> str:
         lines.append(
             f"{key:20s} {cell(q, 'wall_s', lambda v: f'{v:.2f}'):>10s} {cell(t, 'wall_s', lambda v: f'{v:.2f}'):>10s} "
             f"{cell(r, 'wall_s', lambda v: f'{v:.2f}'):>8s} {ratio(q, t, 'wall_s'):>7s} {ratio(q, r, 'wall_s'):>7s} "
+            f"{cell(q, 'cpu_s', cpu):>7s} {cell(t, 'cpu_s', cpu):>9s} {cell(r, 'cpu_s', cpu):>7s} "
             f"{cell(q, 'peak_rss', gb):>8s} {cell(q, 'peak_anon', gb):>8s} {cell(t, 'peak_rss', gb):>8s} "
             f"{cell(t, 'peak_anon', gb):>8s} {cell(r, 'peak_rss', gb):>8s} {ratio(q, t, 'peak_rss'):>9s} "
             f"{cell(q, 'out_bytes', gb):>7s} {cell(t, 'out_bytes', gb):>7s}"

@@ -81,6 +81,38 @@ def test_safetensors_conversion_imports_no_torch(tmp_path: Path, scheme):
     assert imported is False
 
 
+@pytest.mark.parametrize("scheme", ["nf4", "fp4"])
+def test_safetensors_double_quant_imports_neither_torch_nor_bitsandbytes(tmp_path: Path, scheme):
+    """Double quantization from safetensors stays torch-free, and its stored nested state is
+    bitsandbytes' own (``quantize_4bit(compress_statistics=True)`` on one thread)."""
+    import bitsandbytes.functional as bnbf
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(1)
+    weight = (rng.standard_normal((640, 160)) * 0.02).astype(np.float32)  # 1,600 absmax values: 7 nested blocks
+    save_file({"fc.weight": weight, "fc.bias": np.zeros(640, np.float32)}, str(tmp_path / "model.safetensors"))
+    code = textwrap.dedent(f"""
+        import sys
+        from quantkit.convert import ConvertOptions, convert
+        convert({str(tmp_path / 'model.safetensors')!r}, {str(tmp_path / 'out')!r}, options=ConvertOptions({scheme!r}, double_quant=True, device="cpu"))
+        print(sorted(m for m in ("torch", "bitsandbytes") if m in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    stored = {}
+    for shard in sorted((tmp_path / "out").glob("*.safetensors")):
+        stored.update(load_file(str(shard)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        packed, state = bnbf.quantize_4bit(torch.from_numpy(weight), blocksize=64, quant_type=scheme, compress_statistics=True)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(stored["fc.weight"], packed.numpy())
+    for key, want in state.as_dict(packed=True).items():
+        np.testing.assert_array_equal(stored[f"fc.weight.{key}"], want.numpy(), err_msg=key)
+
+
 def test_auto_device_without_torch_agrees_with_torch():
     from quantkit.devices import resolve_device
 

@@ -8,5 +8,6 @@ They are compiled by numba, release the GIL, and produce bitsandbytes' bytes exa
 
 from .fourbit import code_table, quantize_4bit_codes
 from .int8 import dequantize_int8, quantize_int8
+from .nested import double_quant
 
-__all__ = ["code_table", "dequantize_int8", "quantize_4bit_codes", "quantize_int8"]
+__all__ = ["code_table", "dequantize_int8", "double_quant", "quantize_4bit_codes", "quantize_int8"]

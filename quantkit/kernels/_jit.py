@@ -6,15 +6,38 @@ first time. numba writes that cache beside the source file, or, where the packag
 read-only, in the user's cache folder; where neither can be written (a read-only image with
 no home), quantkit points it at a folder under the system's temporary directory, and if
 even that fails it compiles without a cache rather than failing.
+
+numba's first compile or cache load imports ``numba.np.arraymath``, which imports SciPy's
+BLAS wrappers (``scipy.linalg``, 0.35 s of CPU on the development machine) only to choose how
+jitted ``np.cov`` / ``np.corrcoef`` take inner products. quantkit's kernels use neither, so
+that module is imported here with SciPy's BLAS hidden (numba then uses its own loop there);
+SciPy imports normally afterwards. Where SciPy's BLAS is already loaded, nothing is hidden.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 
 import numba
+
+_SCIPY_BLAS = "scipy.linalg.cython_blas"
+
+
+def _import_arraymath() -> None:
+    hide = _SCIPY_BLAS not in sys.modules
+    if hide:
+        sys.modules[_SCIPY_BLAS] = None  # `import` of it raises ImportError, its parents are not imported
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        if hide and sys.modules.get(_SCIPY_BLAS, 0) is None:
+            del sys.modules[_SCIPY_BLAS]
+
+
+_import_arraymath()
 
 _OPTIONS = {"nogil": True, "cache": True, "error_model": "numpy", "boundscheck": False}
 

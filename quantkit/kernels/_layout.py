@@ -76,6 +76,51 @@ def gather_transposed_u16(src, kind, first, out):
             out[r, c] = _widen(src[c, first + r], kind)
 
 
+_M32, _M16, _M8 = np.uint64(0x00000000FFFFFFFF), np.uint64(0x0000FFFF0000FFFF), np.uint64(0x00FF00FF00FF00FF)
+
+
+@kernel(inline=True)
+def _swap(a, b, shift, mask):
+    """Exchange the bytes of ``a`` above ``shift`` in each ``mask`` lane with those of ``b`` below it."""
+    t = ((a >> np.uint64(shift)) ^ b) & mask
+    return a ^ (t << np.uint64(shift)), b ^ t
+
+
+@kernel
+def transpose_bytes_into(src, dst, offset):
+    """``dst[j, offset + i] = src[i, j]`` for 1-byte arrays (``src`` C-contiguous). Where
+    ``src``'s rows, its columns, ``dst``'s columns and ``offset`` are multiples of 8, it moves
+    8x8 tiles as eight 64-bit words, transposed by three rounds of lane swaps; otherwise byte
+    by byte, along ``dst``'s rows."""
+    rows, cols = src.shape
+    if rows % 8 or cols % 8 or offset % 8 or dst.shape[1] % 8:
+        for j in range(cols):
+            for i in range(rows):
+                dst[j, offset + i] = src[i, j]
+        return
+    words_in, words_out = src.view(np.uint64), dst.view(np.uint64)
+    for i0 in range(0, rows, 8):
+        for c in range(cols // 8):  # the tile of src rows i0..i0+7, columns 8c..8c+7
+            r0, r1, r2, r3 = words_in[i0, c], words_in[i0 + 1, c], words_in[i0 + 2, c], words_in[i0 + 3, c]
+            r4, r5, r6, r7 = words_in[i0 + 4, c], words_in[i0 + 5, c], words_in[i0 + 6, c], words_in[i0 + 7, c]
+            r0, r4 = _swap(r0, r4, 32, _M32)
+            r1, r5 = _swap(r1, r5, 32, _M32)
+            r2, r6 = _swap(r2, r6, 32, _M32)
+            r3, r7 = _swap(r3, r7, 32, _M32)
+            r0, r2 = _swap(r0, r2, 16, _M16)
+            r1, r3 = _swap(r1, r3, 16, _M16)
+            r4, r6 = _swap(r4, r6, 16, _M16)
+            r5, r7 = _swap(r5, r7, 16, _M16)
+            r0, r1 = _swap(r0, r1, 8, _M8)
+            r2, r3 = _swap(r2, r3, 8, _M8)
+            r4, r5 = _swap(r4, r5, 8, _M8)
+            r6, r7 = _swap(r6, r7, 8, _M8)
+            w = (offset + i0) // 8
+            j = 8 * c
+            words_out[j, w], words_out[j + 1, w], words_out[j + 2, w], words_out[j + 3, w] = r0, r1, r2, r3
+            words_out[j + 4, w], words_out[j + 5, w], words_out[j + 6, w], words_out[j + 7, w] = r4, r5, r6, r7
+
+
 def stored_rows(src: np.ndarray, kind: int, first: int, count: int, scratch: np.ndarray) -> np.ndarray:
     """Rows ``first:first+count`` of ``src`` as stored, as float32 (a view where it is)."""
     part = src[first : first + count]

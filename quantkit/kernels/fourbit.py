@@ -102,18 +102,18 @@ def _quantize_blocks(values, blocksize, midpoints, order, sorted_table, packed, 
 
 
 @kernel
-def _quantize_column_blocks(values, first, blocksize, midpoints, order, packed, absmax):
+def _quantize_column_blocks(values, first, blocksize, midpoints, order, sorted_table, packed, absmax):
     """Blocks of ``values.T`` for a Conv1D weight ``[in, out]`` whose ``in`` is a multiple
     of ``blocksize``: each block is ``blocksize`` stored rows of one column, so absmax,
-    scaling and positions run along the stored rows (vectorised), and only the 1-byte
-    positions are read across them to pack. ``values``: stored rows ``first:`` (whole
-    blocks) as float32; ``packed`` ``[out, in/2]``, ``absmax`` ``[out, in/blocksize]``.
-    True if a block's absmax is NaN."""
+    scaling, positions and the packing of each pair of stored rows into bytes run along the
+    stored rows (vectorised); only the packed bytes (half as many as values) are transposed
+    into place (``_layout.transpose_bytes_into``). ``values``: stored rows ``first:`` (whole blocks) as float32; ``packed``
+    ``[out, in/2]``, ``absmax`` ``[out, in/blocksize]``. True if a block's absmax is NaN."""
     rows, cols = values.shape
     bits = values.view(np.uint32)
     largest = np.empty(cols, dtype=np.uint32)
     factors = np.empty(cols, dtype=np.float32)
-    positions = np.empty((blocksize, cols), dtype=np.uint8)
+    pairs = np.empty((blocksize // 2, cols), dtype=np.uint8)
     saw_nan = False
     for b0 in range(0, rows, blocksize):
         largest[:] = 0
@@ -128,19 +128,19 @@ def _quantize_column_blocks(values, first, blocksize, midpoints, order, packed, 
             factors[j] = F32_ONE / max(block_max, _TINY)
             has_inf |= largest[j] >= INF_BITS
             saw_nan |= largest[j] > INF_BITS
-        for k in range(blocksize):
-            row, out = values[b0 + k], positions[k]
+        for h in range(blocksize // 2):
+            high, low, out = values[b0 + 2 * h], values[b0 + 2 * h + 1], pairs[h]
             if has_inf:  # an inf's product with 1/inf is NaN: position 15
                 for j in range(cols):
-                    x = row[j] * factors[j]
-                    out[j] = 15 if x != x else _position(x, midpoints)
+                    x, y = high[j] * factors[j], low[j] * factors[j]
+                    out[j] = (order[np.uint8(15) if x != x else _position(x, midpoints)] << 4) | order[np.uint8(15) if y != y else _position(y, midpoints)]
+            elif sorted_table:  # NF4: the sorted position is the code
+                for j in range(cols):
+                    out[j] = (_position(high[j] * factors[j], midpoints) << 4) | _position(low[j] * factors[j], midpoints)
             else:
                 for j in range(cols):
-                    out[j] = _position(row[j] * factors[j], midpoints)
-        base = (first + b0) // 2
-        for j in range(cols):
-            for k in range(0, blocksize, 2):
-                packed[j, base + k // 2] = (order[positions[k, j]] << 4) | order[positions[k + 1, j]]
+                    out[j] = (order[_position(high[j] * factors[j], midpoints)] << 4) | order[_position(low[j] * factors[j], midpoints)]
+        _layout.transpose_bytes_into(pairs, packed, (first + b0) // 2)
     return saw_nan
 
 
@@ -156,7 +156,7 @@ def _quantize_transposed(src: np.ndarray, kind: int, blocksize: int, quant_type:
     saw_nan = False
     for first in range(0, rows, step):
         values = _layout.stored_rows(src, kind, first, min(step, rows - first), scratch)
-        saw_nan |= _quantize_column_blocks(values, first, blocksize, midpoints, order, packed, absmax)
+        saw_nan |= _quantize_column_blocks(values, first, blocksize, midpoints, order, quant_type == "nf4", packed, absmax)
     return packed.reshape(-1, 1), absmax.reshape(-1), saw_nan
 
 

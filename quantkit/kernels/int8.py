@@ -58,7 +58,7 @@ def _column_abs_max_bits(values, largest):
 def _scale_columns_transposed(values, factors, in_range, first, codes):
     """``codes[j, first + i] = round(values[i, j] * factors[j])``: a Conv1D weight's stored
     rows scaled per column, the 1-byte codes written transposed (4x less to move than
-    transposing the float32 values)."""
+    transposing the float32 values; ``_layout.transpose_bytes_into``)."""
     zero = np.float32(0.0)
     tile = np.empty(values.shape, dtype=np.int8)
     for i in range(values.shape[0]):
@@ -71,15 +71,13 @@ def _scale_columns_transposed(values, factors, in_range, first, codes):
             for j in range(row.shape[0]):
                 s = np.rint(round_to_f16(row[j]) * factors[j])
                 out[j] = np.int8(zero if s != s else s)
-    for j in range(values.shape[1]):
-        for i in range(values.shape[0]):
-            codes[j, first + i] = tile[i, j]
+    _layout.transpose_bytes_into(tile, codes, first)
 
 
 def _quantize_transposed(src: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """INT8 of ``src.T`` for ``src`` ``[in, out]``, computed in ``src``'s stored layout."""
     rows, cols = src.shape
-    step = _layout.rows_per_chunk(cols, chunk_elements=1 << 16)
+    step = _layout.rows_per_chunk(cols, multiple=8, chunk_elements=1 << 16)  # 8: the codes move in 8x8 tiles
     scratch = np.empty(0 if kind == 0 else min(step, rows) * cols, dtype=np.float32)
     largest = np.zeros(cols, dtype=np.uint32)
     for first in range(0, rows, step):

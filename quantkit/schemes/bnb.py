@@ -3,9 +3,9 @@ transformers stores ``Linear8bitLt`` / ``Linear4bit`` layers.
 
 This module declares the schemes and needs no torch (the byte-level facts they share with
 the kernels are in ``bnb_layout``). On the CPU, numpy weights (``quantize_array``) go through
-quantkit's fused kernels (``quantkit.kernels``, no torch unless a weight holds NaN or double
-quantization is asked); torch tensors through the torch kernels (``int8``, ``fourbit``,
-``fourbit_cpu``), imported when a tensor is converted.
+quantkit's fused kernels (``quantkit.kernels``, no torch unless a weight holds NaN); torch
+tensors through the torch kernels (``int8``, ``fourbit``, ``fourbit_cpu``), imported when a
+tensor is converted.
 
 INT8, for a linear layer ``P``: ``P.weight`` I8 ``[out, in]``, ``P.SCB`` F32 ``[out]``,
 ``P.weight_format`` U8 scalar. 4-bit: ``P.weight`` U8 ``[ceil(numel/2), 1]`` and under
@@ -16,7 +16,6 @@ INT8, for a linear layer ``P``: ``P.weight`` I8 ``[out, in]``, ``P.SCB`` F32 ``[
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -135,8 +134,8 @@ class FourBitScheme(BitsAndBytesScheme):
         return outs
 
     def quantize_array(self, name, array, *, transpose=False, settings=SchemeSettings()):
-        """The fused kernel's codes and absmax; with double quantization the absmax values go
-        through bitsandbytes' own 8-bit blockwise kernel (small: torch is imported then)."""
+        """The fused kernel's codes and absmax; with double quantization the absmax values are
+        quantized again, as bitsandbytes does (``kernels.nested``, no torch)."""
         from ..kernels import quantize_4bit_codes
 
         packed, absmax = quantize_4bit_codes(array, blocksize=settings.blocksize, quant_type=self.name, transpose=transpose, name=name)
@@ -162,12 +161,12 @@ class FourBitScheme(BitsAndBytesScheme):
     def stored_from_codes(self, name, packed, absmax, *, shape, dtype_name, settings):
         """The stored tensors of a weight from its whole codes and absmax (``quantize_array``'s
         last step, also taken after a weight was quantized in row chunks)."""
-        from ..kernels import code_table
+        from ..kernels import code_table, double_quant
 
         out = [(name, packed)]
         nested_offset = None
         if settings.double_quant:
-            nested_offset, parts = _double_quant(absmax)
+            nested_offset, parts = double_quant(absmax)
             out += [(f"{name}.absmax", parts[0]), (f"{name}.quant_map", code_table(self.name))]
             out += [(f"{name}.nested_absmax", parts[1]), (f"{name}.nested_quant_map", parts[2])]
         else:
@@ -202,29 +201,6 @@ class FourBitScheme(BitsAndBytesScheme):
 
     def logical_numel(self, stored, specs):
         return specs[stored.parts[0]].shape[0] * 2
-
-
-_ONE_THREAD = threading.Lock()
-
-
-def _double_quant(absmax):
-    """bitsandbytes' nested quantization of 4-bit absmax values: their float32 mean, and the
-    centred values 8-bit blockwise with its own kernel. torch sums more than 32K values in
-    one chunk per intra-op thread, so the mean's last bit depends on the thread count: it
-    is taken on one thread, the same on every machine."""
-    import bitsandbytes.functional as bnbf
-    import torch
-
-    values = torch.from_numpy(absmax)
-    with _ONE_THREAD:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            offset = values.mean()
-        finally:
-            torch.set_num_threads(before)
-    nested, state = bnbf.quantize_blockwise(values - offset, blocksize=NESTED_BLOCKSIZE)
-    return offset.item(), (nested.numpy(), state.absmax.numpy(), state.code.numpy().copy())
 
 
 INT8 = Int8Scheme("int8", "LLM.int8 row-wise, as transformers' load_in_8bit")

@@ -25,7 +25,6 @@ string) and what to check.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
 import threading
@@ -325,7 +324,7 @@ def describe_failure(exc: BaseException) -> str:
         return f"the server answered HTTP {status}"
     if _is(exc, "botocore.exceptions", "NoCredentialsError"):
         return "no AWS credentials found (set them in the environment or an AWS profile)"
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or _is(exc, "httpx", "TimeoutException") or _is(
+    if isinstance(exc, TimeoutError) or _is(exc, "asyncio", "TimeoutError") or _is(exc, "httpx", "TimeoutException") or _is(
         exc, "botocore.exceptions", "ConnectTimeoutError", "ReadTimeoutError"
     ) or _is(exc, "fsspec.exceptions", "FSTimeoutError"):
         return "timed out"

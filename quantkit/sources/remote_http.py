@@ -8,7 +8,6 @@ byte of the body is read, and the body is read up to the bytes asked for and no 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,6 +40,8 @@ async def http_range(fs, url: str, start: int, end: int) -> tuple[bytes, int]:
     """Bytes ``start..end`` of ``url`` and the file's size, from one GET with a ``Range``
     header. The body is read only once the status and ``Content-Range`` say it is exactly that
     range, and never beyond it."""
+    import asyncio  # here, not at the top: every quantkit command imports this module, few read URLs
+
     import aiohttp
 
     session = await fs.set_session()
