@@ -2,10 +2,10 @@
 by positioned reads at the offsets of the zip's own directory, each record checked against its
 CRC-32 as it is read.
 
-Only what is plainly a state dict is read this way: every tensor a C-ordered view of a stored
-record that holds exactly the bytes its pickle claims. For anything else (a global, opcode or
-argument ``lazy_unpickle`` does not handle, a strided view, a record that does not fit, any
-damage) :func:`open_lazy_pth` returns None and the caller loads the file with torch
+Only what is plainly a state dict is read this way: every tensor a view of a stored record
+that holds exactly the bytes its pickle claims (a strided view no larger than its record is
+made C-ordered once, as torch_source does). For anything else (a global, opcode or argument
+``lazy_unpickle`` does not handle, a record that does not fit, any damage) :func:`open_lazy_pth` returns None and the caller loads the file with torch
 (``torch_source``), which reads it or refuses it exactly as before. So every check of
 ``torch_source`` still decides what is refused and with which message; this path only takes
 the files that pass them all.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..layout import read_index
 from ..specs import TensorSpec
 from .base import CheckpointSource, SourceInfo, choose_kept_name, detect_torch_format
 from .lazy_unpickle import NotUnderstood, TensorRef, load_table
+from .torch_zip_layout import written_by_torch_save
 from .weights import Found, locate_weights, note_found
 from .ziprecords import CrcLedger, Record, ZipRecords, crc_mismatch, crc_of_range, pread_exact, read_zip_records
 
@@ -38,7 +40,8 @@ class _Plan:
 
     shard: Path
     record: Record
-    region: tuple[int, int]
+    region: tuple[int, int]  # the bytes of the record the tensor's elements lie in
+    strided: TensorRef | None = None  # a view that is not C-ordered: made contiguous to read
 
 
 class LazyPthSource(CheckpointSource):
@@ -57,6 +60,8 @@ class LazyPthSource(CheckpointSource):
         aliases: dict[str, str] = {}
         self._plans: dict[str, _Plan] = {}
         self._ledgers: dict[Path, CrcLedger] = {}
+        self._lock = threading.Lock()
+        self._strided: tuple[str | None, bytes] = (None, b"")  # the last strided tensor, C-ordered
         for shard in shards:
             found = self._plan_shard(shard, key)
             shard_specs, shard_aliases = dedupe_refs(found.tensors, self._plans)
@@ -70,6 +75,8 @@ class LazyPthSource(CheckpointSource):
 
     def _plan_shard(self, shard: Path, key: str | None) -> Found:
         records = read_zip_records(shard)
+        if not written_by_torch_save(shard, records):
+            raise NotUnderstood(f"{shard}: not laid out as torch.save writes")
         ledger = self._ledgers[shard] = CrcLedger(shard)
         table = load_table(check_small_records(shard, records, ledger))
         found = locate_weights(table, key=key)
@@ -90,25 +97,51 @@ class LazyPthSource(CheckpointSource):
         if not len(view):
             return
         plan = self._plans[name]
-        if start < 0 or start + len(view) > plan.region[1] - plan.region[0]:
+        nbytes = self.specs[name].nbytes if plan.strided else plan.region[1] - plan.region[0]
+        if start < 0 or start + len(view) > nbytes:
             raise ValueError(f"bytes {start}..{start + len(view)} lie beyond tensor {name!r}")
-        offset = plan.region[0] + start
+        if plan.strided:
+            view[:] = memoryview(self._contiguous(name, plan))[start : start + len(view)]
+            return
+        self._read(plan, plan.region[0] + start, view)
+
+    def _read(self, plan: _Plan, offset: int, view: memoryview) -> None:
         with open(plan.shard, "rb", buffering=0) as f:
             pread_exact(f.fileno(), view, plan.record.data_offset + offset, plan.shard)
         self._ledgers[plan.shard].add(plan.record, offset, view, plan.region)
 
+    def _contiguous(self, name: str, plan: _Plan) -> bytes:
+        """A strided tensor's bytes in C order, made once and kept while its chunks are read."""
+        import numpy as np
+
+        with self._lock:
+            if self._strided[0] != name:
+                span = np.empty(plan.region[1] - plan.region[0], dtype=np.uint8)
+                self._read(plan, plan.region[0], memoryview(span))
+                t = plan.strided
+                size = t.dtype.itemsize
+                elements = span.view(np.dtype(f"V{size}"))
+                strided = np.lib.stride_tricks.as_strided(elements, t.shape, tuple(s * size for s in t.stride))
+                self._strided = (name, np.ascontiguousarray(strided).tobytes())
+            return self._strided[1]
 
 def _plan(shard: Path, records: ZipRecords, name: str, tensor: TensorRef) -> _Plan:
     """Where ``tensor`` lies, or NotUnderstood for anything torch_source checks (its message then)."""
-    if name == "__metadata__" or not tensor.is_contiguous() or not _STORAGE_KEY.fullmatch(tensor.storage.key):
+    if name == "__metadata__" or not _STORAGE_KEY.fullmatch(tensor.storage.key):
         raise NotUnderstood(f"tensor {name!r}")
     record = records.by_name.get(f"{records.prefix}data/{tensor.storage.key}")
     if record is None or record.size != tensor.storage.nbytes:
         raise NotUnderstood(f"tensor {name!r}: record")
-    start = tensor.storage_offset * tensor.dtype.itemsize
-    if start + tensor.nbytes > record.size:
-        raise NotUnderstood(f"tensor {name!r}: extent")
-    return _Plan(shard, record, (start, start + tensor.nbytes))
+    size = tensor.dtype.itemsize
+    start = tensor.storage_offset * size
+    if tensor.is_contiguous():
+        if start + tensor.nbytes > record.size:
+            raise NotUnderstood(f"tensor {name!r}: extent")
+        return _Plan(shard, record, (start, start + tensor.nbytes))
+    end = (tensor.storage_offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride)) + 1) * size
+    if end > record.size or tensor.nbytes > record.size:  # torch_source's checks for a strided view, and stricter
+        raise NotUnderstood(f"tensor {name!r}: strided extent")
+    return _Plan(shard, record, (start, end), tensor)
 
 
 def dedupe_refs(tensors: dict[str, TensorRef], plans: dict[str, _Plan]) -> tuple[dict[str, TensorSpec], dict[str, str]]:
