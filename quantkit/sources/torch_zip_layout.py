@@ -23,6 +23,7 @@ _LOCAL = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # 56 bytes
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")  # 20 bytes
 _FLAGS = 0x0808  # sizes in a data descriptor after the data; names in UTF-8
+_EMPTY_FLAGS = 0x0800  # an empty record: no data descriptor
 _MAX32 = 0xFFFFFFFF
 _PADDING_ID = b"FB"  # torch's writer pads local headers so that record data is aligned
 
@@ -83,7 +84,8 @@ def _central_entries(data: bytes, count: int) -> list[tuple[str, int]] | None:
             return None
         (sig, made, needed, flags, method, time, date, crc, comp, size, name_len, extra_len, comment_len,
          disk, internal, external, offset) = _CENTRAL.unpack_from(data, at)
-        if sig != b"PK\x01\x02" or (made, needed, flags, method, time, date) != (0, 0, _FLAGS, 0, 0, 0):
+        expected_flags = _FLAGS if size else _EMPTY_FLAGS
+        if sig != b"PK\x01\x02" or (made, needed, flags, method, time, date) != (0, 0, expected_flags, 0, 0, 0):
             return None
         if comment_len or disk or internal or external:
             return None
@@ -122,12 +124,15 @@ def _local_and_descriptor(fd: int, name: str, record: Record, local_offset: int)
     if len(head) < _LOCAL.size + len(name_bytes):
         return None
     sig, needed, flags, method, time, date, crc, comp, size, name_len, extra_len = _LOCAL.unpack_from(head)
-    if sig != b"PK\x03\x04" or (needed, flags, method, time, date, crc, comp, size) != (0, _FLAGS, 0, 0, 0, 0, 0, 0):
+    expected_flags = _FLAGS if record.size else _EMPTY_FLAGS
+    if sig != b"PK\x03\x04" or (needed, flags, method, time, date, crc, comp, size) != (0, expected_flags, 0, 0, 0, 0, 0, 0):
         return None
     extra = head[_LOCAL.size + name_len :]
     if head[_LOCAL.size : _LOCAL.size + name_len] != name_bytes or len(extra) != extra_len or not _padding(extra):
         return None
     end = record.data_offset + record.size
+    if not record.size:
+        return end if record.crc == 0 else None
     wide = record.size >= _MAX32 or local_offset >= _MAX32
     descriptor = struct.pack("<4sLQQ" if wide else "<4sLLL", b"PK\x07\x08", record.crc, record.size, record.size)
     if os.pread(fd, len(descriptor), end) != descriptor:
