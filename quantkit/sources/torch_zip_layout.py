@@ -127,13 +127,18 @@ def _local_and_descriptor(fd: int, name: str, record: Record, local_offset: int)
     expected_flags = _FLAGS if record.size else _EMPTY_FLAGS
     if sig != b"PK\x03\x04" or (needed, flags, method, time, date, crc, comp, size) != (0, expected_flags, 0, 0, 0, 0, 0, 0):
         return None
+    if record.size >= _MAX32:  # a record of 4 GiB or more: a layout not checked here, left to torch
+        return None
     extra = head[_LOCAL.size + name_len :]
-    if head[_LOCAL.size : _LOCAL.size + name_len] != name_bytes or len(extra) != extra_len or not _padding(extra):
+    wide = local_offset >= _MAX32  # past 4 GiB the local header holds its own offset (zip64)
+    zip64 = struct.pack("<2sHQ", b"\x01\x00", 8, local_offset) if wide else b""
+    if head[_LOCAL.size : _LOCAL.size + name_len] != name_bytes or len(extra) != extra_len:
+        return None
+    if extra[: len(zip64)] != zip64 or not _padding(extra[len(zip64) :]):
         return None
     end = record.data_offset + record.size
     if not record.size:
-        return end if record.crc == 0 else None
-    wide = record.size >= _MAX32 or local_offset >= _MAX32
+        return end if record.crc == 0 and not wide else None
     descriptor = struct.pack("<4sLQQ" if wide else "<4sLLL", b"PK\x07\x08", record.crc, record.size, record.size)
     if os.pread(fd, len(descriptor), end) != descriptor:
         return None
