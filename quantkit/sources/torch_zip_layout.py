@@ -37,7 +37,9 @@ def written_by_torch_save(path: Path, records: ZipRecords) -> bool:
             return False
         count, cd_offset, cd_size = directory
         entries = _central_entries(os.pread(fd, cd_size, cd_offset), count)
-        if entries is None or len(entries) != len(records.by_name):
+        if entries is None or len(entries) != len(records.by_name) or not _version_as_torch_writes(fd, records):
+            return False
+        if not all(name.startswith(records.prefix) for name, _ in entries):  # torch reads one folder: the first entry's
             return False
         position = 0
         for name, local_offset in entries:
@@ -150,3 +152,10 @@ def _padding(extra: bytes) -> bool:
     if not extra:
         return True
     return extra[:2] == _PADDING_ID and len(extra) >= 4 and struct.unpack_from("<H", extra, 2)[0] == len(extra) - 4 and extra[4:] == b"Z" * (len(extra) - 4)
+
+
+def _version_as_torch_writes(fd: int, records: ZipRecords) -> bool:
+    """The archive's format version record (which torch's reader requires and parses) says 3,
+    as torch.save writes it; its CRC-32 is checked with the other small records."""
+    record = records.by_name.get(f"{records.prefix}.data/version") or records.by_name.get(f"{records.prefix}version")
+    return record is not None and record.size == 2 and os.pread(fd, 2, record.data_offset) == b"3\n"

@@ -165,3 +165,39 @@ def test_pth_conversion_imports_no_torch(tmp_path, scheme):
     quantized, imported = json.loads(done.stdout.strip().splitlines()[-1])
     assert quantized == ([] if scheme == "bf16" else ["fc1.weight", "fc2.weight"])
     assert imported is False
+
+
+@pytest.mark.parametrize("edit", ["comment", "disk-number", "version-4", "folder"])
+def test_a_zip_not_laid_out_as_torch_save_writes_is_left_to_torch(tmp_path, monkeypatch, edit):
+    """Whatever torch's zip reader (miniz) does with it, the outcome is the torch path's."""
+    torch.save({"w": torch.arange(6.0)}, tmp_path / "m.pth")
+    raw = bytearray((tmp_path / "m.pth").read_bytes())
+    if edit == "comment":  # a zip comment: Python's zipfile and miniz both read past it
+        raw[-2:] = (4).to_bytes(2, "little")
+        raw += b"note"
+    elif edit == "disk-number":  # miniz: "unsupported multidisk archive"
+        raw[-22 + 4] = 1
+    elif edit == "version-4":  # same length, CRC-32 fixed up: only the value differs
+        import zlib
+
+        at = raw.index(b"m/version") + len(b"m/version")
+        extra_len = int.from_bytes(raw[at - len(b"m/version") - 2 : at - len(b"m/version")], "little")
+        data_at = at + extra_len
+        assert raw[data_at : data_at + 2] == b"3\n"
+        old_crc, new_crc = zlib.crc32(b"3\n").to_bytes(4, "little"), zlib.crc32(b"4\n").to_bytes(4, "little")
+        raw[data_at : data_at + 2] = b"4\n"
+        assert raw.count(old_crc) == 2  # the data descriptor and the central directory
+        raw = bytearray(raw.replace(old_crc, new_crc))
+    else:  # every record moved to another folder name than the first entry's
+        raw = bytearray(raw.replace(b"m/data.pkl", b"n/data.pkl"))
+    (tmp_path / "m.pth").write_bytes(bytes(raw))
+    outcomes = []
+    for reader in ("", "torch"):
+        monkeypatch.setenv(FORCE_TORCH_ENV, reader)
+        try:
+            with open_checkpoint(tmp_path / "m.pth") as source:
+                outcomes.append((type(source).__name__, source.get_tensor("w").tolist()))
+        except QuantkitError as exc:
+            outcomes.append((str(exc), exc.exit_code))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] != "LazyPthSource"
