@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .base import CheckpointSource, SourceInfo, choose_kept_name, detect_torch_f
 from .lazy_unpickle import NotUnderstood, TensorRef, load_table
 from .torch_zip_layout import written_by_torch_save
 from .weights import Found, locate_weights, note_found
-from .ziprecords import CrcLedger, Record, ZipRecords, crc_mismatch, crc_of_range, pread_exact, read_zip_records
+from .ziprecords import CrcLedger, Record, ZipRecords, crc32, crc_mismatch, crc_of_range, pread_exact, read_zip_records
 
 FORCE_TORCH_ENV = "QUANTKIT_PTH_READER"  # "torch": read every .pth with torch.load (the reference path)
 _SMALL_RECORD_BYTES = 1 << 20  # as torch_source: the records beside the pickle checked at open
@@ -166,7 +165,7 @@ def check_small_records(shard: Path, records: ZipRecords, ledger: CrcLedger) -> 
     with open(shard, "rb", buffering=0) as f:
         data = bytearray(pickle_record.size)
         pread_exact(f.fileno(), memoryview(data), pickle_record.data_offset, shard)
-        if zlib.crc32(data) != pickle_record.crc:
+        if crc32(data) != pickle_record.crc:
             raise InputError(crc_mismatch(shard, pickle_record))
         ledger.mark(pickle_record, pickle_record.crc)
         for record in records.by_name.values():

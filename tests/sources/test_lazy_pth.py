@@ -201,3 +201,17 @@ def test_a_zip_not_laid_out_as_torch_save_writes_is_left_to_torch(tmp_path, monk
             outcomes.append((str(exc), exc.exit_code))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] != "LazyPthSource"
+
+
+def test_the_crc_used_for_zip_records_is_zlibs_with_or_without_isal(tmp_path):
+    import random
+    import zlib
+
+    from quantkit.sources.ziprecords import crc32
+
+    data = random.Random(0).randbytes(3 * 2**20 + 7)
+    view = memoryview(data)
+    for piece, start in ((view, 0), (view[5:70_001], 0xDEADBEEF), (view[:0], 17), (bytearray(b"abc"), 1)):
+        assert crc32(piece, start) == zlib.crc32(piece, start)
+    code = "import sys; sys.modules['isal'] = None; from quantkit.sources.ziprecords import crc32; print(crc32.__module__)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "zlib"
