@@ -124,6 +124,7 @@ class LazyPthSource(CheckpointSource):
                 self._strided = (name, np.ascontiguousarray(strided).tobytes())
             return self._strided[1]
 
+
 def _plan(shard: Path, records: ZipRecords, name: str, tensor: TensorRef) -> _Plan:
     """Where ``tensor`` lies, or NotUnderstood for anything torch_source checks (its message then)."""
     if name == "__metadata__" or not _STORAGE_KEY.fullmatch(tensor.storage.key):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copyreg
 import io
-import os
 import pickle
 import zipfile
 from collections import OrderedDict
