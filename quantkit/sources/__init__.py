@@ -9,6 +9,7 @@ from ..errors import InputError, UsageError
 from ..layout import BIN_INDEX, ST_INDEX, TORCH_FILES, parse_index, safetensors_in
 from .base import CheckpointSource, SourceInfo, detect_torch_format
 from .hfconfig import check_config, too_large_to_build
+from .lazy_pth import open_lazy_index, open_lazy_pth
 from .renamed import renamed, suggest_prefix as _suggest_prefix
 from .remote import is_url
 from .safetensors_source import open_safetensors_file, open_safetensors_index
@@ -89,10 +90,18 @@ def _open_path(path: Path, options: dict) -> CheckpointSource:
         if shard_names == ".safetensors":
             _no_torch_options(path, options)
             return open_safetensors_index(path)
-        from .torch_source import open_torch_index  # imports torch: only for torch formats
-
-        return open_torch_index(path, **options)
+        return _open_torch_index(path, options)
     return _open_file(path, options)
+
+
+def _open_torch_index(index_path: Path, options: dict, config_dir: Path | None = None) -> CheckpointSource:
+    """A ``.bin`` index: read without torch where every shard allows it (``lazy_pth``), else with torch."""
+    lazy = open_lazy_index(index_path, config_dir=config_dir, **options)
+    if lazy is not None:
+        return lazy
+    from .torch_source import open_torch_index  # imports torch: only for what the lazy reader leaves
+
+    return open_torch_index(index_path, config_dir=config_dir, **options)
 
 
 def _no_torch_options(path: Path, options: dict) -> None:
@@ -104,7 +113,10 @@ def _open_file(path: Path, options: dict, config_dir: Path | None = None) -> Che
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, not a checkpoint")
     if detect_torch_format(path) is not None:
-        from .torch_source import open_torch_file
+        lazy = open_lazy_pth(path, config_dir=config_dir, **options)
+        if lazy is not None:
+            return lazy
+        from .torch_source import open_torch_file  # imports torch: what the lazy reader leaves
 
         return open_torch_file(path, config_dir=config_dir, **options)
     with open(path, "rb") as f:
@@ -149,9 +161,7 @@ def _open_folder_weights(folder: Path, options: dict, config_dir: Path | None) -
         return open_safetensors_file(found, config_dir=config_dir)
     singles = sorted(folder.glob("*.safetensors"))
     if (folder / BIN_INDEX).is_file():
-        from .torch_source import open_torch_index
-
-        return open_torch_index(folder / BIN_INDEX, config_dir=config_dir, **options)
+        return _open_torch_index(folder / BIN_INDEX, options, config_dir)
     for name in TORCH_FILES:
         if (folder / name).is_file():
             return _open_file(folder / name, options, config_dir)

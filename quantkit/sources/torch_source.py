@@ -24,8 +24,7 @@ from ..sizes import format_bytes
 from ..specs import TensorSpec
 from .base import CheckpointSource, SourceInfo, choose_kept_name, detect_torch_format  # noqa: F401 (re-exported)
 from ..layout import read_index
-from .tree import as_json, looks_like_optimizer
-from .weights import WRAPPER_KEYS, Found, describe, find_weights, locate_weights  # noqa: F401 (re-exported)
+from .weights import WRAPPER_KEYS, Found, describe, find_weights, locate_weights, note_found  # noqa: F401 (re-exported)
 from .ziprecords import CrcLedger, Record, ZipRecords, crc_of_range, read_zip_records
 
 # Globals a checkpoint may hold beside its weights that are plain values to rebuild (no code
@@ -274,16 +273,7 @@ class TorchSource(CheckpointSource):
             raise InputError(f"{shard}: {exc}") from None
 
     def _note_rest(self, info: SourceInfo, found: Found) -> None:
-        if found.where:
-            info.extras.setdefault("weights found under", repr(found.where))
-        for note in found.notes:
-            if note not in info.notes:
-                info.notes.append(note)
-        for key, value in found.rest.items():
-            info.extras[str(key)] = describe(value)
-            ok, as_value = (False, None) if looks_like_optimizer(value) else as_json(value)
-            if ok:
-                info.extras_json[str(key)] = as_value
+        note_found(info, found)
 
     def _load_shard(self, shard: Path, info: SourceInfo):
         with allowing(self._allow_globals):

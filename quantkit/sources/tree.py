@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import math
 import reprlib
+import sys
 from collections.abc import Mapping
 
 from ..errors import InputError
+from .lazy_unpickle import TensorRef
 
 MAX_DEPTH = 100  # a module tree this deep is not a model
 MAX_ENTRIES = 1_000_000  # entries visited while flattening one checkpoint
 MAX_JSON_ENTRIES = 10_000  # values kept as JSON per top-level entry
 MAX_JSON_CHARS = 1_000_000  # characters of strings kept as JSON per top-level entry
 _END = object()
+
+
+def is_tensor(value: object) -> bool:
+    """A torch tensor, or a tensor of a pickle read without torch (``lazy_unpickle.TensorRef``).
+
+    Does not import torch: where torch is not imported, no torch tensor exists."""
+    if isinstance(value, TensorRef):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def looks_like_optimizer(value: object) -> bool:
@@ -35,9 +47,7 @@ def flatten_tensors(mapping: Mapping, prefix: str = "") -> dict[str, "torch.Tens
     Raises InputError when two entries give one name (``{1: t, "1": u}``, or ``{"a": {"b": t},
     "a.b": u}``), a dict holds itself, nesting passes MAX_DEPTH, or the walk passes MAX_ENTRIES.
     """
-    import torch
-
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, "torch.Tensor"] = {}  # noqa: F821
     paths: dict[str, str] = {}
     stack = [(iter(mapping.items()), prefix, "", id(mapping))]
     on_path = {id(mapping)}
@@ -54,7 +64,7 @@ def flatten_tensors(mapping: Mapping, prefix: str = "") -> dict[str, "torch.Tens
             raise InputError(f"its dicts hold more than {MAX_ENTRIES:,} entries to walk (shared sub-dicts?): refused")
         key, value = entry
         name, path = f"{prefix_here}{key}", f"{path_here}[{key!r}]"
-        if isinstance(value, torch.Tensor):
+        if is_tensor(value):
             if name in out:
                 raise InputError(
                     f"entries {shown(paths[name])} and {shown(path)} both give the tensor name {name!r}: "

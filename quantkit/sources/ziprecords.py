@@ -12,11 +12,15 @@ import os
 import struct
 import threading
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+
+try:  # ISA-L's CRC-32 gives zlib's values about 5x faster (quantkit[fast-crc]); zlib's otherwise
+    from isal.isal_zlib import crc32
+except ImportError:
+    from zlib import crc32
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
@@ -118,7 +122,7 @@ def crc_of_range(fd: int, path: Path, offset: int, size: int, crc: int = 0) -> i
     while done < size:
         n = min(len(buffer), size - done)
         pread_exact(fd, view[:n], offset + done, path)
-        crc = zlib.crc32(view[:n], crc)
+        crc = crc32(view[:n], crc)
         done += n
     return crc
 
@@ -199,7 +203,7 @@ class CrcLedger:
         of the record the tensor being read covers."""
         if record.name in self._verified:
             return
-        crc = zlib.crc32(data)
+        crc = crc32(data)
         with self._lock:
             chunks = self._chunks.setdefault(record.name, {})
             chunks[offset] = (len(data), crc)
