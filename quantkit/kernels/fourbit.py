@@ -114,6 +114,8 @@ def _quantize_column_blocks(values, first, blocksize, midpoints, order, sorted_t
     largest = np.empty(cols, dtype=np.uint32)
     factors = np.empty(cols, dtype=np.float32)
     pairs = np.empty((blocksize // 2, cols), dtype=np.uint8)
+    upper = np.empty(cols, dtype=np.uint8)
+    lower = np.empty(cols, dtype=np.uint8)
     saw_nan = False
     for b0 in range(0, rows, blocksize):
         largest[:] = 0
@@ -137,9 +139,13 @@ def _quantize_column_blocks(values, first, blocksize, midpoints, order, sorted_t
             elif sorted_table:  # NF4: the sorted position is the code
                 for j in range(cols):
                     out[j] = (_position(high[j] * factors[j], midpoints) << 4) | _position(low[j] * factors[j], midpoints)
-            else:
+            else:  # FP4: positions first (a loop that vectorises), then the code table's gathers
                 for j in range(cols):
-                    out[j] = (order[_position(high[j] * factors[j], midpoints)] << 4) | order[_position(low[j] * factors[j], midpoints)]
+                    upper[j] = _position(high[j] * factors[j], midpoints)
+                for j in range(cols):
+                    lower[j] = _position(low[j] * factors[j], midpoints)
+                for j in range(cols):
+                    out[j] = (order[upper[j]] << 4) | order[lower[j]]
         _layout.transpose_bytes_into(pairs, packed, (first + b0) // 2)
     return saw_nan
 
