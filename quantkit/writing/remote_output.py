@@ -14,7 +14,8 @@ replacement (``--force``) first deletes the old index and manifest (the prefix t
 incomplete until the new output is complete), and deletes the old layout's other objects
 once the new output is complete. An error or interrupt deletes what this run uploaded; a
 process killed outright leaves shards without an index, which a rerun with ``--force``
-replaces.
+replaces (a rerun with ``--force`` or ``--resume`` also aborts the multipart uploads under the
+prefix that such a kill left unfinished).
 
 A resumable run (``--executor ray``) is staged the same way, except that each Ray task
 uploads its own shard (``upload_task_shard``) and a failure keeps what was uploaded, beside
@@ -90,6 +91,10 @@ def staged_remote_output(target: RemoteLocation, *, force: bool, notes: list[str
     uploader = Uploader(target.url)
     existing = uploader.existing()  # again: another run may have written meanwhile
     _check_existing(target.url, existing, force=force, resume=resume)
+    if force or resume:  # a rerun over a run killed mid-upload: its unfinished uploads go too
+        aborted = uploader.abort_unfinished()
+        if aborted and notes is not None:
+            notes.append(f"aborted {aborted} unfinished multipart upload(s) left at {target.url}")
     local = Path(tempfile.mkdtemp(prefix="quantkit-upload-"))
     complete = False
     try:
@@ -146,6 +151,23 @@ class Uploader:
             found = self._store.fs.find(self._key + "/")
         start = len(self._key) + 1
         return sorted(k[start:] for k in found if k.startswith(self._key + "/"))
+
+    def abort_unfinished(self, *, pages: int = 100) -> int:
+        """Abort the multipart uploads under the prefix that a killed run left (S3 keeps their
+        parts, unseen but billed, until then); how many. ``pages``: at most 1,000 each."""
+        bucket, _, prefix = self._key.partition("/")
+        marker: dict[str, str] = {}
+        aborted = 0
+        with self._errors("listing unfinished uploads"):
+            for _ in range(pages):
+                listed = self._store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", **marker)
+                for upload in listed.get("Uploads") or []:
+                    self._store.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+                if not listed.get("IsTruncated"):
+                    break
+                marker = {"KeyMarker": listed.get("NextKeyMarker", ""), "UploadIdMarker": listed.get("NextUploadIdMarker", "")}
+        return aborted
 
     def upload_shard(self, shard: WrittenShard) -> None:
         self._upload(shard.path, shard.path.name)

@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sources"))
+
+from remote_fixtures import moto_s3  # noqa: E402
 
 from quantkit.executors.resume import PLAN_FILE  # noqa: E402
 from quantkit.executors.shard_task import CRASH_SHARD_ENV  # noqa: E402
@@ -34,30 +38,14 @@ def s3():
     """moto on 127.0.0.1 with a versioned bucket (each PUT of a key is a new version), the
     credentials in the environment, then a local Ray cluster started with that environment
     (its workers inherit it); yields an s3fs filesystem."""
-    with pytest.MonkeyPatch.context() as env:
-        values = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-                  "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "QUANTKIT_REMOTE_RETRIES": "1"}
-        for key, value in values.items():
-            env.setenv(key, value)
-        env.delenv("AWS_PROFILE", raising=False)
-        env.delenv("AWS_SESSION_TOKEN", raising=False)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
+    credentials = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "QUANTKIT_REMOTE_RETRIES": "1"}
+    with pytest.MonkeyPatch.context() as env, moto_s3(env, credentials, BUCKET) as fs:
+        fs.call_s3("put_bucket_versioning", Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
         try:
-            host, port = server.get_host_and_port()
-            env.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-            import s3fs
-
-            fs = s3fs.S3FileSystem(skip_instance_cache=True)
-            fs.mkdir(BUCKET)
-            fs.call_s3("put_bucket_versioning", Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-            ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
-            try:
-                yield fs
-            finally:
-                ray.shutdown()
+            yield fs
         finally:
-            server.stop()
+            ray.shutdown()
 
 
 def _objects(fs, prefix: str) -> dict[str, bytes]:

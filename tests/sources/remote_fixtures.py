@@ -13,7 +13,10 @@ import json
 import re
 import threading
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -214,3 +217,32 @@ def write_model(folder: Path, *, seed: int = 0, sharded: bool = True) -> dict[st
 def header_bytes_of(path: Path) -> int:
     """8 + the header length of a safetensors file: what reading only its header fetches."""
     return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+@contextmanager
+def moto_s3(env, credentials: dict[str, str], bucket: str) -> Iterator[object]:
+    """moto's S3 server on a free port of 127.0.0.1, ``credentials`` in the environment (set
+    through ``env``, a ``pytest.MonkeyPatch``; no AWS profile, config or credentials file read)
+    and ``bucket`` created in it; yields an s3fs filesystem on it."""
+    from moto import server as moto_server
+
+    values = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", **credentials}
+    for key, value in values.items():
+        env.setenv(key, value)
+    env.delenv("AWS_PROFILE", raising=False)
+    if "AWS_SESSION_TOKEN" not in credentials:
+        env.delenv("AWS_SESSION_TOKEN", raising=False)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        # moto keeps its buckets in the process, across servers: each module starts empty
+        urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"), timeout=30).close()
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(bucket)
+        yield fs
+    finally:
+        server.stop()

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-from remote_fixtures import header_bytes_of, write_model  # noqa: E402
+from remote_fixtures import header_bytes_of, moto_s3, write_model  # noqa: E402
 
 from quantkit.convert import ConvertOptions, convert  # noqa: E402
 from quantkit.sources import open_checkpoint  # noqa: E402
@@ -21,28 +21,14 @@ BUCKET = "models"
 def s3(tmp_path_factory):
     """moto on a free port of 127.0.0.1 holding ``s3://models/model`` (a sharded Hugging Face
     folder) and ``s3://models/torch/model.pth``; yields the local copy of ``model``."""
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_SESSION_TOKEN": "testing", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
-            env.setenv(key, value)
-        env.delenv("AWS_PROFILE", raising=False)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            env.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-            import s3fs
-
-            fs = s3fs.S3FileSystem(skip_instance_cache=True)
-            fs.mkdir(BUCKET)
-            local = tmp_path_factory.mktemp("s3") / "model"
-            write_model(local)
-            for path in local.iterdir():
-                fs.put_file(str(path), f"{BUCKET}/model/{path.name}")
-            fs.pipe_file(f"{BUCKET}/torch/model.pth", b"PK\x03\x04 not really")
-            yield local
-        finally:
-            server.stop()
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
+    with pytest.MonkeyPatch.context() as env, moto_s3(env, credentials, BUCKET) as fs:
+        local = tmp_path_factory.mktemp("s3") / "model"
+        write_model(local)
+        for path in local.iterdir():
+            fs.put_file(str(path), f"{BUCKET}/model/{path.name}")
+        fs.pipe_file(f"{BUCKET}/torch/model.pth", b"PK\x03\x04 not really")
+        yield local
 
 
 def _file_bytes(folder: Path, *names: str) -> int:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sources"))
-from remote_fixtures import write_model  # noqa: E402
+from remote_fixtures import moto_s3, write_model  # noqa: E402
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -34,34 +34,18 @@ def s3(tmp_path_factory):
     """moto on a free port of 127.0.0.1 holding ``s3://out/model`` (a sharded Hugging Face
     folder, with one 6 MB tensor so that a 5 MiB part size takes a multipart upload); yields
     (the local copy, an s3fs filesystem, the environment)."""
-    with pytest.MonkeyPatch.context() as env:
-        values = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-                  "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "QUANTKIT_REMOTE_RETRIES": "1"}
-        for key, value in values.items():
-            env.setenv(key, value)
-        env.delenv("AWS_PROFILE", raising=False)
-        env.delenv("AWS_SESSION_TOKEN", raising=False)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            env.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-            import s3fs
-
-            fs = s3fs.S3FileSystem(skip_instance_cache=True)
-            fs.mkdir(BUCKET)
-            local = tmp_path_factory.mktemp("s3out") / "model"
-            write_model(local)
-            big = {"model.big.weight": torch.randn(1536, 1024, generator=torch.Generator().manual_seed(3))}  # 6 MiB
-            save_file(big, str(local / "model-00003-of-00003.safetensors"), metadata={"format": "pt"})
-            index = json.loads((local / INDEX).read_text())
-            index["weight_map"]["model.big.weight"] = "model-00003-of-00003.safetensors"
-            (local / INDEX).write_text(json.dumps(index))
-            for path in local.iterdir():
-                fs.put_file(str(path), f"{BUCKET}/model/{path.name}")
-            yield local, fs, {**os.environ}
-        finally:
-            server.stop()
+    credentials = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "QUANTKIT_REMOTE_RETRIES": "1"}
+    with pytest.MonkeyPatch.context() as env, moto_s3(env, credentials, BUCKET) as fs:
+        local = tmp_path_factory.mktemp("s3out") / "model"
+        write_model(local)
+        big = {"model.big.weight": torch.randn(1536, 1024, generator=torch.Generator().manual_seed(3))}  # 6 MiB
+        save_file(big, str(local / "model-00003-of-00003.safetensors"), metadata={"format": "pt"})
+        index = json.loads((local / INDEX).read_text())
+        index["weight_map"]["model.big.weight"] = "model-00003-of-00003.safetensors"
+        (local / INDEX).write_text(json.dumps(index))
+        for path in local.iterdir():
+            fs.put_file(str(path), f"{BUCKET}/model/{path.name}")
+        yield local, fs, {**os.environ}
 
 
 @pytest.fixture(autouse=True)
@@ -278,3 +262,25 @@ def test_a_shard_is_gone_from_the_local_disk_before_the_next_is_uploaded(cli, s3
     assert [name for name, _ in seen] == sorted(name for name, _ in seen) and len(seen) >= 4
     for name, on_disk in seen:
         assert on_disk[0] == name  # every earlier shard is uploaded and deleted
+
+
+def test_force_aborts_the_multipart_uploads_a_killed_run_left_under_the_prefix_only(cli, s3):
+    local, fs, env = s3
+    client = fs.call_s3
+
+    def unfinished(prefix: str) -> list[str]:
+        return sorted(u["Key"] for u in client("list_multipart_uploads", Bucket=BUCKET, Prefix=prefix).get("Uploads") or [])
+
+    for key in ("torn/model-00001-of-00002.safetensors", "torn/model-00002-of-00002.safetensors", "tornado/keep.bin"):
+        upload = client("create_multipart_upload", Bucket=BUCKET, Key=key)  # as a kill mid-upload leaves it
+        client("upload_part", Bucket=BUCKET, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * (5 << 20))
+    fs.put_file(str(local / INDEX), f"{BUCKET}/torn/{INDEX}")  # something there: without --force it is refused
+    refused = cli("convert", f"s3://{BUCKET}/model", "--to", "bf16", "-o", f"s3://{BUCKET}/torn", "-q")
+    assert refused.exit_code == 5
+    assert len(unfinished("torn/")) == 2  # a refused run touches nothing
+    done = cli("convert", f"s3://{BUCKET}/model", "--to", "bf16", "-o", f"s3://{BUCKET}/torn", "--force")
+    assert done.exit_code == 0, done.stderr
+    assert f"aborted 2 unfinished multipart upload(s) left at s3://{BUCKET}/torn" in done.stdout + done.stderr
+    assert unfinished("torn/") == []
+    assert unfinished("tornado/") == ["tornado/keep.bin"]  # another prefix's upload is not this output's
+    assert cli("verify", f"s3://{BUCKET}/torn").exit_code == 0
