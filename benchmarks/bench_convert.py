@@ -38,8 +38,8 @@ What it does:
    exit), takes the median over the repeats, prints a table of ratios and writes JSON to
    ``benchmarks/results/``.
 
-The input is read from the page cache after the first run (the machine's RAM is expected
-to hold it); all three contenders see the same warm cache. Outputs are deleted after each run.
+The input is read once, untimed, before the first run of each input (the machine's RAM is
+expected to hold it); every contender sees the same warm cache. Outputs are deleted after each run.
 """
 
 from __future__ import annotations
@@ -347,6 +347,7 @@ def run(args) -> dict:
             tools = [t for t in args.tools if (t != "transformers" or scheme not in CT_SCHEMES) and (t != "llmcompressor" or scheme in CT_SCHEMES)]
             samples = {t: [] for t in tools}
             out_bytes = 0
+            warm_page_cache(src)
             for rep in range(args.repeat):
                 for tool in tools:
                     out = work / f"{tool}-{scheme}"
@@ -368,6 +369,16 @@ def run(args) -> dict:
             median = {t: {k: statistics.median(s[k] for s in v) for k in v[0]} for t, v in samples.items()}
             results["runs"][key] = {"input": args.input, "input_bytes": in_bytes, "samples": samples, "median": median}
     return results
+
+
+def warm_page_cache(src: Path) -> None:
+    """Read the input once, untimed, so that the first contender does not pay for a cold page
+    cache that the others then find warm (the input of the previous size may have pushed it out)."""
+    buffer = memoryview(bytearray(CHUNK))
+    for path in weight_files(src):
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
 
 
 def _expected_bytes(src: Path, scheme: str, work: Path, max_size: str) -> int:
