@@ -217,12 +217,7 @@ def worker_llmcompressor(src: str, out: str, scheme: str) -> None:
 
 
 def worker_raw(src: str, out: str, out_bytes: int) -> None:
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    for path in weight_files(Path(src)):
-        with open(path, "rb", buffering=0) as f:
-            while f.readinto(view):
-                pass
+    read_every_byte(Path(src))
     os.makedirs(out, exist_ok=True)
     zeros = memoryview(bytes(CHUNK))
     with open(Path(out) / "model.safetensors", "wb", buffering=0) as f:
@@ -347,7 +342,7 @@ def run(args) -> dict:
             tools = [t for t in args.tools if (t != "transformers" or scheme not in CT_SCHEMES) and (t != "llmcompressor" or scheme in CT_SCHEMES)]
             samples = {t: [] for t in tools}
             out_bytes = 0
-            warm_page_cache(src)
+            read_every_byte(src)  # untimed: every contender finds the page cache warm
             for rep in range(args.repeat):
                 for tool in tools:
                     out = work / f"{tool}-{scheme}"
@@ -371,9 +366,10 @@ def run(args) -> dict:
     return results
 
 
-def warm_page_cache(src: Path) -> None:
-    """Read the input once, untimed, so that the first contender does not pay for a cold page
-    cache that the others then find warm (the input of the previous size may have pushed it out)."""
+def read_every_byte(src: Path) -> None:
+    """Read every weight file of ``src`` once, a chunk at a time: raw I/O's reading half, and,
+    untimed before an input's first run, what warms the page cache for every contender (the
+    input of the previous size may have pushed it out)."""
     buffer = memoryview(bytearray(CHUNK))
     for path in weight_files(src):
         with open(path, "rb", buffering=0) as f:
