@@ -117,6 +117,7 @@ class RayExecutor:
         self.gpu_ids: dict[str, list[str]] = {}  # each converted shard's GPUs, as Ray gave them
         self._remote: RemoteShards | None = None  # an S3 output's store, while staged
         self._record_live = False  # an S3 output's record is there (--resume can finish the run)
+        self._own_cluster = False  # the cluster was started here (ray.init), and stops with this run
         self.src = str(src) if is_url(str(src)) else os.path.abspath(src)  # tasks may run in another folder
         self.open_options = dict(open_options or {})
         self.address = address
@@ -213,6 +214,7 @@ class RayExecutor:
                 ray.init(address=self.address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
             except ConnectionError as exc:
                 raise UsageError(f"--ray-address {self.address}: cannot connect to a Ray cluster there: {exc}") from None
+            self._own_cluster = _started_a_cluster(ray)
         try:
             gpus = ray.cluster_resources().get("GPU", 0)
             if self.num_gpus > gpus:  # the tasks would wait forever for a node that has them
@@ -223,6 +225,7 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+                self._own_cluster = False
 
     def _run(self, jobs: dict[str, ShardJob], record: RunRecord, progress) -> dict[str, ShardDone]:
         ray = self.ray
@@ -230,29 +233,31 @@ class RayExecutor:
         pending = {task.remote(job): name for name, job in jobs.items()}
         done: dict[str, ShardDone] = {}
         failed: list[tuple[str, Exception]] = []
+
+        def finish(ref) -> None:
+            name = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 (the others go on: their shards count for --resume)
+                failed.append((name, exc))
+                return
+            done[name] = result
+            self.converted.append(name)
+            self.task_seconds[name] = result.elapsed_s
+            self.bytes_fetched += result.bytes_fetched or 0
+            self.task_devices[name], self.gpu_ids[name] = result.device, result.gpu_ids
+            record.finished(result.shard, _counts(result), state=result.state)
+            if progress:
+                progress(result.input_bytes)
+
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
-                name = pending.pop(ready[0])
-                try:
-                    result = ray.get(ready[0])
-                except Exception as exc:  # noqa: BLE001 (the others go on: their shards count for --resume)
-                    failed.append((name, exc))
-                    continue
-                done[name] = result
-                self.converted.append(name)
-                self.task_seconds[name] = result.elapsed_s
-                self.bytes_fetched += result.bytes_fetched or 0
-                self.task_devices[name], self.gpu_ids[name] = result.device, result.gpu_ids
-                record.finished(result.shard, _counts(result), state=result.state)
-                if progress:
-                    progress(result.input_bytes)
+                finish(ready[0])
         except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            try:  # a killed task must not still be writing its shard when a resumed run rewrites it
-                ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
-            except KeyboardInterrupt:
+            try:
+                self._stop(pending)
+            except KeyboardInterrupt:  # a second Ctrl-C: leave now
                 pass
             raise InterruptedWithPartial(self._kept_message(record)) from None
         if failed:
@@ -261,6 +266,24 @@ class RayExecutor:
             kind = type(cause) if isinstance(cause, QuantkitError) else ShardTaskError
             raise kind(f"{len(failed)} shard task(s) failed, first {name}: {_task_reason(exc)}; {self._kept_message(record)}")
         return done
+
+    def _stop(self, pending: dict) -> None:
+        """After an interrupt: stop the tasks still running, so that none is still writing its
+        shard when a resumed run rewrites it.
+
+        A cluster started here is shut down, which ends its workers before ``ray.shutdown``
+        returns. Its tasks are not cancelled: Ray 2.60's driver aborts on a failed internal
+        check ("Tried to complete task that was not pending") when ``ray.cancel`` reaches a task
+        whose result is arriving at that moment. On a cluster this run only connected to, the
+        tasks must be cancelled, and that rare race remains."""
+        ray = self.ray
+        if self._own_cluster:
+            ray.shutdown()
+            self._own_cluster = False
+            return
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
 
     def _checked(self, result: ShardDone, job: ShardJob) -> WrittenShard:
         planned = {o.name for unit in job.units for o in job.outputs[unit]}
@@ -275,6 +298,17 @@ class RayExecutor:
         target = Path(record.where).name.removeprefix(".").removesuffix(".quantkit-partial")
         return (f"{len(record.done)} finished shard(s) are kept in {record.where}: rerun the same command with --resume "
                 f"to convert only the rest (without --resume the output {target} is started over)")
+
+
+def _started_a_cluster(ray) -> bool:
+    """Whether ``ray.init`` started a local cluster (rather than connecting to a running one,
+    given by address, ``RAY_ADDRESS`` or found on this machine). Ray has no public call for
+    this; its node object says so. False when that is not there (the tasks are then cancelled)."""
+    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    try:
+        return bool(node is not None and node.is_head())
+    except Exception:  # noqa: BLE001 (another Ray's internals: cancel instead)
+        return False
 
 
 def _shard_in_task(job: ShardJob) -> ShardDone:

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 ray = pytest.importorskip("ray")
 
 from quantkit.convert import ConvertOptions, convert  # noqa: E402
-from quantkit.executors.ray import InterruptedWithPartial, RayExecutor  # noqa: E402
+from quantkit.executors.ray import InterruptedWithPartial, RayExecutor, _started_a_cluster  # noqa: E402
 from quantkit.executors.resume import PLAN_FILE  # noqa: E402
 from quantkit.executors.shard_task import CRASH_SHARD_ENV  # noqa: E402
 
@@ -185,3 +185,39 @@ def test_a_remote_source_is_read_by_the_tasks(cluster, cli, tmp_path):
     ray_files = _files(tmp_path / "ray")
     assert len([n for n in ray_files if n.endswith(".safetensors")]) >= 2
     assert ray_files == _files(tmp_path / "local")
+
+
+class _RecordingRay:
+    """Stands in for the ray module in RayExecutor._stop: records the calls made."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def cancel(self, ref, force=False):
+        self.calls.append(("cancel", ref, force))
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        self.calls.append(("wait", tuple(refs), num_returns))
+        return refs, []
+
+    def shutdown(self):
+        self.calls.append(("shutdown",))
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["cluster-started-here", "cluster-connected-to"])
+def test_an_interrupt_shuts_down_a_cluster_started_here_and_cancels_tasks_on_one_connected_to(model, own):
+    executor = RayExecutor(model)
+    executor.ray, executor._own_cluster = _RecordingRay(), own
+    executor._stop({"ref-a": "a.safetensors", "ref-b": "b.safetensors"})
+    if own:  # ray.cancel of a task whose result is arriving aborts Ray 2.60's driver
+        assert executor.ray.calls == [("shutdown",)] and not executor._own_cluster
+    else:
+        assert executor.ray.calls == [("cancel", "ref-a", True), ("cancel", "ref-b", True), ("wait", ("ref-a", "ref-b"), 2)]
+
+
+def test_a_cluster_started_by_ray_init_is_told_from_one_connected_to(cluster):
+    assert _started_a_cluster(ray)  # the fixture's ray.init started this one
+    executor = RayExecutor(".")
+    with executor._connected():  # already connected: this run did not start it, and must not shut it down
+        assert not executor._own_cluster
+    assert ray.is_initialized()

@@ -30,6 +30,13 @@ def _command(model: Path, out: Path, *more: str) -> list[str]:
             "--device", "cpu", "--executor", "ray", "-q", *more]
 
 
+def _as_a_terminal_job() -> None:
+    """A command typed at a terminal takes Ctrl-C; one started in the background by a shell
+    without job control (as a CI script may start pytest) inherits SIGINT ignored, and Python
+    then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _finished(record: Path) -> list[str]:
     try:
         return sorted(json.loads(record.read_text())["done"])
@@ -42,7 +49,7 @@ def test_ctrl_c_keeps_the_finished_shards_and_resume_finishes_with_the_same_byte
     partial = tmp_path / ".ray.quantkit-partial"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     driver = subprocess.Popen(_command(model, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=_as_a_terminal_job)
     try:
         deadline = time.monotonic() + START_S
         while not _finished(partial / PLAN_FILE) and driver.poll() is None and time.monotonic() < deadline:
