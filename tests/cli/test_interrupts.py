@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from processes import as_a_terminal_job
+
 REPO = Path(__file__).resolve().parents[2]
 SLOW_MAIN = """
 import runpy, sys, time
@@ -47,7 +49,8 @@ def _staging(parent: Path, name: str) -> list[Path]:
 
 def _start(args: list[str], *, slow: bool) -> subprocess.Popen:
     prefix = [sys.executable, "-c", SLOW_MAIN] if slow else [sys.executable, "-m", "quantkit"]
-    return subprocess.Popen(prefix + args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(prefix + args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_a_terminal_job)
 
 
 def _wait_for_shard(proc: subprocess.Popen, parent: Path, name: str, timeout_s: float = 60) -> bool:

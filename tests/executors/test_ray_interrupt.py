@@ -18,6 +18,7 @@ pytest.importorskip("ray")
 
 from quantkit.executors.resume import PLAN_FILE  # noqa: E402
 
+from processes import as_a_terminal_job  # noqa: E402
 from test_ray import _files, model  # noqa: E402,F401 (the same small Llama-shaped folder)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -28,13 +29,6 @@ START_S, RUN_S = 180, 240  # a driver starting its own cluster on a loaded 2-cor
 def _command(model: Path, out: Path, *more: str) -> list[str]:
     return [sys.executable, "-m", "quantkit", "convert", str(model), "--to", "int8", "-o", str(out), "--max-size", MAX_SIZE,
             "--device", "cpu", "--executor", "ray", "-q", *more]
-
-
-def _as_a_terminal_job() -> None:
-    """A command typed at a terminal takes Ctrl-C; one started in the background by a shell
-    without job control (as a CI script may start pytest) inherits SIGINT ignored, and Python
-    then leaves it ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finished(record: Path) -> list[str]:
@@ -49,7 +43,7 @@ def test_ctrl_c_keeps_the_finished_shards_and_resume_finishes_with_the_same_byte
     partial = tmp_path / ".ray.quantkit-partial"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     driver = subprocess.Popen(_command(model, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                              start_new_session=True, preexec_fn=_as_a_terminal_job)
+                              start_new_session=True, preexec_fn=as_a_terminal_job)
     try:
         deadline = time.monotonic() + START_S
         while not _finished(partial / PLAN_FILE) and driver.poll() is None and time.monotonic() < deadline:
