@@ -28,7 +28,7 @@ KINDS = {np.dtype(np.float32): 0, np.dtype(ml_dtypes.bfloat16): 1, np.dtype(np.f
 FP8_MAX = np.float32(448.0)
 FP8_NAN_CODE = np.uint8(0x7F)
 _SUBNORMAL_MAGIC = np.float32(16384.0)  # its last place is 2**-9, FP8's subnormal step
-_FP8_NORMAL_MIN_BITS = np.uint32(0x3C800000)  # 2**-6
+_FP8_NORMAL_MIN_BITS = np.int32(0x3C800000)  # 2**-6
 _RINT_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23
 
 
@@ -72,13 +72,15 @@ def fp8_code(q):
     """The FP8 E4M3 code of a float32 within +-448 (not NaN), rounded to nearest even, with
     integer and float arithmetic only (so that loops of it vectorise): normal results keep 3
     mantissa bits and rebase the exponent from 127 to 7; below 2**-6 the float adder rounds
-    to a multiple of 2**-9 (16384's last place), which times 512 is the code (8: 2**-6)."""
-    bits = np.float32(q).view(np.uint32)
-    magnitude = bits & ABS_MASK
-    normal = ((magnitude + np.uint32(0x7FFFF) + ((magnitude >> np.uint32(20)) & np.uint32(1))) >> np.uint32(20)) - np.uint32(120 << 3)
-    tiny = np.uint32(((np.float32(abs(q)) + _SUBNORMAL_MAGIC) - _SUBNORMAL_MAGIC) * np.float32(512.0))
+    to a multiple of 2**-9 (16384's last place), which times 512 is the code (8: 2**-6).
+    Signed 32-bit integers throughout: AVX2 converts float32 to int32 in one instruction, to
+    uint32 in several (same codes for every float32 within +-448, checked exhaustively)."""
+    bits = np.float32(q).view(np.int32)
+    magnitude = bits & np.int32(0x7FFFFFFF)
+    normal = ((magnitude + np.int32(0x7FFFF) + ((magnitude >> np.int32(20)) & np.int32(1))) >> np.int32(20)) - np.int32(120 << 3)
+    tiny = np.int32(((np.float32(abs(q)) + _SUBNORMAL_MAGIC) - _SUBNORMAL_MAGIC) * np.float32(512.0))
     code = tiny if magnitude < _FP8_NORMAL_MIN_BITS else normal
-    return np.uint8(code | ((bits >> np.uint32(24)) & np.uint32(0x80)))
+    return np.uint8(code | ((bits >> np.int32(24)) & np.int32(0x80)))
 
 
 @kernel

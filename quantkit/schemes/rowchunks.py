@@ -105,8 +105,10 @@ def quantize_in_chunks(scheme: QuantScheme, spec: TensorSpec, read_rows: ReadRow
         count = min(step, rows - first)
         values = read_rows(first, count, buffer)
         stored = scheme.quantize_rows(spec.name, values, settings)
-        if scheme.stores_source_nonfinite or not all(bool(np.isfinite(a).all()) for a in stored.values() if a.dtype.kind == "f"):
+        if not scheme.arrays_finite(list(stored.items())):
             nonfinite_in_source = (nonfinite_in_source or 0) + _count_nonfinite(values)
+        elif scheme.stores_source_nonfinite:  # its stored floats are finite only where the source's are
+            nonfinite_in_source = nonfinite_in_source or 0
         for suffix, array in stored.items():
             if suffix not in scheme.row_parts:
                 arrays.setdefault(suffix, array)
@@ -128,14 +130,14 @@ def _count_nonfinite(values: np.ndarray) -> int:
     return int(np.count_nonzero(~np.isfinite(values)))
 
 
-def floats_finite(stored: list[tuple[str, np.ndarray]], *, slice_elements: int = 1 << 22) -> bool:
+def floats_finite(stored: list[tuple[str, np.ndarray]]) -> bool:
     """Whether every floating-point stored array (numpy floats and ml_dtypes' bfloat16 / float8)
-    is finite, checked a slice at a time (no whole-weight temporary)."""
+    is finite, from its bits (``kernels.finite``: no temporary)."""
     for _, array in stored:
         if array.dtype.kind not in "fV" or array.dtype.names is not None:
             continue
-        flat = array.reshape(-1)
-        for start in range(0, flat.size, slice_elements):
-            if not np.isfinite(flat[start : start + slice_elements]).all():
-                return False
+        from ..kernels.finite import all_finite  # numba: imported where a scheme quantizes
+
+        if not all_finite(array):
+            return False
     return True
