@@ -173,29 +173,60 @@ PAIR_SEARCH_LIMIT = 256  # options in all: pair swaps are tried up to this many 
 
 def _improve(items: list[Item], index: list[int], feasible, key) -> Solution:
     """Single-item swaps, best first, while one keeps the choice feasible and improves ``key``;
-    on small instances then two-item swaps (a downgrade that pays for an upgrade)."""
-    total_b = sum(i.options[k].stored_bytes for i, k in zip(items, index))
-    total_e = math.fsum(i.options[k].error for i, k in zip(items, index))
+    on small instances then two-item swaps (a downgrade that pays for an upgrade).
+
+    A swap is found with running totals, then confirmed on the exact totals of the choice it
+    makes (bytes summed as integers, errors by ``math.fsum``): running float totals drift by a
+    rounding at each swap, and a swap and its reverse could then both seem to lower the error,
+    for ever. Exact totals are one value per choice, so each accepted swap strictly improves
+    ``key`` over a finite set of choices, and the search ends."""
+    totals = _exact_totals(items, index)
     moves = [(n, k) for n, item in enumerate(items) for k in range(len(item.options))]
     pairs = len(moves) <= PAIR_SEARCH_LIMIT
     while True:
-        best = None
-        for n, k in moves:
-            old, o = items[n].options[index[n]], items[n].options[k]
-            nb, ne = total_b - old.stored_bytes + o.stored_bytes, total_e - old.error + o.error
-            if k != index[n] and feasible(nb, ne) and key(nb, ne) < key(*(best[1] if best else (total_b, total_e))):
-                best = (((n, k),), (nb, ne))
+        best = _best_single(items, index, moves, totals, feasible, key)
         if best is None and pairs:
-            best = _best_pair(items, index, moves, total_b, total_e, feasible, key)
+            best = _best_pair(items, index, moves, totals, feasible, key)
         if best is None:
             return _pick(items, index, "greedy")
         for n, k in best[0]:
             index[n] = k
-        total_b, total_e = best[1]
+        totals = best[1]
 
 
-def _best_pair(items, index, moves, total_b, total_e, feasible, key):
+def _exact_totals(items: list[Item], index: list[int], swaps=()) -> tuple[int, float]:
+    """Bytes and error of the choice ``index`` with ``swaps`` ((item, option) pairs) made."""
+    choice = list(index)
+    for n, k in swaps:
+        choice[n] = k
+    chosen = [item.options[k] for item, k in zip(items, choice)]
+    return sum(o.stored_bytes for o in chosen), math.fsum(o.error for o in chosen)
+
+
+def _better(items, index, swaps, running, best, totals, feasible, key):
+    """``best`` replaced by ``swaps`` where its running totals beat it and its exact ones do too."""
+    target = best[1] if best else totals
+    if not (feasible(*running) and key(*running) < key(*target)):
+        return best
+    exact = _exact_totals(items, index, swaps)
+    return (swaps, exact) if feasible(*exact) and key(*exact) < key(*target) else best
+
+
+def _best_single(items, index, moves, totals, feasible, key):
     best = None
+    total_b, total_e = totals
+    for n, k in moves:
+        if k == index[n]:
+            continue
+        old, o = items[n].options[index[n]], items[n].options[k]
+        running = (total_b - old.stored_bytes + o.stored_bytes, total_e - old.error + o.error)
+        best = _better(items, index, ((n, k),), running, best, totals, feasible, key)
+    return best
+
+
+def _best_pair(items, index, moves, totals, feasible, key):
+    best = None
+    total_b, total_e = totals
     for a, (n1, k1) in enumerate(moves):
         if k1 == index[n1]:
             continue
@@ -205,7 +236,6 @@ def _best_pair(items, index, moves, total_b, total_e, feasible, key):
             if n2 == n1 or k2 == index[n2]:
                 continue
             o2, p2 = items[n2].options[k2], items[n2].options[index[n2]]
-            nb, ne = b1 - p2.stored_bytes + o2.stored_bytes, e1 - p2.error + o2.error
-            if feasible(nb, ne) and key(nb, ne) < key(*(best[1] if best else (total_b, total_e))):
-                best = (((n1, k1), (n2, k2)), (nb, ne))
+            running = (b1 - p2.stored_bytes + o2.stored_bytes, e1 - p2.error + o2.error)
+            best = _better(items, index, ((n1, k1), (n2, k2)), running, best, totals, feasible, key)
     return best

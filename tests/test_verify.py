@@ -179,9 +179,7 @@ def test_missing_path_and_empty_folder_are_input_errors(tmp_path):
         verify_checkpoint(tmp_path / "empty")
 
 
-# the 2**40-path pickle takes seconds to refuse: its case here is marked slow (the reader's own
-# test and `inspect`'s keep it in the default run)
-@pytest.mark.parametrize("bad", [pytest.param(b, id=b.id, marks=[pytest.mark.slow] if b.id == "pth-dag-2-to-the-40-paths" else []) for b in BAD_INPUTS])
+@pytest.mark.parametrize("bad", [pytest.param(b, id=b.id) for b in BAD_INPUTS])
 def test_bad_inputs_are_reported_not_crashed_on(tmp_path, bad):
     path, named = build(bad, tmp_path / "in")
     try:

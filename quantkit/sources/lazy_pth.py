@@ -25,6 +25,7 @@ from ..specs import TensorSpec
 from .base import CheckpointSource, SourceInfo, choose_kept_name, detect_torch_format
 from .lazy_unpickle import NotUnderstood, TensorRef, load_table
 from .torch_zip_layout import written_by_torch_save
+from .tree import StructureError
 from .weights import Found, locate_weights, note_found
 from .ziprecords import CrcLedger, Record, ZipRecords, crc32, crc_mismatch, crc_of_range, pread_exact, read_zip_records
 
@@ -78,7 +79,10 @@ class LazyPthSource(CheckpointSource):
             raise NotUnderstood(f"{shard}: not laid out as torch.save writes")
         ledger = self._ledgers[shard] = CrcLedger(shard)
         table = load_table(check_small_records(shard, records, ledger))
-        found = locate_weights(table, key=key)
+        try:
+            found = locate_weights(table, key=key)
+        except StructureError as exc:  # torch's reader would unpickle the same dicts and refuse them alike
+            raise StructureError(f"{shard}: {exc}") from None
         for name, tensor in found.tensors.items():
             self._plans[name] = _plan(shard, records, name, tensor)
         return found
@@ -189,6 +193,8 @@ def open_lazy_pth(path: Path, *, config_dir: Path | None = None, key: str | None
         return None
     try:
         return LazyPthSource(path, [path], format="torch-zip", config_dir=config_dir, key=key)
+    except StructureError:  # not a state dict: torch would refuse it alike, after its import
+        raise
     except Exception:  # noqa: BLE001 - torch_source reads it again and says what is wrong
         return None
 
@@ -207,5 +213,7 @@ def open_lazy_index(index_path: Path, *, config_dir: Path | None = None, key: st
         if any(name not in source.specs and name not in source.aliases for name in weight_map):
             return None
         return source
+    except StructureError:
+        raise
     except Exception:  # noqa: BLE001 - torch_source reads it again and says what is wrong
         return None

@@ -23,6 +23,11 @@ MAX_JSON_CHARS = 1_000_000  # characters of strings kept as JSON per top-level e
 _END = object()
 
 
+class StructureError(InputError):
+    """A pickle's dicts that are not a state dict (a cycle, nesting past MAX_DEPTH, a walk past
+    MAX_ENTRIES, two entries giving one name): the same refusal whichever reader unpickled it."""
+
+
 def is_tensor(value: object) -> bool:
     """A torch tensor, or a tensor of a pickle read without torch (``lazy_unpickle.TensorRef``).
 
@@ -47,6 +52,8 @@ def flatten_tensors(mapping: Mapping, prefix: str = "") -> dict[str, "torch.Tens
     Raises InputError when two entries give one name (``{1: t, "1": u}``, or ``{"a": {"b": t},
     "a.b": u}``), a dict holds itself, nesting passes MAX_DEPTH, or the walk passes MAX_ENTRIES.
     """
+    if _expanded_entries(mapping) > MAX_ENTRIES:  # a small DAG of shared dicts: refused before the walk, not after a million steps
+        raise StructureError(f"its dicts hold more than {MAX_ENTRIES:,} entries to walk (shared sub-dicts?): refused")
     out: dict[str, "torch.Tensor"] = {}  # noqa: F821
     paths: dict[str, str] = {}
     stack = [(iter(mapping.items()), prefix, "", id(mapping))]
@@ -61,24 +68,53 @@ def flatten_tensors(mapping: Mapping, prefix: str = "") -> dict[str, "torch.Tens
             continue
         visited += 1
         if visited > MAX_ENTRIES:
-            raise InputError(f"its dicts hold more than {MAX_ENTRIES:,} entries to walk (shared sub-dicts?): refused")
+            raise StructureError(f"its dicts hold more than {MAX_ENTRIES:,} entries to walk (shared sub-dicts?): refused")
         key, value = entry
         name, path = f"{prefix_here}{key}", f"{path_here}[{key!r}]"
         if is_tensor(value):
             if name in out:
-                raise InputError(
+                raise StructureError(
                     f"entries {shown(paths[name])} and {shown(path)} both give the tensor name {name!r}: "
                     "rename one of them and save the checkpoint again"
                 )
             out[name], paths[name] = value, path
         elif _nested_module(value):
             if id(value) in on_path:
-                raise InputError(f"entry {shown(path)} contains itself (a reference cycle): not a state dict")
+                raise StructureError(f"entry {shown(path)} contains itself (a reference cycle): not a state dict")
             if len(stack) >= MAX_DEPTH:
-                raise InputError(f"entry {shown(path)} is nested more than {MAX_DEPTH} levels deep: not a state dict")
+                raise StructureError(f"entry {shown(path)} is nested more than {MAX_DEPTH} levels deep: not a state dict")
             stack.append((iter(value.items()), name + ".", path, id(value)))
             on_path.add(id(value))
     return out
+
+
+def _expanded_entries(mapping: Mapping) -> int:
+    """How many entries ``flatten_tensors`` would visit (a dict reached by two paths counts
+    twice), found by visiting each distinct dict once; past MAX_ENTRIES, some count above it.
+    Cycles and nesting past MAX_DEPTH are not followed: the walk reports them."""
+    sizes: dict[int, int] = {}
+    stack = [[mapping, iter(mapping.values()), len(mapping)]]
+    on_path = {id(mapping)}
+    while stack:
+        frame = stack[-1]
+        child = next(frame[1], _END)
+        if child is _END:
+            stack.pop()
+            on_path.discard(id(frame[0]))
+            sizes[id(frame[0])] = frame[2]
+            if frame[2] > MAX_ENTRIES:
+                return frame[2]
+            if stack:
+                stack[-1][2] += frame[2]
+            continue
+        if is_tensor(child) or not _nested_module(child):
+            continue
+        if id(child) in sizes:
+            frame[2] += sizes[id(child)]
+        elif id(child) not in on_path and len(stack) < MAX_DEPTH:
+            stack.append([child, iter(child.values()), len(child)])
+            on_path.add(id(child))
+    return sizes[id(mapping)]
 
 
 def shown(path: str, limit: int = 80) -> str:

@@ -33,14 +33,7 @@ COMMANDS = {
 }
 
 
-# Refusing the 2**40-path pickle walks its bound first (seconds): inspect keeps that case in
-# the default run, the other commands read it through the same reader (tests marked slow).
-SLOW_CASES = {("pth-dag-2-to-the-40-paths", "convert"), ("pth-dag-2-to-the-40-paths", "reshard")}
-CASES = [
-    pytest.param(bad, command, id=f"{bad.id}-{command}", marks=[pytest.mark.slow] if (bad.id, command) in SLOW_CASES else [])
-    for bad in BAD_INPUTS
-    for command in COMMANDS
-]
+CASES = [pytest.param(bad, command, id=f"{bad.id}-{command}") for bad in BAD_INPUTS for command in COMMANDS]
 
 
 @pytest.mark.parametrize(("bad", "command"), CASES)
