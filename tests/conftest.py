@@ -17,6 +17,16 @@ from safetensors.torch import save_file
 _hypothesis_settings.register_profile("quantkit", deadline=None)
 _hypothesis_settings.load_profile("quantkit")
 
+def pytest_ignore_collect(collection_path, config):
+    """Under ``-m "not slow"`` (``make test``), a test module whose ``pytestmark`` marks it slow
+    as a whole is not imported: none of its tests would run, and its imports (llm-compressor,
+    Ray) take seconds."""
+    if config.option.markexpr.strip() != "not slow" or not (collection_path.name.startswith("test_") and collection_path.suffix == ".py"):
+        return None
+    marks = [line for line in collection_path.read_text().splitlines() if line.startswith("pytestmark")]
+    return True if any("pytest.mark.slow" in line for line in marks) else None
+
+
 ALL_DTYPES = [
     torch.float32, torch.float16, torch.bfloat16, torch.float64,
     torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool,

@@ -102,7 +102,7 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path):
     first, second = _model(tmp_path / "a.safetensors", 1), _model(tmp_path / "b.safetensors", 2)
     out, gate = tmp_path / "out", tmp_path / "gate"
     gate.touch()  # the winner writes until the loser has been refused, however slow the machine
-    winner = _start(["convert", str(first), "--to", "bf16", "-o", str(out), "-q"], delay=0.02, gate=gate)
+    winner = _start(["convert", str(first), "--to", "bf16", "-o", str(out), "-q"], gate=gate)
     _wait_for(lambda: _writing(tmp_path, "out"), winner)
     loser = _run(["convert", str(second), "--to", "bf16", "-o", str(out), "-q", "--force"])
     gate.unlink()
