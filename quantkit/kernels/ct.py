@@ -145,15 +145,19 @@ def fp8_rows(src, kind, cols, codes, scales):
 def fp8_blocks(src, kind, rows, cols, block, codes, scales):
     """FP8 per ``block x block`` tile: ``codes`` uint8 ``[rows * cols]``, ``scales`` float32
     ``[ceil(rows/block), ceil(cols/block)]``; ragged edge tiles are scaled from what they
-    hold. A band of ``block`` rows is widened once (it stays in the cache: 64 KiB a tile).
-    Returns whether any scale is not finite."""
+    hold. A band of ``block`` rows is widened once (it stays in the cache), its tiles' scales
+    found, then each row encoded in one loop against its columns' scales (a loop per tile row
+    of 128 values costs ~20% more). A band with a scale that is not finite is encoded tile by
+    tile with the NaN checks. Returns whether any scale is not finite."""
     eps = _eps(kind)
     band = np.empty(block * cols, dtype=np.float32)
+    column_scale = np.empty(cols, dtype=np.float32)
     finite = True
     for br in range(scales.shape[0]):
         r0 = br * block
         height = min(rows, r0 + block) - r0
         widen_into(src, r0 * cols, height * cols, kind, band)
+        band_finite = True
         for bc in range(scales.shape[1]):
             c0, c1 = bc * block, min(cols, bc * block + block)
             largest = np.uint32(0)
@@ -162,9 +166,25 @@ def fp8_blocks(src, kind, rows, cols, block, codes, scales):
             scale = scale_of(largest, FP8_MAX, eps, kind)
             scales[br, bc] = scale
             if largest >= INF_BITS:
-                finite = False
-            for r in range(height):
-                fp8_encode(band, r * cols + c0, r * cols + c1, scale, kind, codes, (r0 + r) * cols + c0)
+                finite = band_finite = False
+            column_scale[c0:c1] = scale
+        if not band_finite:
+            for bc in range(scales.shape[1]):
+                c0, c1 = bc * block, min(cols, bc * block + block)
+                for r in range(height):
+                    fp8_encode(band, r * cols + c0, r * cols + c1, scales[br, bc], kind, codes, (r0 + r) * cols + c0)
+            continue
+        for r in range(height):
+            at, out = r * cols, (r0 + r) * cols
+            if kind == 0:
+                for i in range(cols):
+                    codes[out + i] = fp8_code(clamp(band[at + i] / column_scale[i], -FP8_MAX, FP8_MAX))
+            elif kind == 1:
+                for i in range(cols):
+                    codes[out + i] = fp8_code(round_bf16(clamp(band[at + i] / column_scale[i], -FP8_MAX, FP8_MAX)))
+            else:
+                for i in range(cols):
+                    codes[out + i] = fp8_code(round_to_f16_in_range(clamp(band[at + i] / column_scale[i], -FP8_MAX, FP8_MAX)))
     return not finite
 
 
