@@ -151,18 +151,25 @@ def fp8_blocks(src, kind, rows, cols, block, codes, scales):
     tile with the NaN checks. Returns whether any scale is not finite."""
     eps = _eps(kind)
     band = np.empty(block * cols, dtype=np.float32)
+    bits = band.view(np.uint32)
+    column_largest = np.empty(cols, dtype=np.uint32)  # each column's largest |value| bits in the band
     column_scale = np.empty(cols, dtype=np.float32)
     finite = True
     for br in range(scales.shape[0]):
         r0 = br * block
         height = min(rows, r0 + block) - r0
         widen_into(src, r0 * cols, height * cols, kind, band)
+        column_largest[:] = 0
+        for r in range(height):  # row by row, in one vectorised loop each
+            at = r * cols
+            for i in range(cols):
+                column_largest[i] = max(column_largest[i], np.uint32(bits[at + i] & ABS_MASK))
         band_finite = True
         for bc in range(scales.shape[1]):
             c0, c1 = bc * block, min(cols, bc * block + block)
             largest = np.uint32(0)
-            for r in range(height):
-                largest = max(largest, largest_bits(band, r * cols + c0, r * cols + c1))
+            for i in range(c0, c1):
+                largest = max(largest, column_largest[i])
             scale = scale_of(largest, FP8_MAX, eps, kind)
             scales[br, bc] = scale
             if largest >= INF_BITS:
