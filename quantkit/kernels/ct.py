@@ -145,54 +145,67 @@ def fp8_rows(src, kind, cols, codes, scales):
 def fp8_blocks(src, kind, rows, cols, block, codes, scales):
     """FP8 per ``block x block`` tile: ``codes`` uint8 ``[rows * cols]``, ``scales`` float32
     ``[ceil(rows/block), ceil(cols/block)]``; ragged edge tiles are scaled from what they
-    hold. A band of ``block`` rows is widened once (it stays in the cache), its tiles' scales
-    found, then each row encoded in one loop against its columns' scales (a loop per tile row
-    of 128 values costs ~20% more). A band with a scale that is not finite is encoded tile by
-    tile with the NaN checks. Returns whether any scale is not finite."""
+    hold. A band of ``block`` rows at a time (``_fp8_band``): float32 read in place, bfloat16
+    and float16 widened once. Returns whether any scale is not finite."""
     eps = _eps(kind)
-    band = np.empty(block * cols, dtype=np.float32)
-    bits = band.view(np.uint32)
-    column_largest = np.empty(cols, dtype=np.uint32)  # each column's largest |value| bits in the band
+    band = np.empty(0 if kind == 0 else block * cols, dtype=np.float32)
+    column_largest = np.empty(cols, dtype=np.uint32)
     column_scale = np.empty(cols, dtype=np.float32)
     finite = True
     for br in range(scales.shape[0]):
         r0 = br * block
         height = min(rows, r0 + block) - r0
-        widen_into(src, r0 * cols, height * cols, kind, band)
-        column_largest[:] = 0
-        for r in range(height):  # row by row, in one vectorised loop each
-            at = r * cols
-            for i in range(cols):
-                column_largest[i] = max(column_largest[i], np.uint32(bits[at + i] & ABS_MASK))
-        band_finite = True
-        for bc in range(scales.shape[1]):
-            c0, c1 = bc * block, min(cols, bc * block + block)
-            largest = np.uint32(0)
-            for i in range(c0, c1):
-                largest = max(largest, column_largest[i])
-            scale = scale_of(largest, FP8_MAX, eps, kind)
-            scales[br, bc] = scale
-            if largest >= INF_BITS:
-                finite = band_finite = False
-            column_scale[c0:c1] = scale
-        if not band_finite:
-            for bc in range(scales.shape[1]):
-                c0, c1 = bc * block, min(cols, bc * block + block)
-                for r in range(height):
-                    fp8_encode(band, r * cols + c0, r * cols + c1, scales[br, bc], kind, codes, (r0 + r) * cols + c0)
-            continue
-        for r in range(height):
-            at, out = r * cols, (r0 + r) * cols
-            if kind == 0:
-                for i in range(cols):
-                    codes[out + i] = fp8_code(clamp(band[at + i] / column_scale[i], -FP8_MAX, FP8_MAX))
-            elif kind == 1:
-                for i in range(cols):
-                    codes[out + i] = fp8_code(round_bf16(clamp(band[at + i] / column_scale[i], -FP8_MAX, FP8_MAX)))
-            else:
-                for i in range(cols):
-                    codes[out + i] = fp8_code(round_to_f16_in_range(clamp(band[at + i] / column_scale[i], -FP8_MAX, FP8_MAX)))
+        if kind == 0:
+            finite &= _fp8_band(src.view(np.float32)[r0 * cols : (r0 + height) * cols], height, cols, block, kind, eps, codes, r0 * cols,
+                                scales[br], column_largest, column_scale)
+        else:
+            widen_into(src, r0 * cols, height * cols, kind, band)
+            finite &= _fp8_band(band, height, cols, block, kind, eps, codes, r0 * cols, scales[br], column_largest, column_scale)
     return not finite
+
+
+@kernel
+def _fp8_band(band, height, cols, block, kind, eps, codes, first, band_scales, column_largest, column_scale):
+    """One band of ``height`` rows (float32): its tiles' scales into ``band_scales``, its codes
+    from ``codes[first]``. The columns' largest |value| in one vectorised pass per row, each
+    tile's from them; then each row encoded in one loop against its columns' scales (loops
+    per tile row of 128 values cost ~20% more). A band with a scale that is not finite is
+    encoded tile by tile with the NaN checks. Returns whether every scale is finite."""
+    bits = band.view(np.uint32)
+    column_largest[:] = 0
+    for r in range(height):
+        at = r * cols
+        for i in range(cols):
+            column_largest[i] = max(column_largest[i], np.uint32(bits[at + i] & ABS_MASK))
+    finite = True
+    for bc in range(band_scales.shape[0]):
+        c0, c1 = bc * block, min(cols, bc * block + block)
+        largest = np.uint32(0)
+        for i in range(c0, c1):
+            largest = max(largest, column_largest[i])
+        scale = scale_of(largest, FP8_MAX, eps, kind)
+        band_scales[bc] = scale
+        if largest >= INF_BITS:
+            finite = False
+        column_scale[c0:c1] = scale
+    if not finite:
+        for bc in range(band_scales.shape[0]):
+            c0, c1 = bc * block, min(cols, bc * block + block)
+            for r in range(height):
+                fp8_encode(band, r * cols + c0, r * cols + c1, band_scales[bc], kind, codes, first + r * cols + c0)
+        return False
+    for r in range(height):
+        at, out = r * cols, first + r * cols
+        if kind == 0:
+            for i in range(cols):
+                codes[out + i] = fp8_code(clamp(band[at + i] / column_scale[i], -FP8_MAX, FP8_MAX))
+        elif kind == 1:
+            for i in range(cols):
+                codes[out + i] = fp8_code(round_bf16(clamp(band[at + i] / column_scale[i], -FP8_MAX, FP8_MAX)))
+        else:
+            for i in range(cols):
+                codes[out + i] = fp8_code(round_to_f16_in_range(clamp(band[at + i] / column_scale[i], -FP8_MAX, FP8_MAX)))
+    return True
 
 
 @kernel
