@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import signal
 
 import pytest
 from hypothesis import given, settings
@@ -114,3 +115,26 @@ def test_exact_falls_back_to_greedy_past_the_state_limit(monkeypatch):
     assert min_error(items, 250).method == "greedy"
     with pytest.raises(UsageError, match="frontier exceeds"):
         min_error(items, 250, method="exact")
+
+
+def test_greedy_ends_where_running_totals_would_cycle():
+    """Two identical items: swapping their options (a pair swap) leaves the choice's exact error
+    as it is, but a running float total lost a rounding at each swap, so the swap and its
+    reverse both seemed to lower it and the greedy swapped them for ever (found by hypothesis)."""
+    twin = Item("t0", (Option("fp4", 564, 43.497417055134314), Option("w4a16", 15, 88.63025379411185)))
+    middle = Item("t1", (Option("nf4", 161, 21.308954171704848), Option("nf4", 216, 70.84249409620912),
+                         Option("keep", 564, 70.46004126854125), Option("nf4", 108, 89.26824860220792)))
+    items = [twin, middle, Item("t2", twin.options)]
+
+    def hung(signum, frame):
+        raise AssertionError("the greedy did not end in 60 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)  # a regression fails here instead of hanging the suite
+    try:
+        solution = min_error(items, 1028, method="greedy")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert solution.stored_bytes <= 1028
+    assert solution.error >= min(e for b, e in brute(items) if b <= 1028) - 1e-9
