@@ -133,11 +133,6 @@ def _count_nonfinite(values: np.ndarray) -> int:
 def floats_finite(stored: list[tuple[str, np.ndarray]]) -> bool:
     """Whether every floating-point stored array (numpy floats and ml_dtypes' bfloat16 / float8)
     is finite, from its bits (``kernels.finite``: no temporary)."""
-    for _, array in stored:
-        if array.dtype.kind not in "fV" or array.dtype.names is not None:
-            continue
-        from ..kernels.finite import all_finite  # numba: imported where a scheme quantizes
+    from ..kernels.finite import all_finite  # numba: imported where a scheme quantizes
 
-        if not all_finite(array):
-            return False
-    return True
+    return all(all_finite(a) for _, a in stored if a.dtype.kind in "fV" and a.dtype.names is None)

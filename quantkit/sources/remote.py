@@ -26,7 +26,6 @@ string) and what to check.
 from __future__ import annotations
 
 import functools
-
 import re
 import sys
 import threading

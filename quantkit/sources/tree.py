@@ -53,7 +53,7 @@ def flatten_tensors(mapping: Mapping, prefix: str = "") -> dict[str, "torch.Tens
     "a.b": u}``), a dict holds itself, nesting passes MAX_DEPTH, or the walk passes MAX_ENTRIES.
     """
     if _expanded_entries(mapping) > MAX_ENTRIES:  # a small DAG of shared dicts: refused before the walk, not after a million steps
-        raise StructureError(f"its dicts hold more than {MAX_ENTRIES:,} entries to walk (shared sub-dicts?): refused")
+        raise _too_many_entries()
     out: dict[str, "torch.Tensor"] = {}  # noqa: F821
     paths: dict[str, str] = {}
     stack = [(iter(mapping.items()), prefix, "", id(mapping))]
@@ -68,7 +68,7 @@ def flatten_tensors(mapping: Mapping, prefix: str = "") -> dict[str, "torch.Tens
             continue
         visited += 1
         if visited > MAX_ENTRIES:
-            raise StructureError(f"its dicts hold more than {MAX_ENTRIES:,} entries to walk (shared sub-dicts?): refused")
+            raise _too_many_entries()
         key, value = entry
         name, path = f"{prefix_here}{key}", f"{path_here}[{key!r}]"
         if is_tensor(value):
@@ -86,6 +86,10 @@ def flatten_tensors(mapping: Mapping, prefix: str = "") -> dict[str, "torch.Tens
             stack.append((iter(value.items()), name + ".", path, id(value)))
             on_path.add(id(value))
     return out
+
+
+def _too_many_entries() -> StructureError:
+    return StructureError(f"its dicts hold more than {MAX_ENTRIES:,} entries to walk (shared sub-dicts?): refused")
 
 
 def _expanded_entries(mapping: Mapping) -> int:

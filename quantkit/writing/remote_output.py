@@ -156,12 +156,15 @@ class Uploader:
         """Abort the multipart uploads under the prefix that a killed run left (S3 keeps their
         parts, unseen but billed, until then); how many. ``pages``: at most 1,000 each."""
         bucket, _, prefix = self._key.partition("/")
+        under = f"{prefix}/" if prefix else ""
         marker: dict[str, str] = {}
         aborted = 0
         with self._errors("listing unfinished uploads"):
             for _ in range(pages):
-                listed = self._store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", **marker)
+                listed = self._store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=under, **marker)
                 for upload in listed.get("Uploads") or []:
+                    if not str(upload["Key"]).startswith(under):  # a listing past its prefix: others' uploads are not ours to abort
+                        continue
                     self._store.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                     aborted += 1
                 if not listed.get("IsTruncated"):

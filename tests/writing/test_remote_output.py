@@ -284,3 +284,33 @@ def test_force_aborts_the_multipart_uploads_a_killed_run_left_under_the_prefix_o
     assert unfinished("torn/") == []
     assert unfinished("tornado/") == ["tornado/keep.bin"]  # another prefix's upload is not this output's
     assert cli("verify", f"s3://{BUCKET}/torn").exit_code == 0
+
+
+class _ListingFs:
+    """An S3 filesystem whose listing of unfinished uploads is what ``listing`` says."""
+
+    def __init__(self, listing):
+        self.listing, self.aborted = listing, []
+
+    def call_s3(self, method, **kwargs):
+        if method == "list_multipart_uploads":
+            return self.listing
+        self.aborted.append(kwargs["Key"])
+        return {}
+
+
+@pytest.mark.parametrize("listing,aborted,error", [
+    ({"Uploads": [{"Key": "model/a", "UploadId": "1"}, {"Key": "other/b", "UploadId": "2"}, {"Key": "modelx/c", "UploadId": "3"}]}, ["model/a"], None),
+    ({"Uploads": [{"UploadId": "1"}]}, [], "listing unfinished uploads failed"),
+    ({"Uploads": None, "IsTruncated": False}, [], None),
+], ids=["keys-past-the-prefix", "entry-without-key", "no-uploads"])
+def test_a_hostile_listing_of_unfinished_uploads_aborts_only_under_the_prefix(monkeypatch, listing, aborted, error):
+    uploader = remote_output.Uploader.__new__(remote_output.Uploader)
+    uploader.url, uploader._key = "s3://out/model", "out/model"
+    uploader._store = type("Store", (), {"fs": _ListingFs(listing)})()
+    if error:
+        with pytest.raises(remote_output.OutputError, match=error):
+            uploader.abort_unfinished()
+    else:
+        assert uploader.abort_unfinished() == len(aborted)
+    assert uploader._store.fs.aborted == aborted
