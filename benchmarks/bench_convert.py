@@ -83,8 +83,10 @@ SEED = 0
 SHARD_BYTES = 1 << 30
 CHUNK = 8 << 20
 TOOLS = ("quantkit", "transformers", "llmcompressor", "raw")
-# "quantkit-before" runs the checkout given by --quantkit-from, side by side with this one
-EXTRA_TOOLS = ("quantkit-before",)
+# "quantkit-before" runs the checkout given by --quantkit-from, side by side with this one;
+# "quantkit-norecord" this checkout without each shard's in-header checksum record (issue 11),
+# so that a before / after comparison can tell the cost of that record from the rest
+EXTRA_TOOLS = ("quantkit-before", "quantkit-norecord")
 
 
 def _parse_size(text: str) -> int:
@@ -216,6 +218,22 @@ def worker_llmcompressor(src: str, out: str, scheme: str) -> None:
         model_free_ptq(src, out, scheme=CT_SCHEMES[scheme], ignore=CT_IGNORE, device="cpu")
 
 
+def worker_quantkit_norecord(src: str, out: str, scheme: str, max_size: str) -> None:
+    """``quantkit convert`` with its shards written without the in-header checksum record:
+    the manifest's SHA-256 is then hashed while the shard is written, as before that record
+    existed. For measurement only; the CLI has no such option."""
+    import quantkit.convert as convert_module
+    from quantkit_cli.main import run
+
+    for name in ("write_cast_checkpoint", "write_checkpoint"):
+        def without_record(*args, _write=getattr(convert_module, name), **kwargs):
+            return _write(*args, **{**kwargs, "self_checksum": False})
+
+        setattr(convert_module, name, without_record)
+    sys.argv = ["quantkit", "convert", src, "--to", scheme, "-o", out, "--max-size", max_size, "--quiet", "--force"]
+    run()
+
+
 def worker_raw(src: str, out: str, out_bytes: int) -> None:
     read_every_byte(Path(src))
     os.makedirs(out, exist_ok=True)
@@ -301,6 +319,8 @@ def command(tool: str, scheme: str, src: Path, out: Path, max_size: str, out_byt
         return [py, "-m", "quantkit", "convert", str(src), "--to", scheme, "-o", str(out), "--max-size", max_size, "--quiet", "--force"]
     if tool in ("transformers", "llmcompressor"):
         return [py, __file__, "_worker", tool, str(src), str(out), scheme]
+    if tool == "quantkit-norecord":
+        return [py, __file__, "_worker", tool, str(src), str(out), scheme, max_size]
     return [py, __file__, "_worker", "raw", str(src), str(out), str(out_bytes)]
 
 
@@ -396,9 +416,9 @@ def table(results: dict) -> str:
     lines = [head, "-" * len(head)]
     gb = lambda b: f"{b / 1e9:.2f}G"  # noqa: E731
     cpu = lambda v: f"{v:.1f}"  # noqa: E731
-    rows = [(key, run_["median"], tool) for key, run_ in results["runs"].items() for tool in ("quantkit", "quantkit-before") if tool in run_["median"]]
+    rows = [(key, run_["median"], tool) for key, run_ in results["runs"].items() for tool in ("quantkit", *EXTRA_TOOLS) if tool in run_["median"]]
     for key, m, tool in rows:
-        key = key if tool == "quantkit" else f"{key} before"
+        key = key if tool == "quantkit" else f"{key} {tool.removeprefix('quantkit-')}"
         # the contender: transformers (bf16, bitsandbytes) or llm-compressor's model_free_ptq (compressed-tensors)
         q, t, r = m.get(tool), m.get("transformers") or m.get("llmcompressor"), m.get("raw")
         cell = lambda d, k, f: f(d[k]) if d else "-"  # noqa: E731
@@ -422,13 +442,15 @@ def main(argv: list[str] | None = None) -> int:
             worker_transformers(src, out, extra)
         elif kind == "llmcompressor":
             worker_llmcompressor(src, out, extra)
+        elif kind == "quantkit-norecord":
+            worker_quantkit_norecord(src, out, extra, argv[5])
         else:
             worker_raw(src, out, int(extra))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="large", help="comma-separated: small, large, xl, llama-small, llama-large, llama-xl, llama-7b (default large; compressed-tensors schemes run on llama-<size>)")
     parser.add_argument("--schemes", default="bf16,int8,nf4", help="comma-separated (default bf16,int8,nf4)")
-    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,llmcompressor,raw (transformers runs bf16 and bitsandbytes, llmcompressor the compressed-tensors schemes), and quantkit-before: the checkout given by --quantkit-from, alternating with this one")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,llmcompressor,raw (transformers runs bf16 and bitsandbytes, llmcompressor the compressed-tensors schemes), and quantkit-before: the checkout given by --quantkit-from, alternating with this one; quantkit-norecord: this checkout without the shards' in-header checksum record")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the median is reported (default 3)")
     parser.add_argument(
         "--input", choices=("safetensors", "pth"), default="safetensors",

@@ -101,7 +101,7 @@ class _Converter:
         return stored
 
     def _produce_chunked(self, scheme, name: str, step: int) -> list | None:
-        quantized = quantize_weight(scheme, self.source.specs[name], self.source.read_into, step, settings=self.settings)
+        quantized = quantize_weight(scheme, self.source.specs[name], self.source, step, settings=self.settings)
         if quantized is None:  # a weight holding NaN or inf that the scheme does not chunk: quantized whole
             return None
         self.nonfinite.add(name, quantized.nonfinite_in_source or 0, quantized.nonfinite_stored, report_source=scheme.stores_source_nonfinite)
@@ -112,12 +112,14 @@ class _Converter:
         import numpy as np
 
         spec = self.source.specs[name]
-        buffer = getattr(self._local, "array", None)
-        if buffer is None or buffer.size < spec.nbytes:
-            buffer = self._local.array = np.empty(spec.nbytes, dtype=np.uint8)
-        data = buffer[: spec.nbytes]
-        if spec.nbytes:
-            self.source.read_into(name, 0, memoryview(data))
+        data = self.source.mapped(name, 0, spec.nbytes)
+        if data is None:
+            buffer = getattr(self._local, "array", None)
+            if buffer is None or buffer.size < spec.nbytes:
+                buffer = self._local.array = np.empty(spec.nbytes, dtype=np.uint8)
+            data = buffer[: spec.nbytes]
+            if spec.nbytes:
+                self.source.read_into(name, 0, memoryview(data))
         return data.view(spec.dtype.numpy).reshape(spec.shape)
 
     def _read_reused(self, name: str):

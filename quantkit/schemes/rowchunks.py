@@ -18,11 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..specs import TensorSpec
 from .base import QuantScheme, SchemeSettings
+
+if TYPE_CHECKING:
+    from ..sources.base import CheckpointSource
 
 # Source bytes read and quantized at a time (per worker thread): a 7B model's MLP weight is
 # 180 MB FP32, its embedding 524 MB; a chunk this size keeps each worker's buffer and the
@@ -64,9 +68,9 @@ class ChunkedWeight:
     nonfinite_stored: int
 
 
-def quantize_weight(scheme: QuantScheme, spec: TensorSpec, read_into: Callable[[str, int, memoryview], None], step: int, *,
+def quantize_weight(scheme: QuantScheme, spec: TensorSpec, source: CheckpointSource, step: int, *,
                     settings: SchemeSettings) -> ChunkedWeight | None:
-    """Weight ``spec`` read from a source's ``read_into`` and quantized ``step`` rows at a time;
+    """Weight ``spec`` read from ``source`` (mapped, or read into a buffer) and quantized ``step`` rows at a time;
     None for a weight holding NaN or inf where the scheme does not ``chunks_nonfinite``: it is
     quantized whole instead (bitsandbytes: its NaN payloads come from bitsandbytes' own
     functions and depend on the value's place in the whole tensor, ``kernels._reference``). torch is imported only where a stored float is not
@@ -74,8 +78,7 @@ def quantize_weight(scheme: QuantScheme, spec: TensorSpec, read_into: Callable[[
     row_bytes = spec.shape[1] * spec.dtype.itemsize
 
     def read_rows(first: int, count: int, buffer: np.ndarray) -> np.ndarray:
-        data = buffer[: count * row_bytes]
-        read_into(spec.name, first * row_bytes, memoryview(data))
+        data = source.bytes_of(spec.name, first * row_bytes, count * row_bytes, buffer)
         return data.view(spec.dtype.numpy).reshape(count, spec.shape[1])
 
     stored, in_source = quantize_in_chunks(scheme, spec, read_rows, step, settings=settings)

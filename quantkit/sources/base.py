@@ -60,6 +60,22 @@ class CheckpointSource(ABC):
         """Fill ``view`` with tensor ``name``'s bytes (C order) from byte ``start`` on, into the
         caller's buffer: the chunked casts and copies read through this. Thread-safe."""
 
+    def mapped(self, name: str, start: int, nbytes: int) -> "np.ndarray | None":  # noqa: F821
+        """Bytes ``start .. start + nbytes`` of tensor ``name`` (C order) as a uint8 array over a
+        mapping of the file (no copy; see ``sources.mapping``), or None where this source does
+        not map them (then ``read_into``). Thread-safe."""
+        return None
+
+    def bytes_of(self, name: str, start: int, nbytes: int, buffer: "np.ndarray") -> "np.ndarray":  # noqa: F821
+        """Bytes ``start .. start + nbytes`` of tensor ``name``: mapped where the source maps,
+        else read into ``buffer`` (uint8, at least ``nbytes``) and returned as its first bytes."""
+        data = self.mapped(name, start, nbytes)
+        if data is None:
+            data = buffer[:nbytes]
+            if nbytes:
+                self.read_into(name, start, memoryview(data))
+        return data
+
     def close(self) -> None:
         """Release open files and mappings."""
 

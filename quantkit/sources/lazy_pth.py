@@ -24,6 +24,7 @@ from ..layout import read_index
 from ..specs import TensorSpec
 from .base import CheckpointSource, SourceInfo, choose_kept_name, detect_torch_format
 from .lazy_unpickle import NotUnderstood, TensorRef, load_table
+from .mapping import map_range
 from .torch_zip_layout import written_by_torch_save
 from .tree import StructureError
 from .weights import Found, locate_weights, note_found
@@ -107,6 +108,19 @@ class LazyPthSource(CheckpointSource):
             view[:] = memoryview(self._contiguous(name, plan))[start : start + len(view)]
             return
         self._read(plan, plan.region[0] + start, view)
+
+    def mapped(self, name: str, start: int, nbytes: int):
+        """Non-strided tensors only; each window's CRC-32 is noted as for a read."""
+        plan = self._plans[name]
+        if plan.strided:
+            return None
+        if start < 0 or start + nbytes > plan.region[1] - plan.region[0]:
+            raise ValueError(f"bytes {start}..{start + nbytes} lie beyond tensor {name!r}")
+        offset = plan.region[0] + start
+        data = map_range(plan.shard, plan.record.data_offset + offset, nbytes, f"tensor {name!r}")
+        if data is not None and nbytes:
+            self._ledgers[plan.shard].add(plan.record, offset, memoryview(data), plan.region)
+        return data
 
     def _read(self, plan: _Plan, offset: int, view: memoryview) -> None:
         with open(plan.shard, "rb", buffering=0) as f:

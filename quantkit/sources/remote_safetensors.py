@@ -64,6 +64,9 @@ class RemoteSafetensorsSource(SafetensorsSource):
             raise ValueError(f"bytes {start}..{start + len(view)} lie beyond tensor {name!r}")
         self._store.read_into(header.path, header.data_start + entry.begin + start, view)  # type: ignore[arg-type]
 
+    def mapped(self, name: str, start: int, nbytes: int):
+        return None  # ranged requests: every byte is read into the caller's buffer
+
     def model_files_dir(self) -> Path | None:
         """The folder's config and tokenizer files, fetched on first use (each at most
         ``max_small_file_bytes``, together at most 64 MiB; larger ones are skipped with a note)."""

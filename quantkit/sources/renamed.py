@@ -27,6 +27,9 @@ class RenamedSource(CheckpointSource):
     def read_into(self, name: str, start: int, view: memoryview) -> None:
         self._inner.read_into(self._old_name[name], start, view)
 
+    def mapped(self, name: str, start: int, nbytes: int):
+        return self._inner.mapped(self._old_name[name], start, nbytes)
+
     def close(self) -> None:
         self._inner.close()
 

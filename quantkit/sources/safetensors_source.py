@@ -9,6 +9,7 @@ from ..errors import InputError
 from ..layout import ALIASES_KEY, read_index
 from ..safetensors_format import SafetensorsHeader, read_header, read_range, read_tensor
 from .base import CheckpointSource, SourceInfo
+from .mapping import map_range
 
 def _aliases_from(metadata: dict[str, str], path: Path) -> dict[str, str]:
     raw = metadata.get(ALIASES_KEY)
@@ -68,6 +69,13 @@ class SafetensorsSource(CheckpointSource):
         header = self._owner[name]
         with open(header.path, "rb", buffering=0) as f:
             read_range(f, header, name, start, view)
+
+    def mapped(self, name: str, start: int, nbytes: int):
+        header = self._owner[name]
+        entry = header.entries[name]
+        if start < 0 or start + nbytes > entry.end - entry.begin:
+            raise ValueError(f"bytes {start}..{start + nbytes} lie beyond tensor {name!r}")
+        return map_range(header.path, header.data_start + entry.begin + start, nbytes, f"tensor {name!r}")
 
 
 def open_safetensors_file(path: Path, *, config_dir: Path | None = None) -> SafetensorsSource:

@@ -99,8 +99,7 @@ def cast_piece(piece: Piece, source, writer, buffers: Buffers) -> tuple[np.ndarr
     """On a worker: read, cast (or copy) and write one piece; returns its output buffer (to be
     given back once hashed), the bytes written, how many values overflowed and the writer's
     sums of them (hashed here, on the worker)."""
-    raw = buffers.input()[: piece.source_bytes]
-    source.read_into(piece.name, piece.first * piece.source_dtype.itemsize, memoryview(raw))
+    raw = source.bytes_of(piece.name, piece.first * piece.source_dtype.itemsize, piece.source_bytes, buffers.input())
     buffer = buffers.take()  # the main thread hashes from it once the task is done
     data = buffer[: piece.count * piece.target.dtype.itemsize]
     overflowed = 0
