@@ -222,8 +222,11 @@ def worker_quantkit_norecord(src: str, out: str, scheme: str, max_size: str) -> 
     """``quantkit convert`` with its shards written without the in-header checksum record:
     the manifest's SHA-256 is then hashed while the shard is written, as before that record
     existed. For measurement only; the CLI has no such option."""
-    import quantkit.convert as convert_module
+    import importlib
+
     from quantkit_cli.main import run
+
+    convert_module = importlib.import_module("quantkit.convert")  # the package exports a function of that name
 
     for name in ("write_cast_checkpoint", "write_checkpoint"):
         def without_record(*args, _write=getattr(convert_module, name), **kwargs):
