@@ -119,3 +119,33 @@ def test_mapped_and_read_conversions_write_the_same_bytes(tmp_path, scheme):
     assert outputs["1"] == outputs["0"] and outputs["1"]
     convert(tmp_path / "model.pth", tmp_path / "in-process", options=ConvertOptions(scheme=scheme))
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "in-process").glob("*.safetensors"))} == outputs["1"]
+
+
+def _unaligned_safetensors(path) -> None:
+    """A float32 weight at data offset 1 (legal in the format: safetensors itself writes aligned
+    offsets, other writers need not), so the mapped array's address is not 4-byte aligned."""
+    import json
+    import struct
+
+    g = np.random.default_rng(9)
+    weight = g.standard_normal((64, 128), dtype=np.float32)
+    header = {"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+              "model.layers.0.mlp.up_proj.weight": {"dtype": "F32", "shape": [64, 128], "data_offsets": [1, 1 + weight.nbytes]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-aligned, so the weight's address is 1 mod 4
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\x07" + weight.tobytes())
+
+
+@pytest.mark.parametrize("scheme", ["bf16", "int8", "nf4", "w4a16"])
+def test_an_unaligned_tensor_converts_to_the_same_bytes_mapped_or_read(tmp_path, scheme):
+    _unaligned_safetensors(tmp_path / "model.safetensors")
+    with open_checkpoint(tmp_path / "model.safetensors") as source:
+        assert source.mapped("model.layers.0.mlp.up_proj.weight", 0, 4).ctypes.data % 4 == 1
+    outputs = {}
+    for setting in ("1", "0"):
+        out = tmp_path / f"out-{setting}"
+        code = "import sys; from quantkit.convert import convert, ConvertOptions; convert(sys.argv[1], sys.argv[2], options=ConvertOptions(scheme=sys.argv[3]))"
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.safetensors"), str(out), scheme], check=True,
+                       env={**os.environ, "QUANTKIT_MAP_READS": setting})
+        outputs[setting] = (out / "model.safetensors").read_bytes()
+    assert outputs["1"] == outputs["0"]
