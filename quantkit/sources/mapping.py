@@ -4,12 +4,11 @@ mapped for as long as the array over it lives.
 A positioned read copies every byte from the page cache into the reader's buffer, and the
 kernel then reads that buffer again. For a whole weight larger than the CPU's caches (the
 bitsandbytes schemes read GPT-2's transposed weights whole) both passes go to memory; mapped,
-the kernel reads the page cache once (and a weight read in row chunks needs no buffer of its
-own, which each weight had faulted in afresh). Measured side by side (``benchmarks/bench_read_paths.py``,
-medians of 3 on the 2-core development machine), the CPU time of a conversion fell from 8.0 to
-6.9 s (nf4, GPT-2-XL safetensors), 6.0 to 5.2 s (nf4, GPT-2-large) and 5.8 to 5.1 s (w4a16,
-Llama-shaped 3.4 GB); casts, which read 8 MB pieces that stay in cache, were unchanged within
-the noise.
+the kernel reads the page cache once. Measured side by side (``benchmarks/bench_read_paths.py``,
+medians of 3 on the 2-core development machine), the CPU time of a conversion fell from 7.5 to
+6.4 s (nf4, GPT-2-XL safetensors; wall 5.19 to 4.69 s) and 4.4 to 4.0 s (nf4, GPT-2-large);
+row-chunked quantization (w4a16, Llama-shaped 3.4 GB: 4.85 and 4.75 s) and casts, which read
+8 MB pieces that stay in cache (bf16: 3.37 and 3.41 s), were unchanged within the noise.
 
 The mapping is private and writable (copy-on-write): a kernel that writes into its input
 changes its own copy of the page, never the file, and numba sees the same array types as for
