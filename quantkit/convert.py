@@ -108,19 +108,14 @@ class _Converter:
         return quantized.stored
 
     def _read_array(self, name: str):
-        """A weight as a numpy array in this thread's reused buffer (no torch)."""
+        """A weight as a numpy array, mapped or in this thread's reused buffer (no torch)."""
         import numpy as np
 
         spec = self.source.specs[name]
-        data = self.source.mapped(name, 0, spec.nbytes)
-        if data is None:
-            buffer = getattr(self._local, "array", None)
-            if buffer is None or buffer.size < spec.nbytes:
-                buffer = self._local.array = np.empty(spec.nbytes, dtype=np.uint8)
-            data = buffer[: spec.nbytes]
-            if spec.nbytes:
-                self.source.read_into(name, 0, memoryview(data))
-        return data.view(spec.dtype.numpy).reshape(spec.shape)
+        buffer = getattr(self._local, "array", None)
+        if buffer is None or buffer.size < spec.nbytes:  # never written where the source maps
+            buffer = self._local.array = np.empty(spec.nbytes, dtype=np.uint8)
+        return self.source.bytes_of(name, 0, spec.nbytes, buffer).view(spec.dtype.numpy).reshape(spec.shape)
 
     def _read_reused(self, name: str):
         """A weight to quantize, read into this thread's reused buffer where the source copies

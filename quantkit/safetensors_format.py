@@ -186,13 +186,19 @@ def read_tensor(f, header: SafetensorsHeader, name: str):
     return buffer.view(entry.spec.dtype.torch).reshape(entry.spec.shape)
 
 
+def tensor_offset(header: SafetensorsHeader, name: str, start: int, nbytes: int) -> int:
+    """Where in the file bytes ``start .. start + nbytes`` of tensor ``name`` begin;
+    ValueError where they are not all the tensor's."""
+    entry = header.entries[name]
+    if start < 0 or start + nbytes > entry.end - entry.begin:
+        raise ValueError(f"bytes {start}..{start + nbytes} lie beyond tensor {name!r}")
+    return header.data_start + entry.begin + start
+
+
 def read_range(f, header: SafetensorsHeader, name: str, start: int, view: memoryview) -> None:
     """Fill ``view`` with tensor ``name``'s bytes from byte ``start`` on (positioned reads)."""
-    entry = header.entries[name]
-    if start + len(view) > entry.end - entry.begin:
-        raise ValueError(f"bytes {start}..{start + len(view)} lie beyond tensor {name!r}")
+    offset = tensor_offset(header, name, start, len(view))
     fd = f if isinstance(f, int) else f.fileno()
-    offset = header.data_start + entry.begin + start
     got = 0
     while got < len(view):  # reads may come back short on some filesystems
         more = _pread_into(f, fd, view[got:], offset + got)

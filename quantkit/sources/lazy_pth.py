@@ -100,10 +100,7 @@ class LazyPthSource(CheckpointSource):
         """Fill ``view`` with tensor ``name``'s bytes (C order) from byte ``start`` on; thread-safe, no torch."""
         if not len(view):
             return
-        plan = self._plans[name]
-        nbytes = self.specs[name].nbytes if plan.strided else plan.region[1] - plan.region[0]
-        if start < 0 or start + len(view) > nbytes:
-            raise ValueError(f"bytes {start}..{start + len(view)} lie beyond tensor {name!r}")
+        plan = self._checked_plan(name, start, len(view))
         if plan.strided:
             view[:] = memoryview(self._contiguous(name, plan))[start : start + len(view)]
             return
@@ -111,16 +108,22 @@ class LazyPthSource(CheckpointSource):
 
     def mapped(self, name: str, start: int, nbytes: int):
         """Non-strided tensors only; each window's CRC-32 is noted as for a read."""
-        plan = self._plans[name]
+        plan = self._checked_plan(name, start, nbytes)
         if plan.strided:
             return None
-        if start < 0 or start + nbytes > plan.region[1] - plan.region[0]:
-            raise ValueError(f"bytes {start}..{start + nbytes} lie beyond tensor {name!r}")
         offset = plan.region[0] + start
         data = map_range(plan.shard, plan.record.data_offset + offset, nbytes, f"tensor {name!r}")
         if data is not None and nbytes:
             self._ledgers[plan.shard].add(plan.record, offset, memoryview(data), plan.region)
         return data
+
+    def _checked_plan(self, name: str, start: int, nbytes: int) -> _Plan:
+        """Tensor ``name``'s plan; ValueError unless bytes ``start .. start + nbytes`` are its."""
+        plan = self._plans[name]
+        size = self.specs[name].nbytes if plan.strided else plan.region[1] - plan.region[0]
+        if start < 0 or start + nbytes > size:
+            raise ValueError(f"bytes {start}..{start + nbytes} lie beyond tensor {name!r}")
+        return plan
 
     def _read(self, plan: _Plan, offset: int, view: memoryview) -> None:
         with open(plan.shard, "rb", buffering=0) as f:

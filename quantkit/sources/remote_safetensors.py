@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import InputError
-from ..safetensors_format import HEADER_LENGTH_BYTES, SafetensorsHeader, header_length, parse_header
+from ..safetensors_format import HEADER_LENGTH_BYTES, SafetensorsHeader, header_length, parse_header, tensor_offset
 from .remote import RemoteFile, RemoteLocation, RemoteOptions, RemoteStore, display_url
 from ..layout import parse_weight_map
 from .safetensors_source import SafetensorsSource
@@ -59,10 +59,7 @@ class RemoteSafetensorsSource(SafetensorsSource):
 
     def read_into(self, name: str, start: int, view: memoryview) -> None:
         header = self._owner[name]
-        entry = header.entries[name]
-        if start < 0 or start + len(view) > entry.end - entry.begin:
-            raise ValueError(f"bytes {start}..{start + len(view)} lie beyond tensor {name!r}")
-        self._store.read_into(header.path, header.data_start + entry.begin + start, view)  # type: ignore[arg-type]
+        self._store.read_into(header.path, tensor_offset(header, name, start, len(view)), view)  # type: ignore[arg-type]
 
     def mapped(self, name: str, start: int, nbytes: int):
         return None  # ranged requests: every byte is read into the caller's buffer

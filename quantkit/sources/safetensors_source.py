@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import jsonio
 from ..errors import InputError
 from ..layout import ALIASES_KEY, read_index
-from ..safetensors_format import SafetensorsHeader, read_header, read_range, read_tensor
+from ..safetensors_format import SafetensorsHeader, read_header, read_range, read_tensor, tensor_offset
 from .base import CheckpointSource, SourceInfo
 from .mapping import map_range
 
@@ -72,10 +72,7 @@ class SafetensorsSource(CheckpointSource):
 
     def mapped(self, name: str, start: int, nbytes: int):
         header = self._owner[name]
-        entry = header.entries[name]
-        if start < 0 or start + nbytes > entry.end - entry.begin:
-            raise ValueError(f"bytes {start}..{start + nbytes} lie beyond tensor {name!r}")
-        return map_range(header.path, header.data_start + entry.begin + start, nbytes, f"tensor {name!r}")
+        return map_range(header.path, tensor_offset(header, name, start, nbytes), nbytes, f"tensor {name!r}")
 
 
 def open_safetensors_file(path: Path, *, config_dir: Path | None = None) -> SafetensorsSource:
