@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -125,7 +126,15 @@ def inspect_cmd(
 
 
 def run() -> None:
-    app(prog_name="quantkit")
+    try:
+        app(prog_name="quantkit")
+    finally:
+        # The process ends here. At shutdown the interpreter garbage-collects the objects of
+        # every module as it clears them (numba's and llvmlite's some 120,000 among them),
+        # measured at 0.3-0.4 s after a conversion's last byte; frozen, they are left to the OS.
+        # Files and streams are closed by then (writers close explicitly; the standard
+        # streams are flushed at exit as always), so nothing waits on a collection.
+        gc.freeze()
 
 
 # Each of these modules registers its command(s) on `app`.

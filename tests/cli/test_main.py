@@ -101,3 +101,22 @@ def test_inspect_json_same_for_source_and_resharded(cli, make_checkpoint, tmp_pa
 def test_version(cli):
     result = cli("--version")
     assert result.exit_code == 0 and result.stdout.startswith("quantkit ")
+
+
+def test_run_leaves_the_objects_to_the_os_at_exit(monkeypatch):
+    # run() is the process's last step: it freezes the collector's objects so that interpreter
+    # shutdown does not collect them (measured at 0.3-0.4 s after a conversion), on success
+    # and on a usage error alike.
+    import gc
+
+    import pytest
+    import quantkit_cli.main as main
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    for argv, code in ((["quantkit", "--version"], 0), (["quantkit", "convert"], 2)):
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as exit_info:
+            main.run()
+        assert exit_info.value.code == code
+    assert frozen == [True, True]
