@@ -18,6 +18,7 @@ from .nonfinite import NonFiniteCounts
 from .planner import plan_shards
 from .schemes import SCHEMES, QuantScheme, SchemeSettings, get_scheme
 from .schemes.rowchunks import chunk_rows, quantize_weight
+from .schemes.warmup import Kind, warming
 from .selection import Assignment, Kept, only_matches
 from .sources import CheckpointSource, opened
 from .specs import OutSpec
@@ -79,6 +80,18 @@ class _Converter:
     def quantized(self, name: str) -> bool:
         """Whether ``name`` is a whole-tensor unit (quantized); the others are copied or cast in chunks."""
         return isinstance(SCHEMES.get(self.assignment.schemes.get(name, "")), QuantScheme)
+
+    def kernel_kinds(self) -> list[Kind]:
+        """How the CPU kernels will meet this conversion's weights (``produce``'s choice for each)."""
+        kinds = []
+        for name, scheme_name in self.assignment.schemes.items() if self.device == "cpu" else ():
+            scheme, spec, transpose = SCHEMES[scheme_name], self.source.specs[name], name in self.assignment.transpose
+            if not isinstance(scheme, QuantScheme) or not scheme.warms_up:
+                continue
+            chunked = not transpose and chunk_rows(scheme, spec, self.settings) is not None
+            if chunked or (self.source.reads_into_buffer and scheme.quantizes_arrays):
+                kinds.append(Kind(scheme, spec.dtype, transpose, chunked))
+        return kinds
 
     def produce(self, name: str) -> list:
         """The stored tensors of one quantized weight (on a worker thread)."""
@@ -182,7 +195,7 @@ def convert(
         check_quantizes_something(source, assignment, options)
         converter = _Converter(source, assignment, options.settings, device)
         stage_context = executor.staged(target, force=force, notes=staging_notes) if executor is not None else output_stage(target, force=force, notes=staging_notes)
-        with stage_context as stage:
+        with warming(converter.kernel_kinds() if executor is None else (), options.settings), stage_context as stage:
             staging, shard_done = (stage, None) if isinstance(stage, Path) else (stage.folder, stage.shard_done)
             write = _write(staging, source, src_path, converter, options, fsync=fsync, progress=progress, executor=executor, shard_done=shard_done)
             write, copied = _add_model_files(staging, write, source, target, options, assignment, notes=staging_notes)

@@ -84,6 +84,8 @@ class QuantScheme(Scheme):
     quantizes: ClassVar[bool] = True
     # True where ``quantize_array`` runs on numpy arrays without torch (CPU only)
     quantizes_arrays: ClassVar[bool] = False
+    # True where the CPU path runs compiled kernels (numba) worth loading ahead (``warmup``)
+    warms_up: ClassVar[bool] = False
     # False where ``quantize`` runs numpy kernels on the CPU whatever the device: the weight is not moved
     quantizes_on_device: ClassVar[bool] = True
     # False where a weight stored transposed (GPT-2's Conv1D, [in, out]) is kept unquantized

@@ -30,6 +30,7 @@ from .bnb_layout import FOURBIT_PARTS, FOURBIT_STATE, LONGEST_FLOAT, NESTED_BLOC
 class BitsAndBytesScheme(QuantScheme):
     family: ClassVar[str] = "bitsandbytes"
     quantizes_arrays: ClassVar[bool] = True
+    warms_up: ClassVar[bool] = True
     mixes_within_family: ClassVar[bool] = False  # one load_in_8bit / load_in_4bit method per model
     load_in_8bit: ClassVar[bool] = False  # transformers' load_in_8bit, else load_in_4bit
 

@@ -64,6 +64,7 @@ class CompressedTensorsScheme(QuantScheme):
     family: ClassVar[str] = FAMILY
     mixes_within_family: ClassVar[bool] = True  # one config group per scheme, "mixed-precision"
     quantizes_arrays: ClassVar[bool] = True
+    warms_up: ClassVar[bool] = True
     quantizes_on_device: ClassVar[bool] = False  # numpy kernels on the CPU
     quantizes_transposed: ClassVar[bool] = False  # transformers loads compressed-tensors Linear layers only
     stores_source_nonfinite: ClassVar[bool] = True  # a NaN / inf makes its group's scale NaN / inf, as the reference
