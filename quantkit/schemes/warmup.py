@@ -42,18 +42,18 @@ class Kind:
 
 @contextmanager
 def warming(kinds: Iterable[Kind], settings: SchemeSettings) -> Iterator[None]:
-    """Run ``warm_up`` for ``kinds`` on a daemon thread for the duration of the block (joined
-    at its end, so that nothing runs on after it)."""
+    """Run ``warm_up`` for ``kinds`` on a daemon thread during the block. A block that ends
+    normally waits for it (nothing then runs on after ``convert`` returns; its kernels were
+    needed anyway); one left by an error or an interrupt does not (on a machine without
+    numba's cache the thread may still be compiling, for seconds)."""
     kinds = list(dict.fromkeys(kinds))
     if not kinds:
         yield
         return
     thread = threading.Thread(target=_warm_all, args=(kinds, settings), name="quantkit-warm-up", daemon=True)
     thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
+    yield
+    thread.join()
 
 
 def _warm_all(kinds: list[Kind], settings: SchemeSettings) -> None:

@@ -85,3 +85,24 @@ def test_no_warm_up_for_casts_or_off_the_cpu(tmp_path):
             options = ConvertOptions(scheme)
             converter = converting._Converter(source, assign(source, options), options.settings, device)
             assert len(converter.kernel_kinds()) == expected, (scheme, device)
+
+
+def test_an_error_or_interrupt_does_not_wait_for_the_warm_up(monkeypatch):
+    release, started = threading.Event(), threading.Event()
+    monkeypatch.setattr(warmup, "_warm_all", lambda kinds, settings: (started.set(), release.wait(30)))
+    kind = Kind(SCHEMES["nf4"], dtype_of(np.dtype(np.float32)), False, False)
+    try:
+        for error in (RuntimeError("failed"), KeyboardInterrupt()):
+            with pytest.raises(type(error)):
+                with warmup.warming([kind], SchemeSettings()):
+                    assert started.wait(5)
+                    raise error
+            assert any(t.name == "quantkit-warm-up" and t.is_alive() for t in threading.enumerate())  # left running
+    finally:
+        release.set()
+    for thread in threading.enumerate():
+        if thread.name == "quantkit-warm-up":
+            thread.join(5)
+    with warmup.warming([kind], SchemeSettings()):
+        assert started.wait(5)
+    assert not any(t.name == "quantkit-warm-up" and t.is_alive() for t in threading.enumerate())  # joined
