@@ -344,7 +344,21 @@ def _checkout(args, tool: str) -> tuple[Path | None, dict | None]:
     return None, None
 
 
+def compile_bytecode(*checkouts: Path | None) -> None:
+    """Byte-compile the ``quantkit`` and ``cli`` sources of each checkout a contender imports,
+    as ``pip install`` does for an installed package. Where PYTHONDONTWRITEBYTECODE is set (it
+    is on the development machine), an editable checkout would otherwise compile its ~65
+    modules from source in every timed run: about 0.2 s that no installed copy pays."""
+    import compileall
+
+    for checkout in checkouts:
+        for package in ("quantkit", "cli"):
+            if checkout is not None and (Path(checkout) / package).is_dir():
+                compileall.compile_dir(str(Path(checkout) / package), quiet=1)
+
+
 def run(args) -> dict:
+    compile_bytecode(ROOT, args.quantkit_from)
     results: dict = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "args": vars(args),

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import CACHE, CT_SCHEMES, RESULTS, ROOT, SIZES, _status, _tree, build_checkpoint, command, folder_bytes  # noqa: E402
+from bench_convert import CACHE, CT_SCHEMES, RESULTS, ROOT, SIZES, _status, _tree, build_checkpoint, command, compile_bytecode, folder_bytes  # noqa: E402
 
 V1 = Path("/sys/fs/cgroup/memory")
 V2 = Path("/sys/fs/cgroup/unified")
@@ -176,6 +176,7 @@ def main() -> int:
     parser.add_argument("--quantkit-from", default=None, help="run quantkit from this checkout (default: this one)")
     parser.add_argument("--stop-after", type=float, default=None, help="stop each quantkit run after this many seconds")
     args = parser.parse_args()
+    compile_bytecode(ROOT, args.quantkit_from)
     limit = _bytes(args.limit)
     cap = MemoryCap(limit)
     work = CACHE / f"scale-out-{os.getpid()}"  # one per run: two runs side by side do not meet
