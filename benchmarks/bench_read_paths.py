@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_convert import CACHE, RESULTS, command, folder_bytes, measure, read_every_byte  # noqa: E402
+from bench_convert import CACHE, RESULTS, ROOT, command, compile_bytecode, folder_bytes, measure, read_every_byte  # noqa: E402
 
 MODES = {"mapped": {"QUANTKIT_MAP_READS": "1"}, "read": {"QUANTKIT_MAP_READS": "0"}}
 
@@ -34,6 +34,7 @@ def main() -> int:
     jobs = [tuple(j.split(":", 1)) for j in args.jobs]
     out = CACHE / "out-read-paths"
     runs: dict[str, list[dict]] = {}
+    compile_bytecode(ROOT)
     for folder, _ in jobs:
         read_every_byte(CACHE / folder)  # untimed: the page cache warm for every contender's first run
     for i in range(args.repeat):

@@ -84,25 +84,35 @@ class _Converter:
     def kernel_kinds(self) -> list[Kind]:
         """How the CPU kernels will meet this conversion's weights (``produce``'s choice for each)."""
         kinds = []
-        for name, scheme_name in self.assignment.schemes.items() if self.device == "cpu" else ():
-            scheme, spec, transpose = SCHEMES[scheme_name], self.source.specs[name], name in self.assignment.transpose
+        for name, scheme_name in self.assignment.schemes.items():
+            scheme = SCHEMES[scheme_name]
             if not isinstance(scheme, QuantScheme) or not scheme.warms_up:
                 continue
-            chunked = not transpose and chunk_rows(scheme, spec, self.settings) is not None
-            if chunked or (self.source.reads_into_buffer and scheme.quantizes_arrays):
-                kinds.append(Kind(scheme, spec.dtype, transpose, chunked))
+            transpose, step = self._route(scheme, name)
+            if step is not None or self._whole_on_arrays(scheme):
+                kinds.append(Kind(scheme, self.source.specs[name].dtype, transpose, step is not None))
         return kinds
+
+    def _route(self, scheme: QuantScheme, name: str) -> tuple[bool, int | None]:
+        """Whether ``name`` is stored transposed, and the rows per chunk where it is quantized in
+        row chunks (None: whole). Any source reads into buffers (read_into: a .pth's mapping
+        too), so the numpy kernels take every CPU weight."""
+        transpose = name in self.assignment.transpose
+        step = None if transpose or self.device != "cpu" else chunk_rows(scheme, self.source.specs[name], self.settings)
+        return transpose, step
+
+    def _whole_on_arrays(self, scheme: QuantScheme) -> bool:
+        """Whether a weight quantized whole goes to ``quantize_array`` (numpy), not ``quantize`` (torch)."""
+        return self.device == "cpu" and self.source.reads_into_buffer and scheme.quantizes_arrays
 
     def produce(self, name: str) -> list:
         """The stored tensors of one quantized weight (on a worker thread)."""
         scheme = SCHEMES[self.assignment.schemes[name]]
-        transpose = name in self.assignment.transpose
-        # any source reads into buffers (read_into: a .pth's mapping too), so the numpy kernels take every CPU weight
-        step = None if transpose or self.device != "cpu" else chunk_rows(scheme, self.source.specs[name], self.settings)
+        transpose, step = self._route(scheme, name)
         stored = None if step is None else self._produce_chunked(scheme, name, step)  # memory follows the chunk
         if stored is not None:
             return stored
-        if self.device == "cpu" and self.source.reads_into_buffer and scheme.quantizes_arrays:
+        if self._whole_on_arrays(scheme):
             weight = self._read_array(name)
             stored = scheme.quantize_array(name, weight, transpose=transpose, settings=self.settings)
         else:

@@ -77,7 +77,7 @@ def warm_up(kind: Kind, settings: SchemeSettings) -> list[tuple[str, object]]:
 
         stored, _ = quantize_in_chunks(kind.scheme, spec, read_rows, step, settings=settings)
     else:
-        weight = data.copy().view(spec.dtype.numpy).reshape(spec.shape)
+        weight = data.view(spec.dtype.numpy).reshape(spec.shape)
         stored = kind.scheme.quantize_array(spec.name, weight, transpose=kind.transpose, settings=settings)
     floats_finite(stored)
     return stored
@@ -89,6 +89,4 @@ def tiny_weight(kind: Kind, settings: SchemeSettings) -> tuple[TensorSpec, np.nd
     multiple = rows_multiple(kind.scheme, TensorSpec("warm-up.weight", kind.dtype, (1024, _COLS)), settings) if kind.chunked else None
     spec = TensorSpec("warm-up.weight", kind.dtype, (2 * multiple if multiple else _COLS, _COLS))
     values = np.random.default_rng(0).standard_normal(spec.numel, dtype=np.float32).astype(kind.dtype.numpy)
-    data = np.empty(values.nbytes, dtype=np.uint8)  # bytes, as a reader's buffer holds them
-    data[:] = values.view(np.uint8)
-    return spec, data, multiple
+    return spec, values.view(np.uint8), multiple  # bytes, as a reader's buffer holds them
