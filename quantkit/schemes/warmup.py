@@ -1,15 +1,17 @@
 """A quantizing scheme's CPU kernels loaded before the first weight needs them.
 
-A CPU quantizer's first call in a process imports numba and loads its compiled kernels from
-numba's cache: 0.6-1.1 s on the development machine (the import 0.3-0.8 s, the first call of
-a kernel 0.3 s), during which every converter worker that reaches a weight waits. ``warming``
-makes those first calls on a thread of its own, on a tiny seeded weight of each kind the
-conversion will meet (scheme, dtype, stored transposed or not, row chunks or whole), while
-the converter plans, opens its output and copies the tensors that come before the first
-quantized one. The tiny weight is built as the readers build theirs (bytes viewed as the
-dtype, C order, writable), so that numba dispatches to the same compiled specialisation.
-Nothing here changes a byte of output; a failure here is ignored (the conversion meets and
-reports it itself).
+Where the kernels are built ahead of time (``quantkit.kernels.build``, run by ``make
+setup``), their first call costs about a millisecond and this is nearly free. Where numba's
+JIT runs them, a CPU quantizer's first call in a process imports numba and loads its
+compiled kernels from numba's cache: 0.6-1.1 s on the development machine (the import
+0.3-0.8 s, the first call of a kernel 0.3 s), during which every converter worker that
+reaches a weight waits. ``warming`` makes those first calls on a thread of its own, on a tiny
+seeded weight of each kind the conversion will meet (scheme, dtype, stored transposed or
+not, row chunks or whole), while the converter plans, opens its output and copies the
+tensors that come before the first quantized one. The tiny weight is built as the readers
+build theirs (bytes viewed as the dtype, C order, writable), so that numba dispatches to the
+same compiled specialisation. Nothing here changes a byte of output; a failure here is
+ignored (the conversion meets and reports it itself).
 """
 
 from __future__ import annotations
