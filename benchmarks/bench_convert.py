@@ -85,8 +85,10 @@ CHUNK = 8 << 20
 TOOLS = ("quantkit", "transformers", "llmcompressor", "raw")
 # "quantkit-before" runs the checkout given by --quantkit-from, side by side with this one;
 # "quantkit-norecord" this checkout without each shard's in-header checksum record (issue 11),
-# so that a before / after comparison can tell the cost of that record from the rest
-EXTRA_TOOLS = ("quantkit-before", "quantkit-norecord")
+# so that a before / after comparison can tell the cost of that record from the rest;
+# "quantkit-jit" this checkout with its kernels run by numba's JIT (QUANTKIT_KERNELS=jit), not
+# the ahead-of-time build
+EXTRA_TOOLS = ("quantkit-before", "quantkit-norecord", "quantkit-jit")
 
 
 def _parse_size(text: str) -> int:
@@ -318,7 +320,7 @@ def measure(cmd: list[str], interval: float = 0.02, cwd: Path | None = None, env
 
 def command(tool: str, scheme: str, src: Path, out: Path, max_size: str, out_bytes: int) -> list[str]:
     py = sys.executable
-    if tool in ("quantkit", "quantkit-before"):
+    if tool in ("quantkit", "quantkit-before", "quantkit-jit"):
         return [py, "-m", "quantkit", "convert", str(src), "--to", scheme, "-o", str(out), "--max-size", max_size, "--quiet", "--force"]
     if tool in ("transformers", "llmcompressor"):
         return [py, __file__, "_worker", tool, str(src), str(out), scheme]
@@ -341,6 +343,8 @@ def _checkout(args, tool: str) -> tuple[Path | None, dict | None]:
         return Path(args.quantkit_from), {**os.environ, "PYTHONPATH": str(links)}
     if tool == "quantkit" and "quantkit-before" not in args.tools:
         return args.quantkit_from, None
+    if tool == "quantkit-jit":
+        return None, {**os.environ, "QUANTKIT_KERNELS": "jit"}
     return None, None
 
 
@@ -467,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="large", help="comma-separated: small, large, xl, llama-small, llama-large, llama-xl, llama-7b (default large; compressed-tensors schemes run on llama-<size>)")
     parser.add_argument("--schemes", default="bf16,int8,nf4", help="comma-separated (default bf16,int8,nf4)")
-    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,llmcompressor,raw (transformers runs bf16 and bitsandbytes, llmcompressor the compressed-tensors schemes), and quantkit-before: the checkout given by --quantkit-from, alternating with this one; quantkit-norecord: this checkout without the shards' in-header checksum record")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of quantkit,transformers,llmcompressor,raw (transformers runs bf16 and bitsandbytes, llmcompressor the compressed-tensors schemes), and quantkit-before: the checkout given by --quantkit-from, alternating with this one; quantkit-norecord: this checkout without the shards' in-header checksum record; quantkit-jit: this checkout with numba's JIT instead of the kernels built ahead of time")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each contender; the median is reported (default 3)")
     parser.add_argument(
         "--input", choices=("safetensors", "pth"), default="safetensors",
