@@ -210,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="say whether the build present is used here; exit 1 if not")
     args = parser.parse_args(argv)
     if args.check:
-        usable = bool(_compiled_table.load())
+        if os.environ.get(_jit.KERNELS_ENV, "").lower() == "jit":
+            print(f"quantkit: kernels built ahead of time: set aside by {_jit.KERNELS_ENV}=jit: numba's JIT runs them")
+            return 1
+        usable = _jit.uses_build()
         print("quantkit: kernels built ahead of time: " + ("in use" if usable else "none usable here (missing, stale or for another CPU): numba's JIT runs them"))
         return 0 if usable else 1
     try:

@@ -197,3 +197,14 @@ def test_a_failed_build_says_so_and_leaves_the_jit(monkeypatch, capsys):
     monkeypatch.setattr(build, "build", broken)
     assert main([]) == 1
     assert "not built ahead of time (OSError: no C compiler); numba's JIT will run them" in capsys.readouterr().err
+
+
+def test_check_says_whether_the_build_is_used():
+    check = [sys.executable, "-m", "quantkit.kernels.build", "--check"]
+    off = subprocess.run(check, env={**os.environ, "QUANTKIT_KERNELS": "jit"}, capture_output=True, text=True)
+    assert (off.returncode, off.stdout.strip()) == (1, "quantkit: kernels built ahead of time: set aside by QUANTKIT_KERNELS=jit: numba's JIT runs them")
+    env = {k: v for k, v in os.environ.items() if k != "QUANTKIT_KERNELS"}
+    on = subprocess.run(check, env=env, capture_output=True, text=True)
+    usable = bool(_compiled_table.load())  # whatever this process's QUANTKIT_KERNELS says
+    assert on.returncode == (0 if usable else 1)
+    assert on.stdout.strip().endswith("in use" if usable else "numba's JIT runs them")
