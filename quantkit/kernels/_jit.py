@@ -129,10 +129,6 @@ class Kernel:
             harvest.setdefault(self, set()).add(tuple(numba.typeof(a) for a in args))
         return dispatcher(*args)
 
-    def compiled_for(self, *args) -> Callable | None:
-        """The ahead-of-time function that ``args`` would run, if the build holds one."""
-        return _compiled_kernels().get(self.key, {}).get(tuple(arg_key(a) for a in args))
-
     @property
     def dispatcher(self):
         """This kernel's numba dispatcher (imports numba on first use)."""
@@ -192,8 +188,13 @@ def _compiled_kernels() -> dict[str, dict]:
     if _COMPILED is None:
         with _LOCK:
             if _COMPILED is None:
-                _COMPILED = {} if os.environ.get(KERNELS_ENV, "").lower() == "jit" else _compiled_table.load()
+                _COMPILED = {} if build_set_aside() else _compiled_table.load()
     return _COMPILED
+
+
+def build_set_aside() -> bool:
+    """Whether ``QUANTKIT_KERNELS=jit`` asks for numba's JIT whatever the build holds."""
+    return os.environ.get(KERNELS_ENV, "").lower() == "jit"
 
 
 def uses_build() -> bool:

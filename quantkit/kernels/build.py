@@ -147,17 +147,19 @@ def harvest_calls() -> dict:
 
 
 def _set_jit_flags() -> None:
-    """pycc compiles with numba's default flags; the kernels' JIT options are set instead."""
+    """pycc compiles with numba's default flags (GIL held, Python's error model); the kernels'
+    JIT options (``_jit._OPTIONS``) are set instead."""
     from numba.pycc import compiler
 
     base = compiler.Flags
+    options = _jit._OPTIONS
 
     class KernelFlags(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.release_gil = True  # nogil
-            self.error_model = "numpy"
-            self.boundscheck = False
+            self.release_gil = options["nogil"]
+            self.error_model = options["error_model"]
+            self.boundscheck = options["boundscheck"]
 
     compiler.Flags = KernelFlags
 
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="say whether the build present is used here; exit 1 if not")
     args = parser.parse_args(argv)
     if args.check:
-        if os.environ.get(_jit.KERNELS_ENV, "").lower() == "jit":
+        if _jit.build_set_aside():
             print(f"quantkit: kernels built ahead of time: set aside by {_jit.KERNELS_ENV}=jit: numba's JIT runs them")
             return 1
         usable = _jit.uses_build()
